@@ -1,0 +1,57 @@
+"""lucidity: a drop-in multiprocessing.Pool whose work runs on node daemons, on one machine or many.
+
+The public names are re-exported here from the modules that define them. They are imported on first use,
+so that worker processes and daemons, which import this package too, start without loading the faces.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    "Pool",
+    "LocalCluster",
+    "current_node",
+    "LucidityError",
+    "ProtocolError",
+    "SerializationError",
+    "RemoteError",
+    "WorkerCrashed",
+    "NodeLost",
+    "ClusterUnavailable",
+    "MemoryLimitExceeded",
+    "JobTimeout",
+    "CpuLimitExceeded",
+    "AuthenticationError",
+]
+
+_HOMES = {
+    "Pool": "pool",
+    "LocalCluster": "cluster",
+    "current_node": "cluster",
+    **{name: "errors" for name in __all__[4:]},
+}
+
+if TYPE_CHECKING:
+    from .cluster import LocalCluster, current_node
+    from .errors import (AuthenticationError, ClusterUnavailable, CpuLimitExceeded, JobTimeout, LucidityError,
+                         MemoryLimitExceeded, NodeLost, ProtocolError, RemoteError, SerializationError,
+                         WorkerCrashed)
+    from .pool import Pool
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'lucidity' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,7 @@
+"""`python -m lucidity`: the same as the `lucidity` command."""
+
+import sys
+
+from .node.cli import main
+
+sys.exit(main())

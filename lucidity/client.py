@@ -1,0 +1,493 @@
+"""The one core under the three faces: membership, routing, the in-flight table and flow control.
+
+A `Client` owns one I/O thread, which owns every socket::
+
+    caller threads --submit/cancel (under a lock) + Waker--> I/O thread
+    I/O thread --WATCH--> control --NODES--> I/O thread            (where the nodes are)
+    I/O thread --HELLO/HEARTBEAT--> node daemon --WORKERS/TASK_FAILED--> I/O thread
+    I/O thread --TASKS--> worker --RESULTS--> I/O thread --on_done--> the faces
+
+Tasks go straight to workers (one hop each way). Each worker gets a window of tasks in flight: small for
+slow tasks, so that work spreads evenly, and larger for tiny ones, so that they travel in batches; the
+window adapts to the task durations the worker reports. Tasks a worker had not started when it went away
+are sent again elsewhere; the task it was running fails with `WorkerCrashed`, as its node reports.
+
+The faces (Pool, Executor, jobs) build `Task`s, call `submit`, and receive each outcome exactly once
+through the task's ``on_done``, called on the I/O thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+import uuid
+import weakref
+from typing import Any, Callable, Optional
+
+import zmq
+
+from . import protocol, serialization, transport
+from .errors import ClusterUnavailable, ProtocolError, SerializationError, WorkerCrashed
+from .task import FunctionRef, Task, TaskState
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Client"]
+
+#: Seconds between WATCH to control and HEARTBEAT to nodes.
+HEARTBEAT_INTERVAL = 1.0
+#: How long the client waits for a cluster with at least one worker when it starts, in seconds.
+CONNECT_TIMEOUT = 30.0
+#: How long queued tasks wait while no worker is known before they fail, in seconds.
+NO_WORKER_TIMEOUT = 60.0
+#: Window of tasks in flight per worker: the bounds, and the queueing time it aims for, in seconds.
+WINDOW_MIN = 2
+WINDOW_MAX = 256
+WINDOW_TARGET = 0.005
+#: Functions remembered per client (serialized once, then sent by digest).
+FUNCTION_CACHE_SIZE = 256
+
+CONTROL_KINDS = frozenset({protocol.Kind.NODES})
+NODE_KINDS = frozenset({protocol.Kind.WORKERS, protocol.Kind.TASK_FAILED})
+WORKER_KINDS = frozenset({protocol.Kind.RESULTS, protocol.Kind.MISSING})
+
+
+class _WorkerLink:
+    """The client's end of one worker: its socket, its tasks in flight, what it already has."""
+
+    def __init__(self, node: str, worker_id: str, pid: int, sock: zmq.Socket[Any]) -> None:
+        self.key = f"{node}/{worker_id}"
+        self.node = node
+        self.worker_id = worker_id
+        self.pid = pid
+        self.sock = sock
+        self.inflight: dict[int, Task] = {}
+        self.functions: set[str] = set()
+        self.mean_time = 0.0
+
+    def credit(self) -> int:
+        if self.mean_time <= 0:
+            window = WINDOW_MIN
+        else:
+            window = max(WINDOW_MIN, min(WINDOW_MAX, int(WINDOW_TARGET / self.mean_time)))
+        return window - len(self.inflight)
+
+    def observe(self, seconds: float) -> None:
+        self.mean_time = seconds if self.mean_time <= 0 else 0.8 * self.mean_time + 0.2 * seconds
+
+
+class _NodeLink:
+    def __init__(self, name: str, address: str, instance: str, sock: zmq.Socket[Any]) -> None:
+        self.name = name
+        self.address = address
+        self.instance = instance
+        self.sock = sock
+        self.has_reported = False
+        self.workers: dict[str, _WorkerLink] = {}
+
+
+class Client:
+    """A connection to one cluster, shared by every task its face submits.
+
+    Args:
+        address: the control node's address.
+        max_running: at most this many workers run this client's tasks at once (None: all of them).
+        connect_timeout: how long to wait for a cluster with a worker before `ClusterUnavailable`.
+    """
+
+    def __init__(self, address: str, *, max_running: Optional[int] = None,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self.address = address
+        self.id = uuid.uuid4().hex
+        self._max_running = max_running
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._pending: collections.deque[Task] = collections.deque()
+        self._tasks: dict[int, Task] = {}
+        self._ids = itertools.count(1)
+        self._functions: collections.OrderedDict[int, tuple[Any, FunctionRef]] = collections.OrderedDict()
+        self._closing = False
+        self._abandon = False
+        self._ready = threading.Event()
+        self._worker_count = 0
+        self._waker = transport.Waker()
+        # Callers may still wake a client that has shut down; the pipe lives as long as the client object.
+        weakref.finalize(self, self._waker.close)
+        self._thread = threading.Thread(target=self._run, name=f"lucidity-client-{self.id[:8]}", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(connect_timeout):
+            self.shutdown(cancel=True)
+            raise ClusterUnavailable(
+                f"no worker of the cluster at {address} answered within {connect_timeout:.0f} s; "
+                "is `lucidity control` running there, with at least one `lucidity node` joined?")
+
+    # -- the caller's side (any thread) -----------------------------------------------------------------
+
+    @property
+    def worker_count(self) -> int:
+        """Workers this client may use at once (all known workers, or `max_running` if smaller)."""
+        count = self._worker_count
+        return min(count, self._max_running) if self._max_running else count
+
+    def function(self, function: Any) -> FunctionRef:
+        """Serialize a function once per client; raises `SerializationError` if it cannot travel."""
+        key = id(function)
+        with self._lock:
+            cached = self._functions.get(key)
+            if cached is not None and cached[0] is function:
+                self._functions.move_to_end(key)
+                return cached[1]
+        data = serialization.dumps_function(function)
+        ref = FunctionRef(serialization.digest(data), data, serialization.call_repr(function)
+                          if callable(function) else "initializer")
+        with self._lock:
+            self._functions[key] = (function, ref)
+            while len(self._functions) > FUNCTION_CACHE_SIZE:
+                self._functions.popitem(last=False)
+        return ref
+
+    def new_task(self, function: FunctionRef, mode: str, frames: list[Any],
+                 on_done: Callable[[bool, Any], None], **options: Any) -> Task:
+        return Task(next(self._ids), function, mode, frames, on_done, **options)
+
+    def submit(self, tasks: list[Task]) -> None:
+        """Queue tasks for dispatch. Each task's on_done will be called exactly once."""
+        with self._lock:
+            if self._closing:
+                raise ValueError("client is shut down")
+            for task in tasks:
+                self._tasks[task.id] = task
+                self._pending.append(task)
+        self._waker.wake()
+
+    def cancel(self, task: Task) -> bool:
+        """Cancel a task that has not been sent to a worker yet; False if it is already on its way."""
+        with self._lock:
+            if task.state is not TaskState.PENDING:
+                return False
+            task.move(TaskState.CANCELLED)
+            del self._tasks[task.id]
+            if not self._tasks:
+                self._idle.notify_all()
+            return True
+
+    def wait_idle(self, timeout: Optional[float] = None) -> bool:
+        """Block until every submitted task has ended; False on timeout."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._tasks, timeout)
+
+    def shutdown(self, cancel: bool = False) -> None:
+        """Stop the I/O thread. With ``cancel``, unfinished tasks are dropped and stopped on the nodes."""
+        with self._lock:
+            self._closing = True
+            self._abandon = self._abandon or cancel
+        self._waker.wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(transport.LINGER + 5.0)
+
+    # -- the I/O thread ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        context = transport.new_context()
+        self._context = context
+        self._control = transport.new_socket(context, zmq.DEALER)
+        self._control.connect(self.address)
+        self._nodes: dict[str, _NodeLink] = {}
+        self._links: dict[str, _WorkerLink] = {}
+        self._by_socket: dict[zmq.Socket[Any], Callable[[list[Any]], None]] = {}
+        self._no_workers_since = time.monotonic()
+        next_heartbeat = 0.0
+        try:
+            while True:
+                with self._lock:
+                    closing, abandon = self._closing, self._abandon
+                if closing and (abandon or not self._tasks):
+                    break
+                now = time.monotonic()
+                if now >= next_heartbeat:
+                    self._heartbeat()
+                    next_heartbeat = now + HEARTBEAT_INTERVAL
+                self._dispatch()
+                self._check_starved(now)
+                self._poll(max(0.0, next_heartbeat - time.monotonic()))
+        except Exception:
+            logger.exception("lucidity client %s: the I/O thread failed", self.id[:8])
+            self._fail_all(RuntimeError("the lucidity client's I/O thread failed; see the log"))
+        finally:
+            self._close_sockets()
+
+    def _poll(self, timeout: float) -> None:
+        poller = zmq.Poller()
+        poller.register(self._waker.read_fd, zmq.POLLIN)
+        poller.register(self._control, zmq.POLLIN)
+        for sock in self._by_socket:
+            poller.register(sock, zmq.POLLIN)
+        events = poller.poll(timeout * 1000)
+        for sock, _ in events:
+            if sock == self._waker.read_fd:
+                self._waker.drain()
+            elif sock is self._control:
+                self._drain(self._control, self._on_control)
+            else:
+                handler = self._by_socket.get(sock)
+                if handler is not None:
+                    self._drain(sock, handler)
+
+    def _drain(self, sock: zmq.Socket[Any], handler: Callable[[list[Any]], None]) -> None:
+        while not sock.closed:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                handler(frames)
+            except ProtocolError as exc:
+                logger.warning("lucidity client dropped a malformed message: %s", exc)
+
+    def _heartbeat(self) -> None:
+        self._send(self._control, protocol.encode(protocol.Kind.WATCH, {}))
+        for node in self._nodes.values():
+            self._send(node.sock, protocol.encode(protocol.Kind.HEARTBEAT, {"client": self.id}))
+
+    def _send(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:
+            logger.debug("lucidity client could not send: %s", exc)
+
+    # -- membership --------------------------------------------------------------------------------------
+
+    def _on_control(self, frames: list[Any]) -> None:
+        message = protocol.decode(frames, CONTROL_KINDS)
+        listed: dict[str, dict[str, Any]] = {}
+        for entry in message.meta["nodes"]:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("address"), str):
+                listed[entry["name"]] = entry
+        for name, node in list(self._nodes.items()):
+            entry = listed.get(name)
+            if entry is None or entry["address"] != node.address or entry.get("instance") != node.instance:
+                self._drop_node(node, "left the cluster")
+        for name, entry in listed.items():
+            if name not in self._nodes:
+                sock = transport.new_socket(self._context, zmq.DEALER)
+                sock.connect(entry["address"])
+                node = _NodeLink(name, entry["address"], str(entry.get("instance")), sock)
+                self._nodes[name] = node
+                self._by_socket[sock] = lambda f, n=node: self._on_node(n, f)  # type: ignore[misc]
+                self._send(sock, protocol.encode(protocol.Kind.HELLO, {"client": self.id}))
+        self._update_ready()
+
+    def _on_node(self, node: _NodeLink, frames: list[Any]) -> None:
+        message = protocol.decode(frames, NODE_KINDS)
+        if message.kind is protocol.Kind.WORKERS:
+            self._update_workers(node, message.meta["workers"])
+        else:
+            self._on_task_failed(node, message.meta)
+
+    def _update_workers(self, node: _NodeLink, workers: list[Any]) -> None:
+        node.has_reported = True
+        listed = {w["id"]: w for w in workers if isinstance(w, dict) and isinstance(w.get("id"), str)
+                  and isinstance(w.get("address"), str) and isinstance(w.get("pid"), int)}
+        for worker_id, link in list(node.workers.items()):
+            if worker_id not in listed:
+                self._drop_worker(node, link)
+        for worker_id, entry in listed.items():
+            if worker_id not in node.workers:
+                sock = transport.new_socket(self._context, zmq.DEALER)
+                sock.connect(entry["address"])
+                link = _WorkerLink(node.name, worker_id, entry["pid"], sock)
+                node.workers[worker_id] = link
+                self._links[link.key] = link
+                self._by_socket[sock] = lambda f, w=link: self._on_worker(w, f)  # type: ignore[misc]
+        self._update_ready()
+
+    def _update_ready(self) -> None:
+        self._worker_count = len(self._links)
+        if self._links:
+            self._no_workers_since = 0.0
+        elif not self._no_workers_since:
+            self._no_workers_since = time.monotonic()
+        if self._links and all(n.has_reported for n in self._nodes.values()):
+            self._ready.set()
+
+    def _drop_node(self, node: _NodeLink, why: str) -> None:
+        logger.info("lucidity client: node %s %s", node.name, why)
+        for link in list(node.workers.values()):
+            self._drop_worker(node, link)
+        del self._nodes[node.name]
+        self._by_socket.pop(node.sock, None)
+        node.sock.close(linger=0)
+
+    def _drop_worker(self, node: _NodeLink, link: _WorkerLink) -> None:
+        """The worker is gone: send the tasks it had not started to other workers."""
+        del node.workers[link.worker_id]
+        del self._links[link.key]
+        self._by_socket.pop(link.sock, None)
+        link.sock.close(linger=0)
+        with self._lock:
+            requeue = [t for t in link.inflight.values() if t.state is TaskState.SENT and t.worker == link.key]
+            for task in sorted(requeue, key=lambda t: t.id, reverse=True):
+                task.move(TaskState.PENDING)
+                task.worker = None
+                self._pending.appendleft(task)
+        if requeue:
+            logger.info("lucidity client: worker %s gone; resending %d task(s) it had not finished",
+                        link.key, len(requeue))
+        self._update_ready()
+
+    def _check_starved(self, now: float) -> None:
+        if self._links or not self._no_workers_since or now - self._no_workers_since < NO_WORKER_TIMEOUT:
+            return
+        with self._lock:
+            waiting = bool(self._pending)
+        if waiting:
+            self._fail_all(ClusterUnavailable(
+                f"no worker of the cluster at {self.address} has been available for {NO_WORKER_TIMEOUT:.0f} s"))
+
+    # -- tasks -------------------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while True:
+            link = self._choose_worker()
+            if link is None:
+                return
+            batch: list[Task] = []
+            with self._lock:
+                credit = link.credit()
+                while self._pending and len(batch) < credit:
+                    task = self._pending.popleft()
+                    if task.state is not TaskState.PENDING:
+                        continue  # cancelled while queued
+                    task.move(TaskState.SENT)
+                    task.worker = link.key
+                    batch.append(task)
+            if not batch:
+                return
+            self._send_tasks(link, batch)
+
+    def _choose_worker(self) -> Optional[_WorkerLink]:
+        """The worker with the fewest of our tasks in flight that still has credit (round robin on ties)."""
+        if not self._pending:
+            return None
+        candidates = [w for w in self._links.values() if w.credit() > 0]
+        if self._max_running:
+            busy = [w for w in self._links.values() if w.inflight]
+            if len(busy) >= self._max_running:
+                candidates = [w for w in candidates if w.inflight]
+        if not candidates:
+            return None
+        best = min(candidates, key=lambda w: len(w.inflight))
+        # Rotate so that ties go to a different worker next time.
+        self._links.pop(best.key)
+        self._links[best.key] = best
+        return best
+
+    def _send_tasks(self, link: _WorkerLink, batch: list[Task]) -> None:
+        functions: list[FunctionRef] = []
+        for task in batch:
+            for ref in (task.function, task.initializer):
+                if ref is not None and ref.digest not in link.functions:
+                    link.functions.add(ref.digest)
+                    functions.append(ref)
+            link.inflight[task.id] = task
+        payload: list[Any] = [ref.data for ref in functions]
+        for task in batch:
+            payload.extend(task.frames)
+        meta = {"client": self.id, "functions": [ref.digest for ref in functions],
+                "tasks": [task.spec() for task in batch]}
+        self._send(link.sock, protocol.encode(protocol.Kind.TASKS, meta, payload))
+
+    def _on_worker(self, link: _WorkerLink, frames: list[Any]) -> None:
+        message = protocol.decode(frames, WORKER_KINDS)
+        if message.kind is protocol.Kind.MISSING:
+            link.functions.difference_update(d for d in message.meta["digests"] if isinstance(d, str))
+            with self._lock:
+                for task_id in message.meta["tasks"]:
+                    task = link.inflight.pop(task_id, None)
+                    if task is not None and task.state is TaskState.SENT and task.worker == link.key:
+                        task.move(TaskState.PENDING)
+                        self._pending.appendleft(task)
+            return
+        offset = 0
+        payload = message.payload
+        for entry in message.meta["results"]:
+            count = entry["n"]
+            frames_of_task = payload[offset:offset + count]
+            offset += count
+            task = link.inflight.pop(entry["id"], None)
+            if isinstance(entry.get("t"), float):
+                link.observe(entry["t"])
+            if task is None or task.is_final:
+                continue  # a late duplicate of a task that was already resolved
+            if entry["status"] == "ok":
+                try:
+                    value = serialization.loads([f.buffer for f in frames_of_task])
+                except Exception as exc:
+                    self._finish(task, False, SerializationError(
+                        f"the result of task {task.id} ({task.function.description}) could not be "
+                        f"deserialized here: {type(exc).__name__}: {exc}"))
+                    continue
+                self._finish(task, True, value)
+            else:
+                self._finish(task, False, serialization.loads_exception([f.buffer for f in frames_of_task]))
+
+    def _on_task_failed(self, node: _NodeLink, meta: dict[str, Any]) -> None:
+        worker_id = meta.get("worker")
+        link = node.workers.get(worker_id) if isinstance(worker_id, str) else None
+        key = f"{node.name}/{worker_id}"
+        task = (link.inflight.pop(meta["task"], None) if link is not None else None) or self._tasks.get(meta["task"])
+        if task is None or task.worker != key or task.is_final:
+            return
+        error = WorkerCrashed(
+            f"{meta['message']} ({task.function.description})",
+            pid=meta.get("pid"), node=node.name, exit_code=meta.get("exit_code"), signal=meta.get("signal"),
+            task=task.id)
+        self._finish(task, False, error)
+
+    def _finish(self, task: Task, succeeded: bool, value: Any) -> None:
+        with self._lock:
+            if task.is_final:
+                return
+            task.move(TaskState.DONE if succeeded else TaskState.FAILED)
+            self._tasks.pop(task.id, None)
+            if not self._tasks:
+                self._idle.notify_all()
+        try:
+            task.on_done(succeeded, value)
+        except Exception:
+            logger.exception("lucidity client: a result callback for task %d raised", task.id)
+
+    def _fail_all(self, error: Exception) -> None:
+        with self._lock:
+            tasks = [t for t in self._tasks.values() if not t.is_final]
+        for task in tasks:
+            self._finish(task, False, error)
+
+    def _close_sockets(self) -> None:
+        with self._lock:
+            abandon = self._abandon
+            unfinished = [t for t in self._tasks.values() if not t.is_final]
+        if abandon:
+            by_link: dict[str, list[int]] = collections.defaultdict(list)
+            for task in unfinished:
+                if task.worker:
+                    by_link[task.worker].append(task.id)
+            for key, ids in by_link.items():
+                link = self._links.get(key)
+                if link is not None:
+                    self._send(link.sock, protocol.encode(protocol.Kind.CANCEL, {"tasks": ids}))
+            for node in self._nodes.values():
+                self._send(node.sock, protocol.encode(protocol.Kind.ABANDON, {"client": self.id}))
+        for node in self._nodes.values():
+            self._send(node.sock, protocol.encode(protocol.Kind.BYE, {"client": self.id}))
+        linger = int(transport.LINGER * 1000)
+        for sock in [self._control, *self._by_socket]:
+            sock.close(linger=linger)
+        self._context.term()
+        if unfinished:
+            error = RuntimeError("the pool was terminated before this task finished")
+            for task in unfinished:
+                self._finish(task, False, error)

@@ -1,0 +1,149 @@
+"""LocalCluster, the embedded default cluster, and address resolution.
+
+``Pool()`` with no address starts a `LocalCluster`: a control daemon and node daemons on this machine,
+reached over ipc:// sockets in a directory only this user can open (the filesystem does the
+authentication, at no cost per message). The daemons are separate processes in their own sessions:
+
+- they inherit this process's working directory, environment and ``sys.path`` (through
+  ``LUCIDITY_SYS_PATH``), so module-level functions of the caller's project import on the workers;
+- they hold the read end of a pipe whose write end only this process holds; when this process exits for
+  any reason, SIGKILL included, the pipe closes and the daemons stop, taking their workers with them;
+- `LocalCluster.close` (also run by a finalizer at interpreter exit) stops them with the bounded,
+  escalating shutdown of `lucidity.node.processes`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shutil
+import sys
+import time
+import weakref
+from typing import Any, Optional
+
+from .errors import ClusterUnavailable
+from .node.processes import STOP_GRACE, Child, stop_children
+from .transport import private_directory
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LocalCluster", "resolve_address", "current_node"]
+
+#: How long a LocalCluster may take to start, in seconds.
+START_TIMEOUT = 60.0
+#: Environment variable naming a running cluster's control address.
+ADDRESS_VARIABLE = "LUCIDITY_ADDRESS"
+
+
+def resolve_address(address: Optional[str]) -> Optional[str]:
+    """The cluster to use: the explicit address, else $LUCIDITY_ADDRESS, else None (start an embedded one)."""
+    return address or os.environ.get(ADDRESS_VARIABLE) or None
+
+
+def current_node() -> Optional[str]:
+    """The name of the node running the current task, or None outside a task."""
+    return os.environ.get("LUCIDITY_NODE")
+
+
+class LocalCluster:
+    """A control node and `nodes` node daemons on this machine, stopped on close or at exit.
+
+    Args:
+        nodes: number of node daemons.
+        processes: worker processes per node (default: the CPU count).
+        log_level: the daemons' log level (their logs go to this process's stderr).
+
+    Use as a context manager, or call `close`. ``address`` is the control node's address, to pass to
+    ``Pool(address=...)`` or ``lucidity status``.
+    """
+
+    def __init__(self, nodes: int = 1, processes: Optional[int] = None, *, log_level: str = "WARNING",
+                 start_timeout: float = START_TIMEOUT) -> None:
+        if nodes < 1:
+            raise ValueError("a LocalCluster needs at least one node")
+        if processes is not None and processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        self.nodes = nodes
+        self.processes = processes or os.cpu_count() or 1
+        self._runtime = private_directory("lucidity-")
+        self.address = f"ipc://{self._runtime}/control"
+        parent_read, self._parent_write = os.pipe()
+        env = dict(os.environ, LUCIDITY_SYS_PATH=os.pathsep.join(p for p in sys.path if p))
+        env.pop(ADDRESS_VARIABLE, None)
+        base = [sys.executable, "-m", "lucidity", "--log-level", log_level]
+        children: list[Child] = []
+        ready: dict[int, Child] = {}
+        self._finalizer = weakref.finalize(self, _stop, children, self._runtime, self._parent_write)
+        try:
+            commands = [[*base, "control", "--bind", self.address]]
+            for index in range(1, nodes + 1):
+                name = "local" if nodes == 1 else f"local-{index}"
+                commands.append([*base, "node", self.address, "--bind", f"ipc://{self._runtime}/node-{index}",
+                                 "--processes", str(self.processes), "--name", name])
+            for command in commands:
+                ready_read, ready_write = os.pipe()
+                command += ["--parent-fd", str(parent_read), "--ready-fd", str(ready_write)]
+                try:
+                    child = Child.start(command, pass_fds=(parent_read, ready_write), env=env)
+                finally:
+                    os.close(ready_write)
+                children.append(child)
+                ready[ready_read] = child
+            _wait_ready(ready, start_timeout)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            os.close(parent_read)
+        self.pids = [c.pid for c in children]
+
+    def close(self) -> None:
+        """Stop every daemon and worker of this cluster and remove its sockets; safe to call twice."""
+        self._finalizer()
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self._finalizer.alive else "closed"
+        return f"<LocalCluster {self.address} nodes={self.nodes} processes={self.processes} {state}>"
+
+
+def _wait_ready(ready: dict[int, Child], timeout: float) -> None:
+    """Wait for every daemon to report ready on its pipe; fail fast if one exits first."""
+    deadline = time.monotonic() + timeout
+    try:
+        while ready:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ClusterUnavailable(f"the local cluster did not start within {timeout:.0f} s")
+            poller = select.poll()
+            for fd in ready:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll(remaining * 1000):
+                data = os.read(fd, 4096)
+                child = ready.pop(fd)
+                os.close(fd)
+                if not data.endswith(b"\n"):
+                    child.reap()
+                    raise ClusterUnavailable(
+                        f"a daemon of the local cluster (pid {child.pid}) exited during start-up "
+                        f"with status {child.returncode}; its log is above")
+    finally:
+        for fd in ready:
+            os.close(fd)
+
+
+def _stop(children: list[Child], runtime: str, parent_write: int) -> None:
+    try:
+        os.close(parent_write)
+    except OSError:
+        pass
+    # Nodes stop their workers within STOP_GRACE of our SIGTERM; give them that, and a margin.
+    stop_children(children, 2 * STOP_GRACE + 1.0)
+    shutil.rmtree(runtime, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""The exception hierarchy.
+
+Everything lucidity raises on its own account derives from `LucidityError`. Where the standard library
+would raise a particular type, the matching error subclasses it too (`MemoryLimitExceeded` is a
+`MemoryError`, `JobTimeout` a `TimeoutError`, `SerializationError` a `pickle.PicklingError`), so that
+`except` clauses written for multiprocessing keep working.
+
+Errors carry their facts as attributes and in their text. They pickle by keyword so that they survive a
+trip between processes unchanged.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+from typing import Any, Optional
+
+__all__ = [
+    "LucidityError",
+    "ProtocolError",
+    "SerializationError",
+    "RemoteError",
+    "WorkerCrashed",
+    "NodeLost",
+    "ClusterUnavailable",
+    "MemoryLimitExceeded",
+    "JobTimeout",
+    "CpuLimitExceeded",
+    "AuthenticationError",
+]
+
+
+class LucidityError(Exception):
+    """Root of every error lucidity raises on its own account."""
+
+    def __init__(self, message: str = "", **facts: Any) -> None:
+        super().__init__(message)
+        self._facts = facts
+        for key, value in facts.items():
+            setattr(self, key, value)
+
+    def __reduce__(self) -> Any:
+        return (_rebuild, (type(self), str(self), self._facts))
+
+
+def _rebuild(cls: type, message: str, facts: dict[str, Any]) -> LucidityError:
+    error: LucidityError = cls(message, **facts)
+    return error
+
+
+class ProtocolError(LucidityError):
+    """A message broke the wire format: wrong version, kind, frame count, size or fields."""
+
+
+class SerializationError(LucidityError, pickle.PicklingError):
+    """An object could not be serialized (or deserialized); nothing was sent."""
+
+
+class RemoteError(LucidityError):
+    """A task raised an exception that could not travel back as itself.
+
+    Attributes: ``type_name`` (qualified name of the original exception type) and ``traceback_text``.
+    """
+
+
+class WorkerCrashed(LucidityError):
+    """The worker process died while running the task (segfault, os._exit, abort, a signal).
+
+    Attributes: ``pid``, ``node``, ``exit_code`` (None if killed by a signal), ``signal`` (None if it
+    exited), ``task`` (a description of the task).
+    """
+
+
+class NodeLost(LucidityError):
+    """The node running the task left or stopped answering, and the task had no retries left."""
+
+
+class ClusterUnavailable(LucidityError, ConnectionError):
+    """No control node or no node with workers answered within the bound."""
+
+
+class MemoryLimitExceeded(LucidityError, MemoryError):
+    """The task went over its memory cap; the worker was stopped and replaced."""
+
+
+class JobTimeout(LucidityError, TimeoutError):
+    """The task ran longer than its wall-time limit; the worker was stopped and replaced."""
+
+
+class CpuLimitExceeded(LucidityError):
+    """The task used more CPU time than its limit; the worker was stopped and replaced."""
+
+
+class AuthenticationError(LucidityError, PermissionError):
+    """A peer did not prove it holds the cluster secret."""
+
+
+def describe_exit(exit_code: Optional[int]) -> str:
+    """Say how a process ended, from a Popen-style return code (negative means a signal)."""
+    if exit_code is None:
+        return "disappeared"
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        return f"died with {name}"
+    return f"exited with code {exit_code}"

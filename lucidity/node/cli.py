@@ -1,0 +1,149 @@
+"""`lucidity control | node | status | demo`: parse, configure logging, run.
+
+This is the only place that configures logging handlers. Logic lives in the daemons; a test never needs
+to go through here to reach it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Optional
+
+import zmq
+
+from .. import protocol, transport
+from .._version import __version__
+from ..errors import ClusterUnavailable, ProtocolError
+
+DEFAULT_CONTROL = "tcp://127.0.0.1:3030"
+#: How long `lucidity status` waits for each daemon's answer, in seconds.
+STATUS_TIMEOUT = 5.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lucidity", description="Run Python functions on node daemons.")
+    parser.add_argument("--version", action="version", version=f"lucidity {__version__}")
+    levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
+    parser.add_argument("--log-level", dest="global_log_level", default=None, type=str.upper, choices=levels,
+                        help="default: INFO")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def daemon_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--log-level", default=None, type=str.upper, choices=levels, help="default: INFO")
+        sub.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
+        sub.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+    control = commands.add_parser("control", help="run the control node (the cluster's membership)")
+    control.add_argument("--bind", default=DEFAULT_CONTROL, help=f"listening address (default {DEFAULT_CONTROL})")
+    daemon_options(control)
+
+    node = commands.add_parser("node", help="run a node daemon that joins a control node")
+    node.add_argument("control_address", help="the control node's address, e.g. tcp://127.0.0.1:3030")
+    node.add_argument("--bind", default=None,
+                      help="address for clients (default tcp://127.0.0.1:0, a free loopback port)")
+    node.add_argument("--processes", type=int, default=None, help="worker processes (default: CPU count)")
+    node.add_argument("--name", default=None, help="node name (default: host name and pid)")
+    daemon_options(node)
+
+    status = commands.add_parser("status", help="print the nodes, their workers and task counts")
+    status.add_argument("address", nargs="?", default=None,
+                        help=f"control address (default $LUCIDITY_ADDRESS or {DEFAULT_CONTROL})")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--timeout", type=float, default=STATUS_TIMEOUT, help="seconds to wait per daemon")
+
+    demo = commands.add_parser("demo", help="run the pythagorean example on an embedded cluster")
+    demo.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    level = getattr(args, "log_level", None) or args.global_log_level or "INFO"
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    if args.command == "control":
+        from .control import ControlDaemon
+
+        return ControlDaemon(args.bind, parent_fd=args.parent_fd, ready_fd=args.ready_fd).run()
+    if args.command == "node":
+        from .daemon import NodeDaemon
+
+        if args.processes is not None and args.processes < 1:
+            print("lucidity node: --processes must be at least 1", file=sys.stderr)
+            return 2
+        bind = args.bind or "tcp://127.0.0.1:0"
+        return NodeDaemon(args.control_address, bind, args.processes, args.name, parent_fd=args.parent_fd,
+                          ready_fd=args.ready_fd).run()
+    if args.command == "status":
+        address = args.address or os.environ.get("LUCIDITY_ADDRESS") or DEFAULT_CONTROL
+        try:
+            report = query_status(address, args.timeout)
+        except ClusterUnavailable as exc:
+            print(f"lucidity status: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(report, indent=2) if args.json else format_status(report))
+        return 0
+    if args.command == "demo":
+        from .. import demo
+
+        demo.run(args.processes)
+        return 0
+    return 2
+
+
+def _request(context: zmq.Context[Any], address: str, timeout: float) -> dict[str, Any]:
+    sock = transport.new_socket(context, zmq.DEALER)
+    try:
+        sock.connect(address)
+        sock.send_multipart(protocol.encode(protocol.Kind.STATUS, {}))
+        if not sock.poll(timeout * 1000):
+            raise ClusterUnavailable(f"no answer from {address} within {timeout:.0f} s")
+        try:
+            return protocol.decode(sock.recv_multipart(), frozenset({protocol.Kind.STATUS_REPLY})).meta
+        except ProtocolError as exc:
+            raise ClusterUnavailable(f"{address} answered with a malformed status: {exc}") from exc
+    finally:
+        sock.close(linger=0)
+
+
+def query_status(address: str, timeout: float = STATUS_TIMEOUT) -> dict[str, Any]:
+    """Ask the control node for its nodes, then each node for its workers and task counts."""
+    context = transport.new_context()
+    try:
+        report = _request(context, address, timeout)
+        nodes = []
+        for entry in report.get("nodes", []):
+            try:
+                nodes.append(_request(context, entry["address"], timeout))
+            except ClusterUnavailable as exc:
+                nodes.append({"name": entry.get("name"), "address": entry.get("address"), "error": str(exc),
+                              "workers": []})
+        report["nodes"] = nodes
+        return report
+    finally:
+        context.term()
+
+
+def format_status(report: dict[str, Any]) -> str:
+    """The status report as a table for people."""
+    nodes = report.get("nodes", [])
+    lines = [f"cluster {report.get('address')}: {len(nodes)} node(s)"]
+    for node in nodes:
+        if "error" in node:
+            lines.append(f"node {node['name']}  {node['address']}  UNREACHABLE: {node['error']}")
+            continue
+        lines.append(f"node {node['name']}  {node['address']}  workers {len(node['workers'])}  "
+                     f"running {node['running']}  tasks done {node['tasks_done']}  "
+                     f"crashed {node['tasks_crashed']}  clients {node['clients']}")
+        for worker in node["workers"]:
+            task = f"  task {worker['task']}" if worker.get("task") is not None else ""
+            lines.append(f"  worker {worker['pid']:>7}  {worker['state']:<8}  RSS {worker['rss'] / 2**20:7.1f} MiB  "
+                         f"tasks done {worker['tasks_done']}{task}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

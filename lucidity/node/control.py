@@ -1,0 +1,208 @@
+"""The control daemon: the cluster's membership, and nothing on the task path.
+
+Nodes join and heartbeat (every heartbeat is a full JOIN, so a restarted control node relearns the whole
+cluster within one interval); clients watch the membership and learn where the nodes are. Tasks and
+results never pass through here, so adding nodes never makes this process the bottleneck::
+
+    node   --JOIN/LEAVE-->  control --WELCOME--> node
+    client --WATCH------->  control --NODES----> client   (now, and again whenever membership changes)
+    anyone --STATUS------>  control --STATUS_REPLY--> anyone
+
+One thread owns the socket; expiry runs on the poll timeout, never on a sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import zmq
+
+from .. import protocol, transport
+from ..errors import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ControlDaemon"]
+
+#: Seconds of silence after which a node is declared lost (nodes heartbeat every second).
+NODE_TIMEOUT = 5.0
+#: Seconds of silence after which a watching client is forgotten (clients re-watch every second).
+WATCHER_TIMEOUT = 30.0
+#: At most one "dropped a malformed message" log line per this many seconds.
+DROP_LOG_INTERVAL = 1.0
+
+ACCEPTED = frozenset({protocol.Kind.JOIN, protocol.Kind.LEAVE, protocol.Kind.WATCH, protocol.Kind.STATUS,
+                      protocol.Kind.HEARTBEAT})
+
+
+@dataclass
+class NodeRecord:
+    identity: bytes
+    name: str
+    address: str
+    processes: int
+    instance: str
+    running: int
+    last_seen: float
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "address": self.address, "processes": self.processes,
+                "instance": self.instance, "running": self.running}
+
+
+class ControlDaemon:
+    """Keeps the registry of nodes for the cluster at `bind`.
+
+    Args:
+        bind: listening address, ``tcp://127.0.0.1:3030`` by default.
+        parent_fd: a pipe whose closing means the owner is gone (embedded clusters).
+        ready_fd: a pipe to which the bound address is written once listening (embedded clusters).
+    """
+
+    def __init__(self, bind: str = "tcp://127.0.0.1:3030", *, parent_fd: Optional[int] = None,
+                 ready_fd: Optional[int] = None) -> None:
+        self._bind_request = bind
+        self._parent_fd = parent_fd
+        self._ready_fd = ready_fd
+        self.instance = uuid.uuid4().hex
+        self.address = ""
+        self._nodes: dict[bytes, NodeRecord] = {}
+        self._watchers: dict[bytes, float] = {}
+        self._stopping = False
+        self._last_drop_log = 0.0
+        self._waker = transport.Waker()
+        self._context = transport.new_context()
+        self._router = transport.new_socket(self._context, zmq.ROUTER)
+
+    def run(self) -> int:
+        """Serve until SIGINT/SIGTERM or the owner's exit. Returns the exit status."""
+        def on_signal(signum: int, frame: Any) -> None:
+            self._stopping = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        signal.set_wakeup_fd(self._waker.write_fd, warn_on_full_buffer=False)
+        try:
+            self.address = transport.bind(self._router, self._bind_request)
+        except zmq.ZMQError as exc:
+            logger.error("control cannot bind %s: %s", self._bind_request, exc)
+            self._close()
+            return 1
+        logger.info("control listening at %s (instance %s)", self.address, self.instance)
+        if self._ready_fd is not None:
+            os.write(self._ready_fd, f"{self.address}\n".encode())
+            os.close(self._ready_fd)
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._waker.read_fd, zmq.POLLIN)
+        if self._parent_fd is not None:
+            poller.register(self._parent_fd, zmq.POLLIN)
+        try:
+            while not self._stopping:
+                timeout = self._expire(time.monotonic())
+                events = dict(poller.poll(timeout * 1000))
+                if self._waker.read_fd in events:
+                    self._waker.drain()
+                if self._parent_fd is not None and self._parent_fd in events:
+                    logger.info("control: the process that owns this embedded cluster is gone")
+                    break
+                if self._router in events:
+                    self._drain()
+        finally:
+            logger.info("control at %s stopping", self.address)
+            self._close()
+        return 0
+
+    def _close(self) -> None:
+        self._router.close(linger=0)
+        self._context.term()
+        self._waker.close()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                if len(frames) < 3:
+                    raise ProtocolError(f"message has {len(frames) - 1} frame(s) after the routing identity")
+                self._handle(frames[0], protocol.decode(frames[1:], ACCEPTED))
+            except ProtocolError as exc:
+                now = time.monotonic()
+                if now - self._last_drop_log >= DROP_LOG_INTERVAL:
+                    self._last_drop_log = now
+                    logger.warning("control dropped a malformed message: %s", exc)
+
+    def _handle(self, identity: bytes, message: protocol.Message) -> None:
+        kind, meta = message.kind, message.meta
+        now = time.monotonic()
+        if kind is protocol.Kind.JOIN:
+            self._join(identity, meta, now)
+            self._send(identity, protocol.encode(protocol.Kind.WELCOME, {"instance": self.instance}))
+        elif kind is protocol.Kind.LEAVE:
+            record = self._nodes.pop(identity, None)
+            if record is not None:
+                logger.info("node %s left", record.name)
+                self._broadcast()
+        elif kind is protocol.Kind.WATCH or kind is protocol.Kind.HEARTBEAT:
+            self._watchers[identity] = now
+            self._send(identity, self._nodes_message())
+        elif kind is protocol.Kind.STATUS:
+            reply = {"role": "control", "address": self.address, "instance": self.instance,
+                     "nodes": [r.describe() for r in self._nodes.values()], "watchers": len(self._watchers)}
+            self._send(identity, protocol.encode(protocol.Kind.STATUS_REPLY, reply))
+
+    def _join(self, identity: bytes, meta: dict[str, Any], now: float) -> None:
+        record = self._nodes.get(identity)
+        if record is not None and record.address == meta["address"] and record.instance == meta["instance"]:
+            record.last_seen = now
+            running = meta.get("running")
+            record.running = running if isinstance(running, int) else 0
+            return
+        for other, existing in list(self._nodes.items()):
+            if existing.name == meta["name"] and other != identity:
+                logger.info("node %s rejoined as a new instance; forgetting the old one", existing.name)
+                del self._nodes[other]
+        self._nodes[identity] = NodeRecord(identity, meta["name"], meta["address"], meta["processes"],
+                                           meta["instance"], 0, now)
+        logger.info("node %s joined from %s with %d workers", meta["name"], meta["address"], meta["processes"])
+        self._broadcast()
+
+    def _expire(self, now: float) -> float:
+        """Drop silent nodes and watchers; return seconds until the next one could expire."""
+        changed = False
+        for identity, record in list(self._nodes.items()):
+            if now - record.last_seen > NODE_TIMEOUT:
+                logger.warning("node %s lost: silent for %.1f s", record.name, now - record.last_seen)
+                del self._nodes[identity]
+                changed = True
+        for identity, seen in list(self._watchers.items()):
+            if now - seen > WATCHER_TIMEOUT:
+                del self._watchers[identity]
+        if changed:
+            self._broadcast()
+        deadlines = [r.last_seen + NODE_TIMEOUT for r in self._nodes.values()]
+        deadlines += [seen + WATCHER_TIMEOUT for seen in self._watchers.values()]
+        return max(0.05, min(deadlines, default=now + WATCHER_TIMEOUT) - now)
+
+    def _nodes_message(self) -> list[Any]:
+        nodes = [r.describe() for r in self._nodes.values()]
+        return protocol.encode(protocol.Kind.NODES, {"nodes": nodes, "instance": self.instance})
+
+    def _broadcast(self) -> None:
+        frames = self._nodes_message()
+        for identity in self._watchers:
+            self._send(identity, frames)
+
+    def _send(self, identity: bytes, frames: list[Any]) -> None:
+        try:
+            self._router.send_multipart([identity, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            logger.debug("control could not reach a peer: %s", exc)

@@ -1,0 +1,442 @@
+"""The node daemon: joins the control node and supervises its worker processes.
+
+The daemon is deliberately *off* the task path. Clients learn the workers' addresses from it and then talk
+to the workers directly, which saves two hops per task. What the daemon does::
+
+    control <--JOIN (also the heartbeat)/WELCOME/LEAVE-- daemon
+    client  --HELLO/HEARTBEAT/ABANDON/BYE/STATUS-->      daemon --WORKERS/TASK_FAILED/STATUS_REPLY--> client
+    daemon  --spawn, pidfd, slot--> worker processes (each in its own process group)
+
+When a worker dies, the daemon reads the worker's slot to learn which task of which client it was running,
+tells that client the task failed (`WorkerCrashed`), tells every client the worker is gone (they resend
+the tasks it had not started) and starts a replacement.
+
+One thread owns every socket. Signals, worker exits and readiness reach it as file descriptors in its
+poller; every wait is bounded by the nearest deadline.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import psutil
+import zmq
+
+from .. import protocol, transport
+from ..errors import ProtocolError, describe_exit
+from .processes import STOP_GRACE, Child, stop_children
+from .slots import SlotState, SlotTable
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NodeDaemon"]
+
+#: Seconds between heartbeats to the control node (each is a full JOIN, so a restarted control relearns us).
+HEARTBEAT_INTERVAL = 1.0
+#: A client silent for this long is forgotten (it heartbeats every HEARTBEAT_INTERVAL).
+CLIENT_TIMEOUT = 60.0
+#: Wait this long for the first workers before joining with whatever is ready.
+STARTUP_TIMEOUT = 30.0
+#: Restart back-off for workers that die before becoming ready, in seconds (doubles up to the cap).
+RESTART_DELAY = 0.1
+RESTART_DELAY_MAX = 5.0
+#: Rate limit for logging dropped messages: at most one line per this many seconds.
+DROP_LOG_INTERVAL = 1.0
+
+CLIENT_KINDS = frozenset({protocol.Kind.HELLO, protocol.Kind.HEARTBEAT, protocol.Kind.ABANDON,
+                          protocol.Kind.BYE, protocol.Kind.STATUS})
+CONTROL_KINDS = frozenset({protocol.Kind.WELCOME})
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+_WORKER_TRANSITIONS = {
+    WorkerState.STARTING: {WorkerState.READY, WorkerState.STOPPING, WorkerState.EXITED},
+    WorkerState.READY: {WorkerState.STOPPING, WorkerState.EXITED},
+    WorkerState.STOPPING: {WorkerState.EXITED},
+    WorkerState.EXITED: set(),
+}
+
+
+@dataclass
+class WorkerProcess:
+    """One supervised worker: its process, where it listens and what state it is in."""
+
+    index: int
+    child: Child
+    ready_fd: Optional[int]
+    state: WorkerState = WorkerState.STARTING
+    address: str = ""
+    history: list[WorkerState] = field(default_factory=list)
+
+    def move(self, new: WorkerState) -> None:
+        if new not in _WORKER_TRANSITIONS[self.state]:
+            raise RuntimeError(f"worker {self.child.pid}: illegal move {self.state.value} -> {new.value} "
+                               f"(history {[s.value for s in self.history]})")
+        self.history.append(self.state)
+        self.state = new
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": str(self.child.pid), "pid": self.child.pid, "address": self.address}
+
+
+@dataclass
+class ClientRecord:
+    identity: bytes
+    client_id: str
+    last_seen: float
+
+
+class NodeDaemon:
+    """Supervises `processes` workers and serves the clients of the cluster at `control_address`.
+
+    Args:
+        control_address: where the control node listens.
+        bind: the address for clients; ``tcp://host:0`` picks a port, ``ipc://`` a socket file.
+        processes: number of worker processes (default: CPU count).
+        name: the node's name in the cluster (default: host name and pid).
+        parent_fd: a pipe's read end whose closing means the owner is gone (embedded clusters).
+        ready_fd: a pipe to which the daemon writes its address once it has joined (embedded clusters).
+    """
+
+    def __init__(self, control_address: str, bind: str = "tcp://127.0.0.1:0", processes: Optional[int] = None,
+                 name: Optional[str] = None, *, parent_fd: Optional[int] = None,
+                 ready_fd: Optional[int] = None) -> None:
+        self.control_address = control_address
+        self.processes = processes or os.cpu_count() or 1
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.instance = uuid.uuid4().hex
+        self._bind_request = bind
+        self._parent_fd = parent_fd
+        self._ready_fd = ready_fd
+        self._runtime = transport.private_directory("lucidity-node-")
+        self._slots = SlotTable(os.path.join(self._runtime, "slots"), self.processes, create=True)
+        self._workers: dict[int, WorkerProcess] = {}
+        self._clients: dict[bytes, ClientRecord] = {}
+        self._generation = 0
+        self._restart_failures = 0
+        self._restart_at: dict[int, float] = {}
+        self._joined = False
+        self._stopping = False
+        self._tasks_failed = 0
+        self._tasks_done_by_exited = 0
+        self._last_drop_log = 0.0
+        self._waker = transport.Waker()
+        self._context = transport.new_context()
+        self._router = transport.new_socket(self._context, zmq.ROUTER)
+        self._control = transport.new_socket(self._context, zmq.DEALER)
+        self.address = ""
+        self._worker_env = dict(os.environ, LUCIDITY_NODE=self.name, LUCIDITY_ADDRESS=control_address)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGINT/SIGTERM, a LEAVE, or the owner's exit; then stop every worker. Returns 0."""
+        self._install_signal_handlers()
+        try:
+            self.address = transport.bind(self._router, self._bind_request)
+        except zmq.ZMQError as exc:
+            logger.error("node %s cannot bind %s: %s", self.name, self._bind_request, exc)
+            self._close()
+            return 1
+        self._control.connect(self.control_address)
+        logger.info("node %s listening at %s, joining %s with %d workers", self.name, self.address,
+                    self.control_address, self.processes)
+        for index in range(self.processes):
+            self._spawn(index)
+        started = time.monotonic()
+        next_heartbeat = 0.0
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                if not self._joined and (self._all_ready() or now - started > STARTUP_TIMEOUT):
+                    self._joined = True
+                    next_heartbeat = now
+                if self._joined and now >= next_heartbeat:
+                    self._send_join()
+                    next_heartbeat = now + HEARTBEAT_INTERVAL
+                    self._expire_clients(now)
+                self._restart_due(now)
+                deadline = min([next_heartbeat if self._joined else now + 1.0, *self._restart_at.values()])
+                self._poll_once(max(0.0, deadline - time.monotonic()))
+        finally:
+            self._shutdown()
+        return 0
+
+    def _install_signal_handlers(self) -> None:
+        def on_signal(signum: int, frame: Any) -> None:
+            self._stopping = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        signal.set_wakeup_fd(self._waker.write_fd, warn_on_full_buffer=False)
+
+    def _shutdown(self) -> None:
+        logger.info("node %s stopping: leaving the cluster and stopping %d workers", self.name, len(self._workers))
+        try:
+            self._control.send_multipart(protocol.encode(protocol.Kind.LEAVE, {"name": self.name}), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        workers = list(self._workers.values())
+        stop_children([w.child for w in workers], STOP_GRACE)
+        for worker in workers:
+            self._forget_fds(worker)
+        logger.info("node %s stopped; every worker reaped", self.name)
+        self._close()
+
+    def _close(self) -> None:
+        self._router.close(linger=0)
+        self._control.close(linger=100)
+        self._context.term()
+        self._slots.close()
+        self._waker.close()
+        shutil.rmtree(self._runtime, ignore_errors=True)
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    def _poll_once(self, timeout: float) -> None:
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._control, zmq.POLLIN)
+        poller.register(self._waker.read_fd, zmq.POLLIN)
+        handlers: dict[int, Callable[[], None]] = {}
+        if self._parent_fd is not None:
+            poller.register(self._parent_fd, zmq.POLLIN)
+            handlers[self._parent_fd] = self._on_parent_gone
+        for worker in list(self._workers.values()):
+            if worker.child.pidfd is not None:
+                poller.register(worker.child.pidfd, zmq.POLLIN)
+                handlers[worker.child.pidfd] = lambda w=worker: self._on_worker_exit(w)  # type: ignore[misc]
+            if worker.ready_fd is not None:
+                poller.register(worker.ready_fd, zmq.POLLIN)
+                handlers[worker.ready_fd] = lambda w=worker: self._on_worker_ready(w)  # type: ignore[misc]
+        events = dict(poller.poll(timeout * 1000))
+        if self._waker.read_fd in events:
+            self._waker.drain()
+        if self._router in events:
+            self._drain(self._router, self._on_client_message, routed=True)
+        if self._control in events:
+            self._drain(self._control, self._on_control_message, routed=False)
+        for fd, handler in handlers.items():
+            if fd in events:
+                handler()
+
+    def _drain(self, sock: zmq.Socket[Any], handle: Callable[..., None], *, routed: bool) -> None:
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                if routed:
+                    if len(frames) < 3:
+                        raise ProtocolError(f"message has {len(frames) - 1} frame(s) after the routing identity")
+                    handle(frames[0], frames[1:])
+                else:
+                    handle(frames)
+            except ProtocolError as exc:
+                self._log_drop(exc)
+
+    def _log_drop(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._last_drop_log >= DROP_LOG_INTERVAL:
+            self._last_drop_log = now
+            logger.warning("node %s dropped a malformed message: %s", self.name, exc)
+
+    # -- clients -----------------------------------------------------------------------------------------
+
+    def _on_client_message(self, identity: bytes, frames: list[bytes]) -> None:
+        message = protocol.decode(frames, CLIENT_KINDS)
+        kind, meta = message.kind, message.meta
+        now = time.monotonic()
+        if kind is protocol.Kind.HELLO:
+            self._clients[identity] = ClientRecord(identity, meta["client"], now)
+            self._send_workers(identity)
+        elif kind is protocol.Kind.HEARTBEAT:
+            record = self._clients.get(identity)
+            if record is not None:
+                record.last_seen = now
+        elif kind is protocol.Kind.BYE:
+            self._clients.pop(identity, None)
+        elif kind is protocol.Kind.ABANDON:
+            self._abandon(meta["client"])
+        elif kind is protocol.Kind.STATUS:
+            self._send(identity, protocol.encode(protocol.Kind.STATUS_REPLY, self._status()))
+
+    def _send(self, identity: bytes, frames: list[Any]) -> None:
+        try:
+            self._router.send_multipart([identity, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            logger.debug("node %s could not reach a client: %s", self.name, exc)
+
+    def _send_workers(self, identity: Optional[bytes] = None) -> None:
+        ready = [w.describe() for w in self._workers.values() if w.state is WorkerState.READY]
+        frames = protocol.encode(protocol.Kind.WORKERS, {"node": self.name, "workers": ready})
+        targets = [identity] if identity is not None else list(self._clients)
+        for target in targets:
+            self._send(target, frames)
+
+    def _expire_clients(self, now: float) -> None:
+        for identity, record in list(self._clients.items()):
+            if now - record.last_seen > CLIENT_TIMEOUT:
+                logger.info("node %s forgets client %s (silent for %.0f s)", self.name, record.client_id,
+                            now - record.last_seen)
+                del self._clients[identity]
+
+    def _abandon(self, client_id: str) -> None:
+        """Stop every worker running a task of this client (it terminated or went away)."""
+        wanted = bytes.fromhex(client_id)
+        for worker in self._workers.values():
+            slot = self._slots.read(worker.index)
+            if slot.state is SlotState.RUNNING and slot.client == wanted and worker.state is WorkerState.READY:
+                logger.info("node %s stops worker %d: its task %d belongs to client %s, which abandoned it",
+                            self.name, worker.child.pid, slot.task_id, client_id)
+                worker.move(WorkerState.STOPPING)
+                worker.child.signal_group(signal.SIGKILL)
+
+    # -- control -----------------------------------------------------------------------------------------
+
+    def _on_control_message(self, frames: list[bytes]) -> None:
+        message = protocol.decode(frames, CONTROL_KINDS)
+        if message.kind is protocol.Kind.WELCOME and self._ready_fd is not None:
+            os.write(self._ready_fd, f"{self.address}\n".encode())
+            os.close(self._ready_fd)
+            self._ready_fd = None
+
+    def _send_join(self) -> None:
+        running = sum(1 for w in self._workers.values() if self._slots.read(w.index).state is SlotState.RUNNING)
+        meta = {"name": self.name, "address": self.address, "processes": self.processes,
+                "instance": self.instance, "running": running}
+        try:
+            self._control.send_multipart(protocol.encode(protocol.Kind.JOIN, meta), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # control unreachable right now; the next heartbeat tries again
+
+    def _on_parent_gone(self) -> None:
+        logger.info("node %s: the process that owns this embedded cluster is gone", self.name)
+        self._stopping = True
+
+    # -- workers -----------------------------------------------------------------------------------------
+
+    def _all_ready(self) -> bool:
+        return len(self._workers) == self.processes and all(
+            w.state is WorkerState.READY for w in self._workers.values())
+
+    def _worker_bind(self, index: int) -> str:
+        if self.address.startswith("tcp://"):
+            host = self.address[len("tcp://"):].rsplit(":", 1)[0]
+            return f"tcp://{host}:0"
+        self._generation += 1
+        return f"ipc://{self._runtime}/w{index}-{self._generation}"
+
+    def _spawn(self, index: int) -> None:
+        self._slots.reset(index)
+        read_fd, write_fd = os.pipe()
+        argv = [sys.executable, "-m", "lucidity.node.worker", "--slots", self._slots.path,
+                "--count", str(self.processes), "--index", str(index), "--bind", self._worker_bind(index),
+                "--ready-fd", str(write_fd), "--parent", str(os.getpid())]
+        try:
+            child = Child.start(argv, pass_fds=(write_fd,), env=self._worker_env)
+        finally:
+            os.close(write_fd)
+        self._workers[index] = WorkerProcess(index, child, read_fd)
+        logger.debug("node %s started worker %d in position %d", self.name, child.pid, index)
+
+    def _on_worker_ready(self, worker: WorkerProcess) -> None:
+        fd = worker.ready_fd
+        if fd is None:
+            return
+        data = os.read(fd, 4096)
+        os.close(fd)
+        worker.ready_fd = None
+        if not data.endswith(b"\n") or worker.state is not WorkerState.STARTING:
+            return  # it died before binding; its exit is handled through the pidfd
+        worker.address = data.decode().strip()
+        worker.move(WorkerState.READY)
+        self._restart_failures = 0
+        logger.debug("node %s: worker %d ready at %s", self.name, worker.child.pid, worker.address)
+        if self._joined:
+            self._send_workers()
+
+    def _on_worker_exit(self, worker: WorkerProcess) -> None:
+        code = worker.child.reap()
+        if code is None:
+            return
+        was_ready = worker.state is WorkerState.READY
+        was_stopping = worker.state is WorkerState.STOPPING
+        worker.move(WorkerState.EXITED)
+        self._forget_fds(worker)
+        slot = self._slots.read(worker.index)
+        self._tasks_done_by_exited += slot.tasks_done
+        if slot.state is SlotState.RUNNING:
+            self._report_crash(worker, slot.client, slot.task_id, code)
+        elif not was_ready and not was_stopping:
+            self._restart_failures += 1
+            logger.error("node %s: worker %d %s before it was ready", self.name, worker.child.pid,
+                         describe_exit(code))
+        elif code != 0 and not was_stopping:
+            logger.warning("node %s: idle worker %d %s", self.name, worker.child.pid, describe_exit(code))
+        del self._workers[worker.index]
+        self._send_workers()
+        if not self._stopping:
+            delay = 0.0
+            if self._restart_failures:
+                delay = min(RESTART_DELAY * 2 ** (self._restart_failures - 1), RESTART_DELAY_MAX)
+            self._restart_at[worker.index] = time.monotonic() + delay
+
+    def _restart_due(self, now: float) -> None:
+        for index, when in list(self._restart_at.items()):
+            if when <= now:
+                del self._restart_at[index]
+                self._spawn(index)
+
+    def _report_crash(self, worker: WorkerProcess, client: bytes, task_id: int, code: int) -> None:
+        self._tasks_failed += 1
+        how = describe_exit(code)
+        message = f"worker {worker.child.pid} on node {self.name} {how} while running task {task_id}"
+        logger.warning("%s", message)
+        meta = {"task": task_id, "reason": "crashed", "message": message, "pid": worker.child.pid,
+                "node": self.name, "exit_code": code if code >= 0 else None,
+                "signal": -code if code < 0 else None, "worker": str(worker.child.pid)}
+        frames = protocol.encode(protocol.Kind.TASK_FAILED, meta)
+        for identity, record in self._clients.items():
+            if record.client_id == client.hex():
+                self._send(identity, frames)
+
+    def _forget_fds(self, worker: WorkerProcess) -> None:
+        if worker.ready_fd is not None:
+            os.close(worker.ready_fd)
+            worker.ready_fd = None
+
+    # -- status ------------------------------------------------------------------------------------------
+
+    def _status(self) -> dict[str, Any]:
+        workers = []
+        for worker in sorted(self._workers.values(), key=lambda w: w.index):
+            slot = self._slots.read(worker.index)
+            try:
+                rss = psutil.Process(worker.child.pid).memory_info().rss
+            except psutil.Error:
+                rss = 0
+            state = "busy" if slot.state is SlotState.RUNNING else worker.state.value
+            workers.append({"pid": worker.child.pid, "state": state, "rss": rss, "tasks_done": slot.tasks_done,
+                            "task": slot.task_id if slot.state is SlotState.RUNNING else None})
+        return {"role": "node", "name": self.name, "address": self.address, "instance": self.instance,
+                "processes": self.processes, "workers": workers, "clients": len(self._clients),
+                "tasks_done": self._tasks_done_by_exited + sum(w["tasks_done"] for w in workers), "tasks_crashed": self._tasks_failed,
+                "running": sum(1 for w in workers if w["state"] == "busy")}

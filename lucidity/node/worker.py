@@ -1,0 +1,253 @@
+"""The worker process: entry point and loop, nothing else.
+
+A worker is started by its node daemon, binds one ROUTER socket and tells the daemon its address through a
+pipe. Clients connect to it directly, so a task costs one hop each way::
+
+    client --TASKS--> worker          (batches of tasks, functions by digest)
+    client <--RESULTS-- worker        (batches of results)
+    daemon ...reads the worker's slot (current task) and supervises its pid...
+
+The loop is single-threaded: it drains whatever has arrived (tasks, cancellations), runs one task, and
+sends results in batches when no more work is waiting, so a lone apply is answered at once and a flood of
+tiny tasks is answered a batch at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ctypes
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import zmq
+
+from .. import protocol, serialization, transport
+from ..errors import ProtocolError
+from .slots import SlotTable
+
+ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL})
+#: Functions kept per worker, by digest; evicted ones are fetched again through a MISSING reply.
+FUNCTION_CACHE_SIZE = 512
+#: Send accumulated results once this many are waiting, even while more tasks are queued.
+RESULT_BATCH_MAX = 256
+#: ... or once the oldest unsent result has waited this long, in seconds.
+RESULT_BATCH_DELAY = 0.002
+
+_PR_SET_PDEATHSIG = 1
+
+
+class _Task:
+    __slots__ = ("identity", "client", "spec", "frames")
+
+    def __init__(self, identity: bytes, client: bytes, spec: dict[str, Any], frames: Sequence[Any]) -> None:
+        self.identity = identity
+        self.client = client
+        self.spec = spec
+        self.frames = frames
+
+
+class Worker:
+    """Runs tasks from any client that connects, one at a time."""
+
+    def __init__(self, sock: zmq.Socket[Any], slots: SlotTable, index: int) -> None:
+        self._sock = sock
+        self._slots = slots
+        self._index = index
+        self._functions: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        self._initialized: set[str] = set()
+        self._queue: collections.deque[_Task] = collections.deque()
+        self._outbox: dict[bytes, tuple[list[dict[str, Any]], list[Any]]] = {}
+        self._outbox_count = 0
+        self._outbox_since = 0.0
+        self._tasks_done = 0
+        self._pool_counts: collections.Counter[str] = collections.Counter()
+
+    def run(self) -> None:
+        while True:
+            if not self._queue:
+                self._flush()
+                self._receive(block=True)
+            self._receive(block=False)
+            if not self._queue:
+                continue
+            task = self._queue.popleft()
+            self._run(task)
+            if self._must_retire(task):
+                self._flush()
+                return
+            if self._outbox_count >= RESULT_BATCH_MAX or time.monotonic() - self._outbox_since > RESULT_BATCH_DELAY:
+                self._flush()
+
+    # -- receiving ---------------------------------------------------------------------------------------
+
+    def _receive(self, block: bool) -> None:
+        flags = 0 if block else zmq.NOBLOCK
+        while True:
+            try:
+                frames = self._sock.recv_multipart(flags, copy=False)
+            except zmq.Again:
+                return
+            flags = zmq.NOBLOCK
+            try:
+                self._accept(frames)
+            except ProtocolError as exc:
+                print(f"lucidity worker {os.getpid()}: dropped a message: {exc}", file=sys.stderr)
+
+    def _accept(self, frames: list[Any]) -> None:
+        if len(frames) < 2:
+            raise ProtocolError("message without routing identity")
+        identity = frames[0].bytes
+        message = protocol.decode(frames[1:], ACCEPTED)
+        if message.kind is protocol.Kind.CANCEL:
+            cancelled = set(message.meta["tasks"])
+            self._queue = collections.deque(
+                t for t in self._queue if not (t.identity == identity and t.spec["id"] in cancelled)
+            )
+            return
+        meta = message.meta
+        payload = message.payload
+        client = bytes.fromhex(meta["client"])
+        functions = meta.get("functions", [])
+        for position, name in enumerate(functions):
+            self._functions[name] = payload[position]  # loaded lazily, on first use
+            self._functions.move_to_end(name)
+        while len(self._functions) > FUNCTION_CACHE_SIZE:
+            self._functions.popitem(last=False)
+        offset = len(functions)
+        for spec in meta["tasks"]:
+            count = spec["n"]
+            self._queue.append(_Task(identity, client, spec, payload[offset:offset + count]))
+            offset += count
+
+    # -- running -----------------------------------------------------------------------------------------
+
+    def _function(self, name: str) -> Optional[Callable[..., Any]]:
+        entry = self._functions.get(name)
+        if entry is None:
+            return None
+        if isinstance(entry, zmq.Frame):
+            entry = serialization.loads_function(entry.buffer)
+            self._functions[name] = entry
+        self._functions.move_to_end(name)
+        return entry  # type: ignore[no-any-return]
+
+    def _run(self, task: _Task) -> None:
+        spec = task.spec
+        missing = [name for name in (spec["fn"], spec.get("init")) if name and name not in self._functions]
+        if missing:
+            self._send(task.identity, protocol.encode(protocol.Kind.MISSING, {"tasks": [spec["id"]], "digests": missing}))
+            return
+        self._slots.begin(self._index, spec["id"], task.client, self._tasks_done)
+        started = time.perf_counter()
+        try:
+            frames = self._execute(spec, task.frames)
+            status = "ok"
+        except BaseException as exc:  # noqa: B036 - SystemExit and KeyboardInterrupt belong to the task
+            frames = serialization.dumps_exception(exc)
+            status = "error"
+        elapsed = time.perf_counter() - started
+        self._tasks_done += 1
+        self._slots.end(self._index, self._tasks_done)
+        results, buffers = self._outbox.setdefault(task.identity, ([], []))
+        results.append({"id": spec["id"], "status": status, "n": len(frames), "t": elapsed})
+        buffers.extend(frames)
+        if not self._outbox_count:
+            self._outbox_since = time.monotonic()
+        self._outbox_count += 1
+
+    def _execute(self, spec: dict[str, Any], frames: Sequence[Any]) -> list[Any]:
+        init = spec.get("init")
+        if init and init not in self._initialized:
+            initializer, initargs = self._function(init)  # type: ignore[misc]
+            initializer(*initargs)
+            self._initialized.add(init)
+        function = self._function(spec["fn"])
+        if function is None:
+            raise ProtocolError(f"function {spec['fn']} is not cached on this worker")
+        arguments = serialization.loads([f.buffer for f in frames])
+        mode = spec["mode"]
+        if mode == "call":
+            args, kwargs = arguments
+            value = function(*args, **kwargs)
+        elif mode == "map":
+            value = [function(item) for item in arguments]
+        elif mode == "starmap":
+            value = [function(*item) for item in arguments]
+        else:
+            raise ProtocolError(f"unknown task mode {mode!r}")
+        try:
+            return serialization.dumps(value, "result")
+        except Exception as exc:
+            from multiprocessing.pool import MaybeEncodingError
+
+            raise MaybeEncodingError(exc, value) from None
+
+    def _must_retire(self, task: _Task) -> bool:
+        limit = task.spec.get("max")
+        if not limit:
+            return False
+        pool = task.spec.get("pool", "")
+        self._pool_counts[pool] += 1
+        return self._pool_counts[pool] >= limit
+
+    # -- sending -----------------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        for identity, (results, buffers) in self._outbox.items():
+            self._send(identity, protocol.encode(protocol.Kind.RESULTS, {"results": results}, buffers))
+        self._outbox.clear()
+        self._outbox_count = 0
+
+    def _send(self, identity: bytes, frames: list[Any]) -> None:
+        self._sock.send_multipart([identity, *frames], copy=False)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this worker when its daemon dies (Linux), and check it has not already."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _apply_sys_path() -> None:
+    """Put the caller's sys.path first, as multiprocessing's workers inherit it (embedded clusters only)."""
+    inherited = os.environ.get("LUCIDITY_SYS_PATH")
+    if inherited:
+        entries = [p for p in inherited.split(os.pathsep)]
+        sys.path[:] = entries + [p for p in sys.path if p not in entries]
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="lucidity-worker", description="A lucidity worker (started by a node daemon).")
+    parser.add_argument("--slots", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--bind", required=True)
+    parser.add_argument("--ready-fd", type=int, required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    args = parser.parse_args(argv)
+    _die_with_parent(args.parent)
+    _apply_sys_path()
+    slots = SlotTable(args.slots, args.count, create=False)
+    context = transport.new_context()
+    sock = transport.new_socket(context, zmq.ROUTER)
+    address = transport.bind(sock, args.bind)
+    os.write(args.ready_fd, f"{address}\n".encode())
+    os.close(args.ready_fd)
+    try:
+        Worker(sock, slots, args.index).run()
+    finally:
+        sock.close(linger=int(transport.LINGER * 1000))
+        context.term()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,468 @@
+"""Pool and its AsyncResult types: multiprocessing.Pool semantics and nothing more.
+
+``from lucidity import Pool`` replaces ``from multiprocessing import Pool``. Every method, argument,
+result type and misuse error follows the standard library; the tasks run on worker processes supervised
+by node daemons — an embedded local cluster by default, a running cluster with ``address=`` or
+``$LUCIDITY_ADDRESS``.
+
+Deliberate differences from multiprocessing.Pool (each one makes a failure visible instead of silent):
+
+- A function or argument that cannot be serialized raises `lucidity.SerializationError` (a
+  ``pickle.PicklingError``) from the submitting call, and nothing is sent; the stdlib reports it later,
+  through the result.
+- Functions travel by value where needed (dill): lambdas, closures and functions of ``__main__`` work.
+- ``terminate()`` fails every unfinished result with an error instead of leaving ``get()`` to hang.
+- A worker that dies fails its task with `lucidity.WorkerCrashed` instead of hanging the pool.
+- ``imap``/``imap_unordered`` read their input lazily, a bounded window ahead of the consumer, so an
+  endless generator works; after ``close()`` they read the rest eagerly, as the stdlib does.
+- ``initializer`` runs once per worker and pool before the worker's first task for that pool; workers of a
+  shared cluster may serve several pools.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import itertools
+import threading
+import types
+import uuid
+import warnings
+import weakref
+from multiprocessing import TimeoutError
+from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional, Sequence, TypeVar
+
+from . import serialization
+from .client import Client
+from .cluster import LocalCluster, resolve_address
+from .errors import SerializationError
+from .task import FunctionRef, Task
+
+__all__ = ["Pool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator", "IMapUnorderedIterator"]
+
+T = TypeVar("T")
+#: Chunks an imap may have submitted ahead of its consumer.
+IMAP_WINDOW = 1024
+
+
+class PoolState(enum.Enum):
+    RUN = "RUN"
+    CLOSE = "CLOSE"
+    TERMINATE = "TERMINATE"
+
+
+_POOL_TRANSITIONS = {
+    PoolState.RUN: {PoolState.CLOSE, PoolState.TERMINATE},
+    PoolState.CLOSE: {PoolState.TERMINATE, PoolState.CLOSE},
+    PoolState.TERMINATE: {PoolState.TERMINATE},
+}
+
+
+class ApplyResult(Generic[T]):
+    """The result of `Pool.apply_async`; also the base of `MapResult`. As multiprocessing.pool.ApplyResult."""
+
+    def __init__(self, callback: Optional[Callable[[T], object]] = None,
+                 error_callback: Optional[Callable[[BaseException], object]] = None) -> None:
+        self._event = threading.Event()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = False
+        self._value: Any = None
+
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        self._event.wait(timeout)
+
+    def get(self, timeout: Optional[float] = None) -> T:
+        """The result; re-raises the task's exception; ``multiprocessing.TimeoutError`` if not ready in time.
+
+        The timeout bounds this wait only: the task keeps running.
+        """
+        self.wait(timeout)
+        if not self.ready():
+            raise TimeoutError
+        if self._success:
+            return self._value  # type: ignore[no-any-return]
+        raise self._value
+
+    def _set(self, index: int, succeeded: bool, value: Any) -> None:
+        self._success, self._value = succeeded, value
+        if self._callback and succeeded:
+            self._callback(value)
+        if self._error_callback and not succeeded:
+            self._error_callback(value)
+        self._event.set()
+
+    __class_getitem__ = classmethod(types.GenericAlias)  # type: ignore[assignment]
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult[list[T]]):
+    """The result of `Pool.map_async`: ready once every chunk is done; the first error wins."""
+
+    def __init__(self, chunksize: int, length: int, callback: Optional[Callable[[list[T]], object]],
+                 error_callback: Optional[Callable[[BaseException], object]]) -> None:
+        super().__init__(callback, error_callback)
+        self._success = True
+        self._value = [None] * length
+        self._chunksize = chunksize
+        self._lock = threading.Lock()
+        if chunksize <= 0:
+            self._number_left = 0
+            self._event.set()
+        else:
+            self._number_left = length // chunksize + bool(length % chunksize)
+
+    def _set(self, index: int, succeeded: bool, value: Any) -> None:
+        with self._lock:
+            self._number_left -= 1
+            if succeeded and self._success:
+                self._value[index * self._chunksize:(index + 1) * self._chunksize] = value
+            elif not succeeded and self._success:
+                self._success, self._value = False, value
+            if self._number_left:
+                return
+        if self._success and self._callback:
+            self._callback(self._value)
+        elif not self._success and self._error_callback:
+            self._error_callback(self._value)
+        self._event.set()
+
+
+class _Window:
+    """Bounds how far a lazy map runs ahead of its consumer; `lift` removes the bound."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._lifted = False
+        self._cond = threading.Condition()
+
+    def acquire(self) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._free > 0 or self._lifted)
+            self._free -= 1
+
+    def release(self) -> None:
+        with self._cond:
+            self._free += 1
+            self._cond.notify()
+
+    def lift(self) -> None:
+        with self._cond:
+            self._lifted = True
+            self._cond.notify_all()
+
+
+class IMapIterator(Generic[T]):
+    """The iterator `Pool.imap` returns: results in order; ``next(timeout)`` as the stdlib's."""
+
+    _ordered = True
+
+    def __init__(self, window: _Window) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._window = window
+        self._items: collections.deque[tuple[bool, Any]] = collections.deque()
+        self._unsorted: dict[int, tuple[bool, Any]] = {}
+        self._index = 0
+        self._length: Optional[int] = None
+
+    def __iter__(self) -> "IMapIterator[T]":
+        return self
+
+    def next(self, timeout: Optional[float] = None) -> T:
+        with self._cond:
+            if not self._items:
+                if self._index == self._length:
+                    raise StopIteration from None
+                self._cond.wait_for(lambda: self._items or self._index == self._length, timeout)
+                if not self._items:
+                    if self._index == self._length:
+                        raise StopIteration from None
+                    raise TimeoutError from None
+            succeeded, value = self._items.popleft()
+        self._window.release()
+        if succeeded:
+            return value  # type: ignore[no-any-return]
+        raise value
+
+    __next__ = next
+
+    def _set(self, index: int, succeeded: bool, value: Any) -> None:
+        with self._cond:
+            if not self._ordered:
+                self._items.append((succeeded, value))
+                self._index += 1
+            elif index == self._index:
+                self._items.append((succeeded, value))
+                self._index += 1
+                while self._index in self._unsorted:
+                    self._items.append(self._unsorted.pop(self._index))
+                    self._index += 1
+            else:
+                self._unsorted[index] = (succeeded, value)
+            self._cond.notify()
+
+    def _set_length(self, length: int) -> None:
+        with self._cond:
+            self._length = length
+            self._cond.notify()
+
+
+class IMapUnorderedIterator(IMapIterator[T]):
+    """The iterator `Pool.imap_unordered` returns: results as they finish."""
+
+    _ordered = False
+
+
+class Pool:
+    """A process pool with the interface of multiprocessing.Pool, running on lucidity node daemons.
+
+    Args:
+        processes: worker processes of the embedded cluster (default: CPU count). With ``address``, at most
+            this many workers of the cluster run this pool's tasks at once (default: all of them).
+        initializer, initargs: ``initializer(*initargs)`` runs on a worker before its first task for
+            this pool.
+        maxtasksperchild: a worker is replaced after running this many tasks of this pool.
+        context: accepted for compatibility and ignored (workers are started by node daemons).
+        address: a running cluster's control address (default: ``$LUCIDITY_ADDRESS``; else an embedded
+            cluster is started and stopped with the pool).
+        connect_timeout: seconds to wait for a cluster with a worker before `lucidity.ClusterUnavailable`.
+
+    Raises:
+        ValueError: processes < 1, or a bad maxtasksperchild, as the stdlib.
+        TypeError: initializer is not callable, as the stdlib.
+    """
+
+    def __init__(self, processes: Optional[int] = None, initializer: Optional[Callable[..., object]] = None,
+                 initargs: Iterable[Any] = (), maxtasksperchild: Optional[int] = None, context: Any = None,
+                 *, address: Optional[str] = None, connect_timeout: float = 30.0) -> None:
+        self._state = PoolState.RUN
+        self._cluster: Optional[LocalCluster] = None
+        self._feeders: list[threading.Thread] = []
+        self._windows: "weakref.WeakSet[_Window]" = weakref.WeakSet()
+        self._id = uuid.uuid4().hex
+        if processes is not None and processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._maxtasksperchild = maxtasksperchild
+        resolved = resolve_address(address)
+        if resolved is None:
+            self._cluster = LocalCluster(processes=processes)
+            resolved = self._cluster.address
+        try:
+            self._client = Client(resolved, max_running=processes if self._cluster is None else None,
+                                  connect_timeout=connect_timeout)
+        except BaseException:
+            if self._cluster is not None:
+                self._cluster.close()
+            raise
+        self._processes = processes or self._client.worker_count
+        self._initializer: Optional[FunctionRef] = None
+        if initializer is not None:
+            self._initializer = self._client.function((initializer, tuple(initargs)))
+        self._finalizer = weakref.finalize(self, _teardown, self._client, self._cluster)
+
+    # -- submitting --------------------------------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._state is not PoolState.RUN:
+            raise ValueError("Pool not running")
+
+    def _task(self, function: FunctionRef, mode: str, frames: list[Any], on_done: Callable[[bool, Any], None]) -> Task:
+        return self._client.new_task(function, mode, frames, on_done, pool=self._id, initializer=self._initializer,
+                                     max_tasks=self._maxtasksperchild)
+
+    def apply(self, func: Callable[..., T], args: Sequence[Any] = (), kwds: Mapping[str, Any] = {}) -> T:
+        """Call ``func(*args, **kwds)`` on a worker and return its result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(self, func: Callable[..., T], args: Sequence[Any] = (), kwds: Mapping[str, Any] = {},
+                    callback: Optional[Callable[[T], object]] = None,
+                    error_callback: Optional[Callable[[BaseException], object]] = None) -> ApplyResult[T]:
+        """Submit ``func(*args, **kwds)``; the function and arguments are serialized here, before returning."""
+        self._check_running()
+        function = self._client.function(func)
+        frames = serialization.dumps((tuple(args), dict(kwds)), f"arguments of {function.description}")
+        result: ApplyResult[T] = ApplyResult(callback, error_callback)
+        self._client.submit([self._task(function, "call", frames, lambda ok, value: result._set(0, ok, value))])
+        return result
+
+    def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None) -> list[T]:
+        """``list(map(func, iterable))`` computed on the workers, in chunks."""
+        return self._map_async(func, iterable, "map", chunksize).get()
+
+    def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
+                chunksize: Optional[int] = None) -> list[T]:
+        """Like `map`, with each item unpacked as the arguments: ``func(*item)``."""
+        return self._map_async(func, iterable, "starmap", chunksize).get()
+
+    def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None,
+                  callback: Optional[Callable[[list[T]], object]] = None,
+                  error_callback: Optional[Callable[[BaseException], object]] = None) -> MapResult[T]:
+        return self._map_async(func, iterable, "map", chunksize, callback, error_callback)
+
+    def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
+                      chunksize: Optional[int] = None, callback: Optional[Callable[[list[T]], object]] = None,
+                      error_callback: Optional[Callable[[BaseException], object]] = None) -> MapResult[T]:
+        return self._map_async(func, iterable, "starmap", chunksize, callback, error_callback)
+
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], mode: str,
+                   chunksize: Optional[int] = None, callback: Optional[Callable[[list[Any]], object]] = None,
+                   error_callback: Optional[Callable[[BaseException], object]] = None) -> MapResult[Any]:
+        self._check_running()
+        items = iterable if hasattr(iterable, "__len__") else list(iterable)
+        length = len(items)  # type: ignore[arg-type]
+        if chunksize is None:
+            chunksize, extra = divmod(length, self._processes * 4)
+            if extra:
+                chunksize += 1
+        if length == 0:
+            chunksize = 0
+        function = self._client.function(func)
+        result: MapResult[Any] = MapResult(chunksize, length, callback, error_callback)
+        if chunksize <= 0:
+            return result
+        iterator = iter(items)
+        tasks = []
+        for index in itertools.count():
+            chunk = list(itertools.islice(iterator, chunksize))
+            if not chunk:
+                break
+            frames = serialization.dumps(chunk, f"items {index * chunksize}..{index * chunksize + len(chunk) - 1}")
+            tasks.append(self._task(function, mode, frames, lambda ok, value, i=index: result._set(i, ok, value)))
+        self._client.submit(tasks)
+        return result
+
+    def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[T]:
+        """Like `map`, yielding results in order as they become available; reads the input lazily."""
+        return self._imap(IMapIterator, func, iterable, chunksize)
+
+    def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[T]:
+        """Like `imap`, yielding results in the order they finish."""
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize)
+
+    def _imap(self, kind: type[IMapIterator[Any]], func: Callable[[Any], Any], iterable: Iterable[Any],
+              chunksize: int) -> Iterator[Any]:
+        self._check_running()
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        function = self._client.function(func)
+        window = _Window(IMAP_WINDOW)
+        self._windows.add(window)
+        result = kind(window)
+        feeder = threading.Thread(target=self._feed, args=(function, iterable, chunksize, result, window),
+                                  name="lucidity-imap-feeder", daemon=True)
+        self._feeders.append(feeder)
+        feeder.start()
+        if chunksize == 1:
+            return _unwrap_single(result)
+        return (item for chunk in result for item in chunk)
+
+    def _feed(self, function: FunctionRef, iterable: Iterable[Any], chunksize: int, result: IMapIterator[Any],
+              window: _Window) -> None:
+        """Submit chunks of the input as the window allows (a thread per imap)."""
+        index = 0
+        try:
+            iterator = iter(iterable)
+            while self._state is not PoolState.TERMINATE:
+                window.acquire()
+                chunk = list(itertools.islice(iterator, chunksize))
+                if not chunk:
+                    break
+                try:
+                    frames = serialization.dumps(chunk, f"items {index * chunksize}..{index * chunksize + len(chunk) - 1}")
+                except SerializationError as exc:
+                    result._set(index, False, exc)
+                else:
+                    self._client.submit([self._task(function, "map", frames,
+                                                    lambda ok, value, i=index: result._set(i, ok, value))])
+                index += 1
+        except Exception as exc:  # the input iterable raised: fail at that position and stop, as the stdlib
+            result._set(index, False, exc)
+            index += 1
+        result._set_length(index)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def _move(self, new: PoolState) -> None:
+        if new not in _POOL_TRANSITIONS[self._state]:
+            raise ValueError(f"Pool cannot move from {self._state.value} to {new.value}")
+        self._state = new
+
+    def close(self) -> None:
+        """Accept no more tasks; the pool finishes those submitted, then `join` stops its workers."""
+        if self._state is PoolState.RUN:
+            self._move(PoolState.CLOSE)
+        for window in list(self._windows):
+            window.lift()
+
+    def terminate(self) -> None:
+        """Stop now: unfinished tasks are stopped on the nodes and their results fail."""
+        self._move(PoolState.TERMINATE)
+        for window in list(self._windows):
+            window.lift()
+        self._finalizer()
+
+    def join(self) -> None:
+        """Wait for the tasks to finish (after close) and for the pool's processes to stop."""
+        if self._state is PoolState.RUN:
+            raise ValueError("Pool is still running")
+        for feeder in self._feeders:
+            feeder.join()
+        if self._state is PoolState.CLOSE:
+            self._client.wait_idle()
+        self._finalizer()
+
+    def __enter__(self) -> "Pool":
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.terminate()
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+    def __repr__(self) -> str:
+        cls = type(self)
+        return f"<{cls.__module__}.{cls.__qualname__} state={self._state.value} pool_size={self._processes}>"
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) is PoolState.RUN:
+            warnings.warn(f"unclosed running lucidity pool {self!r}", ResourceWarning, source=self)
+
+
+def _unwrap_single(result: IMapIterator[Any]) -> Iterator[Any]:
+    """Yield the items of one-item chunks, keeping ``next(timeout)`` available on the iterator."""
+    return _SingleItemIterator(result)
+
+
+class _SingleItemIterator(Generic[T]):
+    def __init__(self, chunks: IMapIterator[list[T]]) -> None:
+        self._chunks = chunks
+
+    def __iter__(self) -> "_SingleItemIterator[T]":
+        return self
+
+    def next(self, timeout: Optional[float] = None) -> T:
+        return self._chunks.next(timeout)[0]
+
+    __next__ = next
+
+
+def _teardown(client: Client, cluster: Optional[LocalCluster]) -> None:
+    client.shutdown(cancel=True)
+    if cluster is not None:
+        cluster.close()

@@ -1,0 +1,151 @@
+"""The wire format: protocol version, message kinds and framing.
+
+Every message is a list of frames::
+
+    [header, meta, *payload]
+
+``header`` is two bytes, the protocol version and the `Kind`. ``meta`` is a JSON object whose required
+fields depend on the kind (`SCHEMA`); it never holds code, so it is safe to parse from any peer. The
+``payload`` frames are opaque here: serialized calls, results and their out-of-band buffers, which
+`lucidity.serialization` alone interprets. This module knows frames, not sockets, and never looks inside
+a payload.
+
+`decode` is the boundary check: it names what is wrong in a `ProtocolError` so that daemons can log the
+message, drop it and keep serving.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence, Union
+
+from .errors import ProtocolError
+
+__all__ = ["VERSION", "Kind", "Message", "encode", "decode"]
+
+VERSION = 1
+
+#: Largest JSON meta frame a peer may send, in bytes.
+MAX_META_BYTES = 4 * 1024 * 1024
+#: Most payload frames in one message (a batch of tasks with their buffers).
+MAX_PAYLOAD_FRAMES = 100_000
+
+Frame = Any  # bytes, memoryview or zmq.Frame
+Payload = Union[bytes, memoryview, Any]
+
+
+class Kind(enum.IntEnum):
+    # membership: node <-> control
+    JOIN = 1
+    WELCOME = 2
+    HEARTBEAT = 3
+    LEAVE = 4
+    # membership: client <-> control
+    WATCH = 10
+    NODES = 11
+    # client <-> node daemon
+    HELLO = 20
+    WORKERS = 21
+    TASK_FAILED = 22
+    ABANDON = 23
+    BYE = 24
+    # anyone <-> a daemon
+    STATUS = 30
+    STATUS_REPLY = 31
+    # the task path: client <-> worker
+    TASKS = 40
+    RESULTS = 41
+    CANCEL = 42
+    MISSING = 43
+
+
+#: Required meta fields and their JSON types, per kind. Extra fields are allowed (forward compatible).
+SCHEMA: dict[Kind, dict[str, Union[type, tuple[type, ...]]]] = {
+    Kind.JOIN: {"name": str, "address": str, "processes": int, "instance": str},
+    Kind.WELCOME: {"instance": str},
+    Kind.HEARTBEAT: {},
+    Kind.LEAVE: {"name": str},
+    Kind.WATCH: {},
+    Kind.NODES: {"nodes": list, "instance": str},
+    Kind.HELLO: {"client": str},
+    Kind.WORKERS: {"node": str, "workers": list},
+    Kind.TASK_FAILED: {"task": int, "reason": str, "message": str},
+    Kind.ABANDON: {"client": str},
+    Kind.BYE: {"client": str},
+    Kind.STATUS: {},
+    Kind.STATUS_REPLY: {"role": str},
+    Kind.TASKS: {"client": str, "tasks": list},
+    Kind.RESULTS: {"results": list},
+    Kind.CANCEL: {"tasks": list},
+    Kind.MISSING: {"tasks": list, "digests": list},
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded message: its kind, its checked meta, and its payload frames untouched."""
+
+    kind: Kind
+    meta: dict[str, Any]
+    payload: Sequence[Frame] = field(default_factory=list)
+
+
+def encode(kind: Kind, meta: dict[str, Any], payload: Iterable[Payload] = ()) -> list[Payload]:
+    """Frames for one message. Payload frames are passed through without copying."""
+    return [bytes((VERSION, kind)), json.dumps(meta, separators=(",", ":")).encode(), *payload]
+
+
+def _frame_bytes(frame: Frame) -> bytes:
+    if isinstance(frame, bytes):
+        return frame
+    raw = getattr(frame, "bytes", None)
+    if isinstance(raw, bytes):
+        return raw
+    return bytes(frame)
+
+
+def _frame_size(frame: Frame) -> int:
+    if isinstance(frame, (bytes, memoryview)):
+        return len(frame)
+    return len(frame.buffer)
+
+
+def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
+    """Check a message's envelope and meta; return it, or raise `ProtocolError` saying what is wrong.
+
+    Args:
+        frames: the frames as received (routing identities already removed).
+        accept: the kinds this receiver takes from this peer; anything else is refused here, before any
+            field is interpreted.
+    """
+    if len(frames) < 2:
+        raise ProtocolError(f"message has {len(frames)} frame(s); at least 2 are required")
+    if len(frames) - 2 > MAX_PAYLOAD_FRAMES:
+        raise ProtocolError(f"message has {len(frames) - 2} payload frames; at most {MAX_PAYLOAD_FRAMES}")
+    header = _frame_bytes(frames[0])
+    if len(header) != 2:
+        raise ProtocolError(f"header frame is {len(header)} bytes; 2 are required")
+    version, kind_number = header[0], header[1]
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version} is not supported (this is version {VERSION})")
+    try:
+        kind = Kind(kind_number)
+    except ValueError:
+        raise ProtocolError(f"unknown message kind {kind_number}") from None
+    if kind not in accept:
+        raise ProtocolError(f"message kind {kind.name} is not accepted here")
+    if _frame_size(frames[1]) > MAX_META_BYTES:
+        raise ProtocolError(f"{kind.name} meta frame exceeds {MAX_META_BYTES} bytes")
+    try:
+        meta = json.loads(_frame_bytes(frames[1]))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"{kind.name} meta is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ProtocolError(f"{kind.name} meta is a {type(meta).__name__}, not an object")
+    for name, expected in SCHEMA[kind].items():
+        value = meta.get(name)
+        if not isinstance(value, expected) or isinstance(value, bool) and expected is int:
+            raise ProtocolError(f"{kind.name} meta field {name!r} is missing or not of the right type")
+    return Message(kind, meta, frames[2:])

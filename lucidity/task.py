@@ -1,0 +1,103 @@
+"""A task's record and state machine; pure, no I/O.
+
+A task is one message's worth of work: a call, or a chunk of a map. Its life::
+
+    PENDING --dispatch--> SENT --result--> DONE
+       |                   |  --error/crash--> FAILED
+       |                   |  --worker gone, not started--> PENDING   (sent again elsewhere)
+       +--cancel--> CANCELLED
+
+`Task.move` is the only way to change state; it raises on an illegal move and names the history, so a
+race shows up as an error instead of a lost or doubled result.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+__all__ = ["TaskState", "Task", "FunctionRef", "IllegalTransition"]
+
+
+class TaskState(enum.Enum):
+    PENDING = "pending"
+    SENT = "sent"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.PENDING: frozenset({TaskState.SENT, TaskState.CANCELLED, TaskState.FAILED}),
+    TaskState.SENT: frozenset({TaskState.DONE, TaskState.FAILED, TaskState.PENDING}),
+    TaskState.DONE: frozenset(),
+    TaskState.FAILED: frozenset(),
+    TaskState.CANCELLED: frozenset(),
+}
+
+FINAL = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
+
+
+class IllegalTransition(RuntimeError):
+    """A task was asked to make a move its state machine does not allow (a bug, never a user error)."""
+
+
+@dataclass(frozen=True)
+class FunctionRef:
+    """A serialized function and the digest that names it in worker caches."""
+
+    digest: str
+    data: bytes
+    description: str
+
+
+@dataclass(eq=False)
+class Task:
+    """One unit of work and everything needed to send it again.
+
+    Attributes:
+        id: unique within the client.
+        function: what to call; ``initializer`` runs once per worker before the first task of its pool.
+        mode: "call" (payload is ``(args, kwargs)``), "map" or "starmap" (payload is a chunk of items).
+        frames: the serialized payload, kept until the task ends so it can be resent.
+        on_done: called exactly once with ``(succeeded, value_or_exception)``.
+    """
+
+    id: int
+    function: FunctionRef
+    mode: str
+    frames: list[Any]
+    on_done: Callable[[bool, Any], None]
+    pool: Optional[str] = None
+    initializer: Optional[FunctionRef] = None
+    max_tasks: Optional[int] = None
+    state: TaskState = TaskState.PENDING
+    worker: Optional[str] = None
+    sends: int = 0
+    history: list[TaskState] = field(default_factory=list)
+
+    def move(self, new: TaskState) -> None:
+        if new not in TRANSITIONS[self.state]:
+            trail = " -> ".join(s.value for s in [*self.history, self.state])
+            raise IllegalTransition(f"task {self.id}: illegal move {self.state.value} -> {new.value} (history {trail})")
+        self.history.append(self.state)
+        self.state = new
+        if new is TaskState.SENT:
+            self.sends += 1
+        if new in FINAL:
+            self.frames = []
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL
+
+    def spec(self) -> dict[str, Any]:
+        """The task's entry in a TASKS message (everything but the payload frames)."""
+        spec: dict[str, Any] = {"id": self.id, "fn": self.function.digest, "mode": self.mode, "n": len(self.frames)}
+        if self.initializer is not None:
+            spec["init"] = self.initializer.digest
+        if self.max_tasks:
+            spec["max"] = self.max_tasks
+            spec["pool"] = self.pool or ""
+        return spec
