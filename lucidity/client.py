@@ -244,8 +244,8 @@ class Client:
                 return
             try:
                 handler(frames)
-            except ProtocolError as exc:
-                logger.warning("lucidity client dropped a malformed message: %s", exc)
+            except (ProtocolError, KeyError, TypeError, ValueError) as exc:
+                logger.warning("lucidity client dropped a malformed message: %s: %s", type(exc).__name__, exc)
 
     def _heartbeat(self) -> None:
         self._send(self._control, protocol.encode(protocol.Kind.WATCH, {}))

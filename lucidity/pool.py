@@ -437,7 +437,8 @@ class Pool:
 
     def __repr__(self) -> str:
         cls = type(self)
-        return f"<{cls.__module__}.{cls.__qualname__} state={self._state.value} pool_size={self._processes}>"
+        size = getattr(self, "_processes", None)
+        return f"<{cls.__module__}.{cls.__qualname__} state={self._state.value} pool_size={size}>"
 
     def __del__(self) -> None:
         if getattr(self, "_state", None) is PoolState.RUN:

@@ -32,6 +32,10 @@ MAX_META_BYTES = 4 * 1024 * 1024
 #: Most payload frames in one message (a batch of tasks with their buffers).
 MAX_PAYLOAD_FRAMES = 100_000
 
+#: Client ids are uuid4 hex strings.
+CLIENT_ID_LENGTH = 32
+_HEX = frozenset("0123456789abcdef")
+
 Frame = Any  # bytes, memoryview or zmq.Frame
 Payload = Union[bytes, memoryview, Any]
 
@@ -148,4 +152,8 @@ def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
         value = meta.get(name)
         if not isinstance(value, expected) or isinstance(value, bool) and expected is int:
             raise ProtocolError(f"{kind.name} meta field {name!r} is missing or not of the right type")
+    client = meta.get("client")
+    if client is not None and not (isinstance(client, str) and len(client) == CLIENT_ID_LENGTH
+                                   and all(c in _HEX for c in client)):
+        raise ProtocolError(f"{kind.name} meta field 'client' is not a client id")
     return Message(kind, meta, frames[2:])

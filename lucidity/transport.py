@@ -51,7 +51,9 @@ def bind(sock: zmq.Socket[Any], address: str) -> str:
     """Bind and return the address actually bound (a port of 0 is replaced by the one chosen)."""
     sock.bind(address)
     endpoint = sock.getsockopt(zmq.LAST_ENDPOINT)
-    return endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
+    bound = endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
+    # With IPv6 enabled, an IPv4 bind reports the mapped form tcp://[::ffff:127.0.0.1]:port.
+    return bound.replace("[::ffff:", "").replace("]:", ":") if "[::ffff:" in bound else bound
 
 
 def is_loopback(address: str) -> bool:

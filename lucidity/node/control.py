@@ -134,7 +134,7 @@ class ControlDaemon:
                 if len(frames) < 3:
                     raise ProtocolError(f"message has {len(frames) - 1} frame(s) after the routing identity")
                 self._handle(frames[0], protocol.decode(frames[1:], ACCEPTED))
-            except ProtocolError as exc:
+            except (ProtocolError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 now = time.monotonic()
                 if now - self._last_drop_log >= DROP_LOG_INTERVAL:
                     self._last_drop_log = now

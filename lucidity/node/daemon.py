@@ -251,6 +251,9 @@ class NodeDaemon:
                     handle(frames)
             except ProtocolError as exc:
                 self._log_drop(exc)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # A message that passed the envelope check but still made no sense: never fatal.
+                self._log_drop(ProtocolError(f"{type(exc).__name__}: {exc}"))
 
     def _log_drop(self, exc: Exception) -> None:
         now = time.monotonic()

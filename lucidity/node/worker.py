@@ -112,6 +112,7 @@ class Worker:
         payload = message.payload
         client = bytes.fromhex(meta["client"])
         functions = meta.get("functions", [])
+        _check_batch(functions, meta["tasks"], len(payload))
         for position, name in enumerate(functions):
             self._functions[name] = payload[position]  # loaded lazily, on first use
             self._functions.move_to_end(name)
@@ -204,6 +205,21 @@ class Worker:
 
     def _send(self, identity: bytes, frames: list[Any]) -> None:
         self._sock.send_multipart([identity, *frames], copy=False)
+
+
+def _check_batch(functions: Any, tasks: list[Any], frame_count: int) -> None:
+    """Refuse a TASKS batch whose entries do not add up, before anything is queued."""
+    if not isinstance(functions, list) or not all(isinstance(f, str) for f in functions):
+        raise ProtocolError("TASKS 'functions' must be a list of digests")
+    needed = len(functions)
+    for spec in tasks:
+        if not (isinstance(spec, dict) and isinstance(spec.get("id"), int) and isinstance(spec.get("fn"), str)
+                and spec.get("mode") in ("call", "map", "starmap") and isinstance(spec.get("n"), int)
+                and spec["n"] >= 1 and isinstance(spec.get("init", ""), str)):
+            raise ProtocolError(f"malformed task entry {str(spec)[:80]}")
+        needed += spec["n"]
+    if needed != frame_count:
+        raise ProtocolError(f"TASKS batch announces {needed} payload frames but carries {frame_count}")
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -1,0 +1,219 @@
+"""Failures a user meets on the embedded cluster: crashes, bad input, a killed owner, garbage on the wire."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+import zmq
+
+import lucidity
+from lucidity import protocol
+from lucidity.node.cli import query_status
+
+from conftest import CliCluster
+
+
+def identity(x):
+    return x
+
+
+def pid_of_worker(_=None):
+    return os.getpid()
+
+
+def exit_hard(code):
+    os._exit(code)
+
+
+def segfault():
+    ctypes.string_at(0)
+
+
+def abort():
+    os.abort()
+
+
+def kill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def raise_base(kind):
+    raise kind("raised in the task")
+
+
+def sleep_then(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with lucidity.LocalCluster(processes=2) as local:
+        yield local
+
+
+@pytest.fixture
+def pool(cluster):
+    with lucidity.Pool(address=cluster.address) as p:
+        yield p
+
+
+def workers(cluster):
+    return sorted(w["pid"] for n in query_status(cluster.address)["nodes"] for w in n["workers"])
+
+
+def wait_workers(cluster, count, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = workers(cluster)
+        if len(pids) == count:
+            return pids
+        time.sleep(0.05)
+    raise TimeoutError(f"worker count did not return to {count}")
+
+
+@pytest.mark.parametrize("crash, expected_code, expected_signal", [
+    ((exit_hard, (3,)), 3, None),
+    ((segfault, ()), None, signal.SIGSEGV),
+    ((abort, ()), None, signal.SIGABRT),
+    ((kill_self, ()), None, signal.SIGKILL),
+])
+def test_a_crashing_task_fails_alone_and_the_pool_keeps_serving(cluster, pool, crash, expected_code, expected_signal):
+    function, args = crash
+    slow = [pool.apply_async(sleep_then, (0.3, i)) for i in range(2)]
+    with pytest.raises(lucidity.WorkerCrashed) as caught:
+        pool.apply(function, args)
+    error = caught.value
+    assert error.exit_code == expected_code and error.signal == expected_signal
+    assert error.node == "local" and str(error.pid) in str(error)
+    assert function.__name__ in str(error)
+    assert [r.get(timeout=30) for r in slow] == [0, 1]
+    assert pool.map(identity, range(100), chunksize=1) == list(range(100))
+    wait_workers(cluster, 2)
+
+
+def test_crashes_interleaved_with_normal_tasks(cluster, pool):
+    results = []
+    for i in range(20):
+        results.append(pool.apply_async(identity, (i,)))
+        if i % 4 == 0:
+            results.append(pool.apply_async(exit_hard, (i,)))
+    crashed = ok = 0
+    for result in results:
+        try:
+            result.get(timeout=60)
+            ok += 1
+        except lucidity.WorkerCrashed:
+            crashed += 1
+    assert (ok, crashed) == (20, 5)
+    wait_workers(cluster, 2)
+
+
+@pytest.mark.parametrize("kind", [SystemExit, KeyboardInterrupt, BaseException, GeneratorExit])
+def test_base_exceptions_are_the_tasks_own(pool, kind):
+    before = pool.apply(pid_of_worker)
+    with pytest.raises(kind, match="raised in the task"):
+        pool.apply(raise_base, (kind,))
+    assert pool.map(identity, range(10)) == list(range(10))
+    assert before in {pool.apply(pid_of_worker) for _ in range(10)}  # the workers survived
+
+
+def test_unpicklable_argument_fails_at_submit_and_nothing_is_sent(cluster, pool):
+    done_before = sum(n["tasks_done"] for n in query_status(cluster.address)["nodes"])
+    generator = (i for i in range(3))
+    with socket.socket() as sock:
+        with pytest.raises(lucidity.SerializationError, match="socket"):
+            pool.apply_async(identity, (sock,))
+        with pytest.raises(lucidity.SerializationError, match="generator"):
+            pool.map(identity, [1, 2, generator, 4])
+        with pytest.raises(lucidity.SerializationError, match="generator"):
+            pool.apply_async(lambda: generator)
+    assert sum(n["tasks_done"] for n in query_status(cluster.address)["nodes"]) == done_before
+    assert pool.apply(identity, (5,)) == 5
+
+
+def test_unloadable_result_fails_that_task_alone(pool):
+    from multiprocessing.pool import MaybeEncodingError
+
+    with pytest.raises(MaybeEncodingError):
+        pool.apply(iter_generator)
+    assert pool.apply(identity, (1,)) == 1
+
+
+def iter_generator():
+    return (i for i in range(3))
+
+
+OWNER = textwrap.dedent("""
+    import os, sys, psutil, lucidity
+    pool = lucidity.Pool(2)
+    pids = [p.pid for p in psutil.Process().children(recursive=True)]
+    print(" ".join(map(str, pids)), flush=True)
+    pool.apply(os.getpid)
+    sys.stdin.read()
+""")
+
+
+def test_sigkilled_owner_leaves_no_process_behind():
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        line = owner.stdout.readline()
+        pids = [int(p) for p in line.split()]
+        assert len(pids) == 4  # control, node, two workers
+        owner.kill()
+        owner.wait(10)
+        gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=15)
+        assert not alive, f"still running after the owner was killed: {alive}"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(10)
+
+
+def test_garbage_at_every_daemon_port_is_dropped(cli_cluster: CliCluster):
+    report = query_status(cli_cluster.address)
+    addresses = [cli_cluster.address] + [n["address"] for n in report["nodes"]]
+    rng = random.Random(7)
+    # Raw bytes over TCP: not even a ZMTP greeting.
+    for address in addresses:
+        host, port = address[len("tcp://"):].rsplit(":", 1)
+        for _ in range(50):
+            with socket.create_connection((host, int(port)), timeout=5) as raw:
+                raw.sendall(rng.randbytes(rng.randint(1, 4096)))
+    # Well-framed ZeroMQ messages with bad envelopes.
+    context = zmq.Context()
+    bad_messages = [
+        [b"x"], [b"", b""], [bytes((99, 3)), b"{}"], [bytes((protocol.VERSION, 250)), b"{}"],
+        [bytes((protocol.VERSION, protocol.Kind.JOIN)), b"not json"],
+        [bytes((protocol.VERSION, protocol.Kind.JOIN)), b"[1,2]"],
+        [bytes((protocol.VERSION, protocol.Kind.JOIN)), b'{"name": 3}'],
+        [bytes((protocol.VERSION, protocol.Kind.RESULTS)), b'{"results": []}'],
+        [bytes((protocol.VERSION, protocol.Kind.ABANDON)), b'{"client": "zz-not-hex"}'],
+        [rng.randbytes(2), rng.randbytes(100), rng.randbytes(10)],
+    ]
+    try:
+        for address in addresses:
+            sock = context.socket(zmq.DEALER)
+            sock.connect(address)
+            for _ in range(20):
+                for message in bad_messages:
+                    sock.send_multipart(message)
+            sock.close(linger=2000)
+    finally:
+        context.term()
+    # Every daemon is alive and real work is correct.
+    for proc in cli_cluster.processes.values():
+        assert proc.poll() is None
+    with lucidity.Pool(address=cli_cluster.address) as pool:
+        assert pool.map(identity, range(200), chunksize=3) == list(range(200))
+    assert len(query_status(cli_cluster.address)["nodes"]) == 2
