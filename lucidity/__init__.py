@@ -14,6 +14,10 @@ from ._version import __version__
 __all__ = [
     "__version__",
     "Pool",
+    "Executor",
+    "job",
+    "Job",
+    "connect",
     "LocalCluster",
     "current_node",
     "LucidityError",
@@ -33,14 +37,20 @@ _HOMES = {
     "Pool": "pool",
     "LocalCluster": "cluster",
     "current_node": "cluster",
-    **{name: "errors" for name in __all__[4:]},
+    "Executor": "executor",
+    "job": "job",
+    "Job": "job",
+    "connect": "cluster",
+    **{name: "errors" for name in __all__[__all__.index("LucidityError"):]},
 }
 
 if TYPE_CHECKING:
-    from .cluster import LocalCluster, current_node
+    from .cluster import LocalCluster, connect, current_node
     from .errors import (AuthenticationError, ClusterUnavailable, CpuLimitExceeded, JobTimeout, LucidityError,
                          MemoryLimitExceeded, NodeLost, ProtocolError, RemoteError, SerializationError,
                          WorkerCrashed)
+    from .executor import Executor
+    from .job import Job, job
     from .pool import Pool
 
 

@@ -25,17 +25,18 @@ import threading
 import time
 import uuid
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import zmq
 
-from . import protocol, serialization, transport
+from . import protocol, serialization, transport, waiting
 from .errors import ClusterUnavailable, ProtocolError, SerializationError, WorkerCrashed
 from .task import FunctionRef, Task, TaskState
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Client"]
+__all__ = ["Client", "NodeInfo"]
 
 #: Seconds between WATCH to control and HEARTBEAT to nodes.
 HEARTBEAT_INTERVAL = 1.0
@@ -79,13 +80,31 @@ class _WorkerLink:
         self.mean_time = seconds if self.mean_time <= 0 else 0.8 * self.mean_time + 0.2 * seconds
 
 
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a client knows of a node, for placement: its host, workers, and tasks running or queued there."""
+
+    name: str
+    host: str
+    workers: int
+    running: int
+    ours: int
+
+    @property
+    def load(self) -> float:
+        """Tasks per worker: those the node last reported running, plus ours in flight there."""
+        return (self.running + self.ours) / max(1, self.workers)
+
+
 class _NodeLink:
-    def __init__(self, name: str, address: str, instance: str, sock: zmq.Socket[Any]) -> None:
+    def __init__(self, name: str, address: str, instance: str, host: str, sock: zmq.Socket[Any]) -> None:
         self.name = name
         self.address = address
         self.instance = instance
+        self.host = host
         self.sock = sock
         self.has_reported = False
+        self.running = 0
         self.workers: dict[str, _WorkerLink] = {}
 
 
@@ -106,6 +125,10 @@ class Client:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._pending: collections.deque[Task] = collections.deque()
+        # Tasks placed on a particular node wait here, by node name, until one of its workers has credit.
+        self._pending_for: dict[str, collections.deque[Task]] = collections.defaultdict(collections.deque)
+        self._membership: tuple[NodeInfo, ...] = ()
+        self._known_nodes: frozenset[str] = frozenset()
         self._tasks: dict[int, Task] = {}
         self._ids = itertools.count(1)
         self._functions: collections.OrderedDict[int, tuple[Any, FunctionRef]] = collections.OrderedDict()
@@ -160,8 +183,12 @@ class Client:
                 raise ValueError("client is shut down")
             for task in tasks:
                 self._tasks[task.id] = task
-                self._pending.append(task)
+                self._queue_of(task).append(task)
         self._waker.wake()
+
+    def nodes(self) -> tuple["NodeInfo", ...]:
+        """The nodes this client knows, with their workers and load, for placement decisions."""
+        return self._membership
 
     def cancel(self, task: Task) -> bool:
         """Cancel a task that has not been sent to a worker yet; False if it is already on its way."""
@@ -271,10 +298,13 @@ class Client:
             if entry is None or entry["address"] != node.address or entry.get("instance") != node.instance:
                 self._drop_node(node, "left the cluster")
         for name, entry in listed.items():
+            running = entry.get("running")
+            if name in self._nodes and isinstance(running, int):
+                self._nodes[name].running = running
             if name not in self._nodes:
                 sock = transport.new_socket(self._context, zmq.DEALER)
                 sock.connect(entry["address"])
-                node = _NodeLink(name, entry["address"], str(entry.get("instance")), sock)
+                node = _NodeLink(name, entry["address"], str(entry.get("instance")), str(entry.get("host", "")), sock)
                 self._nodes[name] = node
                 self._by_socket[sock] = lambda f, n=node: self._on_node(n, f)  # type: ignore[misc]
                 self._send(sock, protocol.encode(protocol.Kind.HELLO, {"client": self.id}))
@@ -305,6 +335,11 @@ class Client:
         self._update_ready()
 
     def _update_ready(self) -> None:
+        with self._lock:
+            self._known_nodes = frozenset(self._nodes)
+        self._membership = tuple(
+            NodeInfo(n.name, n.host, len(n.workers), n.running, sum(len(w.inflight) for w in n.workers.values()))
+            for n in self._nodes.values() if n.workers)
         self._worker_count = len(self._links)
         if self._links:
             self._no_workers_since = 0.0
@@ -320,6 +355,11 @@ class Client:
         del self._nodes[node.name]
         self._by_socket.pop(node.sock, None)
         node.sock.close(linger=0)
+        with self._lock:
+            self._known_nodes = frozenset(self._nodes)
+            stranded = self._pending_for.pop(node.name, None)
+            if stranded:
+                self._pending.extendleft(reversed(stranded))
 
     def _drop_worker(self, node: _NodeLink, link: _WorkerLink) -> None:
         """The worker is gone: send the tasks it had not started to other workers."""
@@ -330,9 +370,7 @@ class Client:
         with self._lock:
             requeue = [t for t in link.inflight.values() if t.state is TaskState.SENT and t.worker == link.key]
             for task in sorted(requeue, key=lambda t: t.id, reverse=True):
-                task.move(TaskState.PENDING)
-                task.worker = None
-                self._pending.appendleft(task)
+                self._requeue(task)
         if requeue:
             logger.info("lucidity client: worker %s gone; resending %d task(s) it had not finished",
                         link.key, len(requeue))
@@ -342,23 +380,44 @@ class Client:
         if self._links or not self._no_workers_since or now - self._no_workers_since < NO_WORKER_TIMEOUT:
             return
         with self._lock:
-            waiting = bool(self._pending)
+            waiting = bool(self._pending) or any(self._pending_for.values())
         if waiting:
             self._fail_all(ClusterUnavailable(
                 f"no worker of the cluster at {self.address} has been available for {NO_WORKER_TIMEOUT:.0f} s"))
 
     # -- tasks -------------------------------------------------------------------------------------------
 
+    def _queue_of(self, task: Task) -> collections.deque[Task]:
+        """The pending queue for a task: its node's, while that node is known, else the general one."""
+        if task.node is not None and task.node in self._known_nodes:
+            return self._pending_for[task.node]
+        return self._pending
+
+    def _requeue(self, task: Task) -> None:
+        """Put a sent task that never ran back at the head of its queue (caller holds the lock)."""
+        task.move(TaskState.PENDING)
+        task.worker = None
+        self._queue_of(task).appendleft(task)
+
     def _dispatch(self) -> None:
-        while True:
-            link = self._choose_worker()
+        for node in list(self._pending_for):
+            queue = self._pending_for[node]
+            if queue:
+                self._dispatch_queue(queue, node)
+            if not queue:
+                del self._pending_for[node]
+        self._dispatch_queue(self._pending, None)
+
+    def _dispatch_queue(self, queue: collections.deque[Task], node: Optional[str]) -> None:
+        while queue:
+            link = self._choose_worker(node)
             if link is None:
                 return
             batch: list[Task] = []
             with self._lock:
                 credit = link.credit()
-                while self._pending and len(batch) < credit:
-                    task = self._pending.popleft()
+                while queue and len(batch) < credit:
+                    task = queue.popleft()
                     if task.state is not TaskState.PENDING:
                         continue  # cancelled while queued
                     task.move(TaskState.SENT)
@@ -368,11 +427,10 @@ class Client:
                 return
             self._send_tasks(link, batch)
 
-    def _choose_worker(self) -> Optional[_WorkerLink]:
+    def _choose_worker(self, node: Optional[str]) -> Optional[_WorkerLink]:
         """The worker with the fewest of our tasks in flight that still has credit (round robin on ties)."""
-        if not self._pending:
-            return None
-        candidates = [w for w in self._links.values() if w.credit() > 0]
+        links = self._links.values() if node is None else self._nodes[node].workers.values()
+        candidates = [w for w in links if w.credit() > 0]
         if self._max_running:
             busy = [w for w in self._links.values() if w.inflight]
             if len(busy) >= self._max_running:
@@ -408,8 +466,7 @@ class Client:
                 for task_id in message.meta["tasks"]:
                     task = link.inflight.pop(task_id, None)
                     if task is not None and task.state is TaskState.SENT and task.worker == link.key:
-                        task.move(TaskState.PENDING)
-                        self._pending.appendleft(task)
+                        self._requeue(task)
             return
         offset = 0
         payload = message.payload
@@ -441,6 +498,13 @@ class Client:
         task = (link.inflight.pop(meta["task"], None) if link is not None else None) or self._tasks.get(meta["task"])
         if task is None or task.worker != key or task.is_final:
             return
+        if task.retries > 0:
+            task.retries -= 1
+            logger.warning("lucidity client: %s; retrying task %d (%d retries left)", meta["message"], task.id,
+                           task.retries)
+            with self._lock:
+                self._requeue(task)
+            return
         error = WorkerCrashed(
             f"{meta['message']} ({task.function.description})",
             pid=meta.get("pid"), node=node.name, exit_code=meta.get("exit_code"), signal=meta.get("signal"),
@@ -459,6 +523,7 @@ class Client:
             task.on_done(succeeded, value)
         except Exception:
             logger.exception("lucidity client: a result callback for task %d raised", task.id)
+        waiting.completed()
 
     def _fail_all(self, error: Exception) -> None:
         with self._lock:

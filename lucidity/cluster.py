@@ -14,22 +14,27 @@ authentication, at no cost per message). The daemons are separate processes in t
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import select
 import shutil
 import sys
+import threading
 import time
 import weakref
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .errors import ClusterUnavailable
 from .node.processes import STOP_GRACE, Child, stop_children
 from .transport import private_directory
 
+if TYPE_CHECKING:
+    from .client import Client
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalCluster", "resolve_address", "current_node"]
+__all__ = ["LocalCluster", "resolve_address", "current_node", "connect", "default_client"]
 
 #: How long a LocalCluster may take to start, in seconds.
 START_TIMEOUT = 60.0
@@ -147,3 +152,75 @@ def _stop(children: list[Child], runtime: str, parent_write: int) -> None:
     # Nodes stop their workers within STOP_GRACE of our SIGTERM; give them that, and a margin.
     stop_children(children, 2 * STOP_GRACE + 1.0)
     shutil.rmtree(runtime, ignore_errors=True)
+
+
+class _DefaultCluster:
+    """The cluster jobs use unless told otherwise: set by `connect`, else embedded on first use."""
+
+    def __init__(self, address: Optional[str], ship: Sequence[str]) -> None:
+        self.address = address
+        self.ship = tuple(ship)
+        self.client: Optional["Client"] = None
+        self.local: Optional[LocalCluster] = None
+
+    def get_client(self) -> "Client":
+        if self.client is None:
+            from .client import Client
+
+            address = resolve_address(self.address)
+            if address is None:
+                self.local = LocalCluster()
+                address = self.local.address
+            self.client = Client(address)
+        return self.client
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.shutdown(cancel=True)
+        if self.local is not None:
+            self.local.close()
+
+
+# The one piece of module-level mutable state: the default cluster, guarded by its lock.
+_default_lock = threading.Lock()
+_default: Optional[_DefaultCluster] = None
+
+
+def connect(address: Optional[str] = None, secret: Optional[str] = None, ship: Sequence[str] = ()) -> None:
+    """Set the default cluster that jobs run on (`lucidity.job`); replaces (and closes) the previous one.
+
+    Args:
+        address: the control node's address; None means $LUCIDITY_ADDRESS, else an embedded cluster.
+        secret: the cluster secret. Authentication has not landed yet, so any value is refused rather
+            than silently ignored.
+        ship: names of packages to send to the nodes up front (code shipping).
+
+    Inside a task, jobs reach the cluster running the task without any call to connect.
+    """
+    global _default
+    if secret is not None:
+        raise NotImplementedError("cluster secrets are not supported yet; connect without secret=")
+    with _default_lock:
+        previous, _default = _default, _DefaultCluster(address, ship)
+    if previous is not None:
+        previous.close()
+
+
+def default_client() -> "Client":
+    """The client of the default cluster, connecting (or starting an embedded cluster) on first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = _DefaultCluster(None, ())
+        return _default.get_client()
+
+
+def _close_default() -> None:
+    global _default
+    with _default_lock:
+        previous, _default = _default, None
+    if previous is not None:
+        previous.close()
+
+
+atexit.register(_close_default)

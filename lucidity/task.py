@@ -62,6 +62,8 @@ class Task:
         mode: "call" (payload is ``(args, kwargs)``), "map" or "starmap" (payload is a chunk of items).
         frames: the serialized payload, kept until the task ends so it can be resent.
         on_done: called exactly once with ``(succeeded, value_or_exception)``.
+        node: run on this node while it is a member (a placement preference, not a guarantee).
+        retries: how many more times to run the task if its worker crashes (crash retries are opt-in).
     """
 
     id: int
@@ -72,6 +74,8 @@ class Task:
     pool: Optional[str] = None
     initializer: Optional[FunctionRef] = None
     max_tasks: Optional[int] = None
+    node: Optional[str] = None
+    retries: int = 0
     state: TaskState = TaskState.PENDING
     worker: Optional[str] = None
     sends: int = 0

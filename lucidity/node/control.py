@@ -50,10 +50,11 @@ class NodeRecord:
     instance: str
     running: int
     last_seen: float
+    host: str = ""
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "address": self.address, "processes": self.processes,
-                "instance": self.instance, "running": self.running}
+                "instance": self.instance, "running": self.running, "host": self.host}
 
 
 class ControlDaemon:
@@ -170,8 +171,9 @@ class ControlDaemon:
             if existing.name == meta["name"] and other != identity:
                 logger.info("node %s rejoined as a new instance; forgetting the old one", existing.name)
                 del self._nodes[other]
+        host = meta.get("host")
         self._nodes[identity] = NodeRecord(identity, meta["name"], meta["address"], meta["processes"],
-                                           meta["instance"], 0, now)
+                                           meta["instance"], 0, now, host if isinstance(host, str) else "")
         logger.info("node %s joined from %s with %d workers", meta["name"], meta["address"], meta["processes"])
         self._broadcast()
 

@@ -324,7 +324,7 @@ class NodeDaemon:
     def _send_join(self) -> None:
         running = sum(1 for w in self._workers.values() if self._slots.read(w.index).state is SlotState.RUNNING)
         meta = {"name": self.name, "address": self.address, "processes": self.processes,
-                "instance": self.instance, "running": running}
+                "instance": self.instance, "running": running, "host": socket.gethostname()}
         try:
             self._control.send_multipart(protocol.encode(protocol.Kind.JOIN, meta), zmq.NOBLOCK)
         except zmq.Again:

@@ -61,8 +61,10 @@ class SlotTable:
         finally:
             os.close(fd)
 
-    def begin(self, index: int, task_id: int, client: bytes, tasks_done: int) -> None:
-        _LAYOUT.pack_into(self._map, index * SLOT_SIZE, SlotState.RUNNING, task_id, client, time.monotonic(), tasks_done)
+    def begin(self, index: int, task_id: int, client: bytes, tasks_done: int, started: Optional[float] = None) -> None:
+        """Record that the worker at `index` runs a task (`started` restores an interrupted one's start)."""
+        _LAYOUT.pack_into(self._map, index * SLOT_SIZE, SlotState.RUNNING, task_id, client,
+                          time.monotonic() if started is None else started, tasks_done)
 
     def end(self, index: int, tasks_done: int) -> None:
         _LAYOUT.pack_into(self._map, index * SLOT_SIZE, SlotState.IDLE, -1, b"", 0.0, tasks_done)

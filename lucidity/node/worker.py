@@ -20,12 +20,13 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Optional, Sequence
 
 import zmq
 
-from .. import protocol, serialization, transport
+from .. import protocol, serialization, transport, waiting
 from ..errors import ProtocolError
 from .slots import SlotTable
 
@@ -65,6 +66,8 @@ class Worker:
         self._outbox_since = 0.0
         self._tasks_done = 0
         self._pool_counts: collections.Counter[str] = collections.Counter()
+        self._waker = transport.Waker()
+        waiting.install(self._serve_while_waiting, self._waker.wake)
 
     def run(self) -> None:
         while True:
@@ -186,6 +189,34 @@ class Worker:
             from multiprocessing.pool import MaybeEncodingError
 
             raise MaybeEncodingError(exc, value) from None
+
+    def _serve_while_waiting(self, event: threading.Event, timeout: Optional[float]) -> bool:
+        """While the running task waits for other tasks, run the tasks queued here (see lucidity.waiting).
+
+        Without this, workers whose tasks all wait on children queued behind them would deadlock. Tasks
+        run here nest on the waiting task's stack; its slot is restored when each one ends.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiting_slot = self._slots.read(self._index)
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._waker.read_fd, zmq.POLLIN)
+        while not event.is_set():
+            if self._queue:
+                self._run(self._queue.popleft())
+                self._flush()
+                self._slots.begin(self._index, waiting_slot.task_id, waiting_slot.client, self._tasks_done,
+                                  waiting_slot.started)
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            events = dict(poller.poll(None if remaining is None else remaining * 1000))
+            if self._waker.read_fd in events:
+                self._waker.drain()
+            if self._sock in events:
+                self._receive(block=False)
+        return event.is_set()
 
     def _must_retire(self, task: _Task) -> bool:
         limit = task.spec.get("max")

@@ -1,0 +1,222 @@
+"""The @job decorator, its five ways to run, and Job (a Future with try_get / await_get).
+
+As in the original crate, decorating a function gives it five ways to run::
+
+    @job
+    def square(a): return a * a
+
+    square(3)                      # a plain call, in this process
+    square.local(3)                # in a worker process on this machine, blocking
+    square.remote(3)               # on a node chosen by the fanout scheme, blocking
+    square.local_async(3)          # -> Job; .try_get(), .await_get(), or `await` it
+    square.remote_async(3)         # -> Job
+    square.remote_fanout([(1,), 2, (3,)])   # spread over the nodes, blocking for all, results in order
+
+Jobs run on the default cluster (`lucidity.connect`, else an embedded one). Inside a task, they run on the
+cluster of that task, and a task waiting on its children lends its worker to queued work meanwhile
+(`lucidity.waiting`), so nesting never deadlocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import random
+import socket
+import sys
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, Generator, Generic, Iterable, Optional, Sequence, TypeVar, Union, overload
+
+from . import serialization, waiting
+from .client import Client, NodeInfo
+from .cluster import current_node, default_client
+from .errors import ClusterUnavailable
+
+__all__ = ["job", "Job", "JobFunction", "FANOUT_SCHEMES"]
+
+T = TypeVar("T")
+FANOUT_SCHEMES = ("roundrobin", "random", "least_loaded")
+_MISSING = object()
+
+
+class Job(Future, Generic[T]):  # type: ignore[type-arg]
+    """A task's future: a real `concurrent.futures.Future`, with the crate's `try_get` and `await_get`.
+
+    Blocking waits go through `lucidity.waiting`, so a task that awaits jobs keeps its worker useful.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._finished = threading.Event()
+        self.add_done_callback(lambda _: self._finished.set())
+
+    def try_get(self, default: Any = None) -> Any:
+        """The result if the job is done (raising its exception if it failed), else `default`."""
+        if not self.done():
+            return default
+        return self.result()
+
+    def await_get(self, timeout: Optional[float] = None) -> T:
+        """Block until the job is done (at most `timeout` seconds) and return its result or raise."""
+        return self.result(timeout)
+
+    def result(self, timeout: Optional[float] = None) -> T:
+        waiting.wait(self._finished, timeout)
+        return super().result(timeout=0 if self._finished.is_set() else timeout)  # type: ignore[no-any-return]
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        waiting.wait(self._finished, timeout)
+        return super().exception(timeout=0 if self._finished.is_set() else timeout)
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return asyncio.wrap_future(self).__await__()  # type: ignore[return-value]
+
+    def _resolve(self, succeeded: bool, value: Any) -> None:
+        if self.set_running_or_notify_cancel() is False:
+            return
+        if succeeded:
+            self.set_result(value)
+        else:
+            self.set_exception(value)
+
+
+class JobFunction(Generic[T]):
+    """A function decorated with `job`. Calling it is a plain call; the methods run it on the cluster."""
+
+    def __init__(self, function: Callable[..., T], *, memory: Union[int, str, None] = None,
+                 timeout: Optional[float] = None, cpu_time: Optional[float] = None, fanout: str = "roundrobin",
+                 retries: int = 0) -> None:
+        if fanout not in FANOUT_SCHEMES:
+            raise ValueError(f"fanout must be one of {', '.join(FANOUT_SCHEMES)}, not {fanout!r}")
+        if retries < 0:
+            raise ValueError("retries must be 0 or more")
+        if memory is not None or timeout is not None or cpu_time is not None:
+            # Limits are enforced by the node daemons once they land; never pretend to honour one.
+            raise NotImplementedError("memory=, timeout= and cpu_time= are not enforced yet; leave them unset")
+        functools.update_wrapper(self, function)
+        self.function = function
+        self.fanout = fanout
+        self.retries = retries
+        self._turn = itertools.count()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        return self.function(*args, **kwargs)
+
+    def __reduce__(self) -> Any:
+        # By reference where the module attribute is this object (so workers import it); else by value.
+        module = sys.modules.get(self.__module__)
+        if self.__module__ != "__main__" and getattr(module, self.__qualname__, None) is self:
+            return self.__qualname__
+        return (_rebuild, (self.function, self.fanout, self.retries))
+
+    def __repr__(self) -> str:
+        return f"<job {self.__qualname__} fanout={self.fanout}>"
+
+    # -- the five ways ---------------------------------------------------------------------------------
+
+    def local(self, *args: Any, **kwargs: Any) -> T:
+        """Run in a worker process on this machine and block for the result."""
+        return self.local_async(*args, **kwargs).await_get()
+
+    def remote(self, *args: Any, **kwargs: Any) -> T:
+        """Run on a node chosen by the fanout scheme and block for the result."""
+        return self.remote_async(*args, **kwargs).await_get()
+
+    def local_async(self, *args: Any, **kwargs: Any) -> "Job[T]":
+        """Start in a worker process on this machine; returns a `Job` at once."""
+        client = default_client()
+        return self._submit(client, [(args, kwargs)], [self._local_node(client)])[0]
+
+    def remote_async(self, *args: Any, **kwargs: Any) -> "Job[T]":
+        """Start on a node chosen by the fanout scheme; returns a `Job` at once."""
+        client = default_client()
+        return self._submit(client, [(args, kwargs)], self._place(client, 1))[0]
+
+    def remote_fanout(self, items: Iterable[Any]) -> list[T]:
+        """Run once per item — a tuple is unpacked as the arguments, anything else is the one argument —
+        spread over the nodes by the fanout scheme; block for all and return the results in order.
+
+        Raises the exception of the first failed item (in item order) once every item is done.
+        """
+        calls = [((tuple(item) if isinstance(item, tuple) else (item,)), {}) for item in items]
+        client = default_client()
+        jobs = self._submit(client, calls, self._place(client, len(calls)))
+        for one in jobs:
+            waiting.wait(one._finished)
+        return [one.result() for one in jobs]
+
+    # -- placement and submission ----------------------------------------------------------------------
+
+    def _local_node(self, client: Client) -> Optional[str]:
+        here = current_node()
+        nodes = client.nodes()
+        if here is not None and any(n.name == here for n in nodes):
+            return here
+        host = socket.gethostname()
+        local = [n for n in nodes if n.host == host]
+        if not local:
+            raise ClusterUnavailable(f"no node of the cluster at {client.address} runs on this machine ({host}); "
+                                     "use .remote() or start `lucidity node` here")
+        return min(local, key=lambda n: n.load).name
+
+    def _place(self, client: Client, count: int) -> list[Optional[str]]:
+        """Choose a node for each of `count` calls by this job's fanout scheme."""
+        nodes = list(client.nodes())
+        if not nodes:
+            return [None] * count  # no membership yet: any worker, as soon as one appears
+        if self.fanout == "roundrobin":
+            start = next(self._turn)
+            for _ in range(count - 1):
+                next(self._turn)
+            return [nodes[(start + i) % len(nodes)].name for i in range(count)]
+        if self.fanout == "random":
+            return [random.choice(nodes).name for _ in range(count)]
+        extra = {n.name: 0 for n in nodes}
+        placed = []
+        for _ in range(count):
+            best = min(nodes, key=lambda n: (n.running + n.ours + extra[n.name]) / max(1, n.workers))
+            extra[best.name] += 1
+            placed.append(best.name)
+        return placed
+
+    def _submit(self, client: Client, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+                nodes: Sequence[Optional[str]]) -> list["Job[T]"]:
+        function = client.function(self)
+        jobs: list[Job[T]] = []
+        tasks = []
+        for (args, kwargs), node in zip(calls, nodes):
+            frames = serialization.dumps((args, kwargs), f"arguments of {function.description}")
+            one: Job[T] = Job()
+            tasks.append(client.new_task(function, "call", frames, one._resolve, node=node, retries=self.retries))
+            jobs.append(one)
+        client.submit(tasks)
+        return jobs
+
+
+def _rebuild(function: Callable[..., Any], fanout: str, retries: int) -> JobFunction[Any]:
+    return JobFunction(function, fanout=fanout, retries=retries)
+
+
+@overload
+def job(function: Callable[..., T]) -> JobFunction[T]: ...
+
+
+@overload
+def job(*, memory: Union[int, str, None] = None, timeout: Optional[float] = None, cpu_time: Optional[float] = None,
+        fanout: str = "roundrobin", retries: int = 0) -> Callable[[Callable[..., T]], JobFunction[T]]: ...
+
+
+def job(function: Any = None, **options: Any) -> Any:
+    """Give a function the crate's five ways to run. Use as ``@job`` or ``@job(fanout="least_loaded", ...)``.
+
+    Args:
+        memory, timeout, cpu_time: per-task limits (not enforced yet: setting one raises NotImplementedError).
+        fanout: how `remote`, `remote_async` and `remote_fanout` pick nodes: "roundrobin" (default),
+            "random", or "least_loaded" (fewest running and queued tasks per worker).
+        retries: how many times to rerun a task whose worker crashed (0: crashes are not retried).
+    """
+    if function is None:
+        return lambda f: JobFunction(f, **options)
+    return JobFunction(function, **options)
