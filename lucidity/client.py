@@ -26,11 +26,11 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import zmq
 
-from . import protocol, serialization, transport, waiting
+from . import protocol, serialization, shipping, transport, waiting
 from .errors import ClusterUnavailable, ProtocolError, SerializationError, WorkerCrashed
 from .task import FunctionRef, Task, TaskState
 
@@ -53,7 +53,7 @@ FUNCTION_CACHE_SIZE = 256
 
 CONTROL_KINDS = frozenset({protocol.Kind.NODES})
 NODE_KINDS = frozenset({protocol.Kind.WORKERS, protocol.Kind.TASK_FAILED})
-WORKER_KINDS = frozenset({protocol.Kind.RESULTS, protocol.Kind.MISSING})
+WORKER_KINDS = frozenset({protocol.Kind.RESULTS, protocol.Kind.MISSING, protocol.Kind.FETCH})
 
 
 class _WorkerLink:
@@ -67,6 +67,8 @@ class _WorkerLink:
         self.sock = sock
         self.inflight: dict[int, Task] = {}
         self.functions: set[str] = set()
+        self.modules: set[str] = set()  # names of modules shipped to this worker
+        self.has_shipped = False
         self.mean_time = 0.0
 
     def credit(self) -> int:
@@ -118,8 +120,11 @@ class Client:
     """
 
     def __init__(self, address: str, *, max_running: Optional[int] = None,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT, ship: Sequence[str] = ()) -> None:
         self.address = address
+        self._modules = shipping.ModuleServer()
+        # Named packages go to each worker with its first batch (raises ImportError now if one cannot).
+        self._ship = self._modules.package_modules(ship)
         self.id = uuid.uuid4().hex
         self._max_running = max_running
         self._lock = threading.Lock()
@@ -451,15 +456,35 @@ class Client:
                     link.functions.add(ref.digest)
                     functions.append(ref)
             link.inflight[task.id] = task
-        payload: list[Any] = [ref.data for ref in functions]
+        meta: dict[str, Any] = {"client": self.id, "functions": [ref.digest for ref in functions],
+                                "tasks": [task.spec() for task in batch]}
+        payload: list[Any] = []
+        if self._ship and not link.has_shipped:
+            link.has_shipped = True
+            meta["ship"] = [_module_meta(m) for m in self._ship]
+            payload.extend(m.source for m in self._ship)
+            link.modules.update(m.name for m in self._ship)
+        if link.modules:
+            digests = {name: self._modules.digest(name) for name in link.modules}
+            # A module whose file is gone keeps the copy the worker has.
+            meta["modules"] = {name: digest for name, digest in digests.items() if digest is not None}
+        payload.extend(ref.data for ref in functions)
         for task in batch:
             payload.extend(task.frames)
-        meta = {"client": self.id, "functions": [ref.digest for ref in functions],
-                "tasks": [task.spec() for task in batch]}
         self._send(link.sock, protocol.encode(protocol.Kind.TASKS, meta, payload))
 
     def _on_worker(self, link: _WorkerLink, frames: list[Any]) -> None:
         message = protocol.decode(frames, WORKER_KINDS)
+        if message.kind is protocol.Kind.FETCH:
+            name = message.meta["module"]
+            source, reason = self._modules.lookup(name)
+            if source is None:
+                reply = protocol.encode(protocol.Kind.MODULE, {"name": name, "found": False, "reason": reason})
+            else:
+                link.modules.add(name)
+                reply = protocol.encode(protocol.Kind.MODULE, _module_meta(source), [source.source])
+            self._send(link.sock, reply)
+            return
         if message.kind is protocol.Kind.MISSING:
             link.functions.difference_update(d for d in message.meta["digests"] if isinstance(d, str))
             with self._lock:
@@ -556,3 +581,8 @@ class Client:
             error = RuntimeError("the pool was terminated before this task finished")
             for task in unfinished:
                 self._finish(task, False, error)
+
+
+def _module_meta(source: shipping.ModuleSource) -> dict[str, Any]:
+    return {"name": source.name, "found": True, "package": source.is_package, "filename": source.filename,
+            "digest": source.digest}

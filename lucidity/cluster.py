@@ -171,7 +171,7 @@ class _DefaultCluster:
             if address is None:
                 self.local = LocalCluster()
                 address = self.local.address
-            self.client = Client(address)
+            self.client = Client(address, ship=self.ship)
         return self.client
 
     def close(self) -> None:

@@ -63,6 +63,9 @@ class Kind(enum.IntEnum):
     RESULTS = 41
     CANCEL = 42
     MISSING = 43
+    # code shipping: worker <-> client
+    FETCH = 44
+    MODULE = 45
 
 
 #: Required meta fields and their JSON types, per kind. Extra fields are allowed (forward compatible).
@@ -84,6 +87,8 @@ SCHEMA: dict[Kind, dict[str, Union[type, tuple[type, ...]]]] = {
     Kind.RESULTS: {"results": list},
     Kind.CANCEL: {"tasks": list},
     Kind.MISSING: {"tasks": list, "digests": list},
+    Kind.FETCH: {"module": str},
+    Kind.MODULE: {"name": str, "found": bool},
 }
 
 

@@ -187,6 +187,6 @@ def call_repr(function: Callable[..., Any]) -> str:
     """A short description of a function for error messages: name, file and line."""
     code = getattr(function, "__code__", None)
     name = getattr(function, "__qualname__", repr(function))
-    if code is None:
+    if not isinstance(code, types.CodeType):
         return str(name)
     return f"{name}, defined in {code.co_filename}:{code.co_firstlineno}"

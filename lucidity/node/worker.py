@@ -26,11 +26,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import zmq
 
-from .. import protocol, serialization, transport, waiting
+from .. import protocol, serialization, shipping, transport, waiting
 from ..errors import ProtocolError
 from .slots import SlotTable
 
-ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL})
+ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE})
+#: How long a worker waits for a client to answer a module request, in seconds.
+FETCH_TIMEOUT = 10.0
 #: Functions kept per worker, by digest; evicted ones are fetched again through a MISSING reply.
 FUNCTION_CACHE_SIZE = 512
 #: Send accumulated results once this many are waiting, even while more tasks are queued.
@@ -42,13 +44,15 @@ _PR_SET_PDEATHSIG = 1
 
 
 class _Task:
-    __slots__ = ("identity", "client", "spec", "frames")
+    __slots__ = ("identity", "client", "spec", "frames", "modules")
 
-    def __init__(self, identity: bytes, client: bytes, spec: dict[str, Any], frames: Sequence[Any]) -> None:
+    def __init__(self, identity: bytes, client: bytes, spec: dict[str, Any], frames: Sequence[Any],
+                 modules: dict[str, str]) -> None:
         self.identity = identity
         self.client = client
         self.spec = spec
         self.frames = frames
+        self.modules = modules  # digests of the modules this client shipped here, as of this batch
 
 
 class Worker:
@@ -58,7 +62,8 @@ class Worker:
         self._sock = sock
         self._slots = slots
         self._index = index
-        self._functions: collections.OrderedDict[str, Any] = collections.OrderedDict()
+        # digest -> [serialized function, loaded function or None]
+        self._functions: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
         self._initialized: set[str] = set()
         self._queue: collections.deque[_Task] = collections.deque()
         self._outbox: dict[bytes, tuple[list[dict[str, Any]], list[Any]]] = {}
@@ -68,6 +73,10 @@ class Worker:
         self._pool_counts: collections.Counter[str] = collections.Counter()
         self._waker = transport.Waker()
         waiting.install(self._serve_while_waiting, self._waker.wake)
+        self._identity = b""
+        self._module_replies: dict[str, tuple[Optional[shipping.ModuleSource], str]] = {}
+        self._finder = shipping.ShippedFinder(self._fetch_module, os.environ.get("LUCIDITY_NODE", "?"))
+        sys.meta_path.append(self._finder)
 
     def run(self) -> None:
         while True:
@@ -111,21 +120,45 @@ class Worker:
                 t for t in self._queue if not (t.identity == identity and t.spec["id"] in cancelled)
             )
             return
+        if message.kind is protocol.Kind.MODULE:
+            self._module_replies[message.meta["name"]] = _module_from(message)
+            return
         meta = message.meta
         payload = message.payload
         client = bytes.fromhex(meta["client"])
         functions = meta.get("functions", [])
-        _check_batch(functions, meta["tasks"], len(payload))
-        for position, name in enumerate(functions):
-            self._functions[name] = payload[position]  # loaded lazily, on first use
+        shipped = meta.get("ship", [])
+        modules = meta.get("modules", {})
+        if not isinstance(shipped, list) or not isinstance(modules, dict):
+            raise ProtocolError("TASKS 'ship' must be a list and 'modules' an object")
+        _check_batch(functions, meta["tasks"], len(payload) - len(shipped))
+        received = []
+        for position, entry in enumerate(shipped):
+            received.append(_module_from(protocol.Message(protocol.Kind.MODULE, entry, [payload[position]]))[0])
+        self._finder.receive(client, [m for m in received if m is not None])
+        offset = len(shipped)
+        for name in functions:
+            self._functions[name] = [payload[offset], None]  # loaded lazily, on first use
             self._functions.move_to_end(name)
+            offset += 1
         while len(self._functions) > FUNCTION_CACHE_SIZE:
             self._functions.popitem(last=False)
-        offset = len(functions)
         for spec in meta["tasks"]:
             count = spec["n"]
-            self._queue.append(_Task(identity, client, spec, payload[offset:offset + count]))
+            self._queue.append(_Task(identity, client, spec, payload[offset:offset + count], modules))
             offset += count
+
+    def _fetch_module(self, name: str) -> tuple[Optional[shipping.ModuleSource], str]:
+        """Ask the current task's client for a module's source (called by the import hook)."""
+        self._module_replies.pop(name, None)
+        self._send(self._identity, protocol.encode(protocol.Kind.FETCH, {"module": name}))
+        deadline = time.monotonic() + FETCH_TIMEOUT
+        while name not in self._module_replies:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._sock.poll(remaining * 1000):
+                return None, f"the client did not answer within {FETCH_TIMEOUT:.0f} s"
+            self._receive(block=False)
+        return self._module_replies.pop(name)
 
     # -- running -----------------------------------------------------------------------------------------
 
@@ -133,11 +166,10 @@ class Worker:
         entry = self._functions.get(name)
         if entry is None:
             return None
-        if isinstance(entry, zmq.Frame):
-            entry = serialization.loads_function(entry.buffer)
-            self._functions[name] = entry
+        if entry[1] is None:
+            entry[1] = serialization.loads_function(entry[0].buffer)
         self._functions.move_to_end(name)
-        return entry  # type: ignore[no-any-return]
+        return entry[1]  # type: ignore[no-any-return]
 
     def _run(self, task: _Task) -> None:
         spec = task.spec
@@ -147,11 +179,15 @@ class Worker:
             return
         self._slots.begin(self._index, spec["id"], task.client, self._tasks_done)
         started = time.perf_counter()
+        self._identity = task.identity
+        if self._finder.prepare(task.client, task.modules):
+            for entry in self._functions.values():
+                entry[1] = None  # functions of forgotten modules must be looked up again
         try:
             frames = self._execute(spec, task.frames)
             status = "ok"
         except BaseException as exc:  # noqa: B036 - SystemExit and KeyboardInterrupt belong to the task
-            frames = serialization.dumps_exception(exc)
+            frames = serialization.dumps_exception(self._finder.explain(exc))
             status = "error"
         elapsed = time.perf_counter() - started
         self._tasks_done += 1
@@ -201,10 +237,12 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._waker.read_fd, zmq.POLLIN)
+        identity, client = self._identity, self._finder.client
         while not event.is_set():
             if self._queue:
                 self._run(self._queue.popleft())
                 self._flush()
+                self._identity, self._finder.client = identity, client
                 self._slots.begin(self._index, waiting_slot.task_id, waiting_slot.client, self._tasks_done,
                                   waiting_slot.started)
                 continue
@@ -236,6 +274,18 @@ class Worker:
 
     def _send(self, identity: bytes, frames: list[Any]) -> None:
         self._sock.send_multipart([identity, *frames], copy=False)
+
+
+def _module_from(message: protocol.Message) -> tuple[Optional[shipping.ModuleSource], str]:
+    meta = message.meta
+    if not meta.get("found"):
+        return None, str(meta.get("reason", "the client cannot find it"))
+    fields = (meta.get("name"), meta.get("filename"), meta.get("digest"))
+    if not all(isinstance(f, str) for f in fields) or len(message.payload) != 1:
+        raise ProtocolError("MODULE message without name, filename, digest and one source frame")
+    source = message.payload[0]
+    data = source.bytes if hasattr(source, "bytes") else bytes(source)
+    return shipping.ModuleSource(meta["name"], bool(meta.get("package")), meta["filename"], meta["digest"], data), ""
 
 
 def _check_batch(functions: Any, tasks: list[Any], frame_count: int) -> None:
