@@ -31,7 +31,8 @@ from typing import Any, Callable, Optional, Sequence
 import zmq
 
 from . import protocol, serialization, shipping, transport, waiting
-from .errors import ClusterUnavailable, ProtocolError, SerializationError, WorkerCrashed
+from .errors import (ClusterUnavailable, CpuLimitExceeded, JobTimeout, LucidityError, MemoryLimitExceeded,
+                     ProtocolError, SerializationError, WorkerCrashed)
 from .task import FunctionRef, Task, TaskState
 
 logger = logging.getLogger(__name__)
@@ -523,18 +524,15 @@ class Client:
         task = (link.inflight.pop(meta["task"], None) if link is not None else None) or self._tasks.get(meta["task"])
         if task is None or task.worker != key or task.is_final:
             return
-        if task.retries > 0:
+        reason = meta["reason"]
+        if reason == "crashed" and task.retries > 0:
             task.retries -= 1
             logger.warning("lucidity client: %s; retrying task %d (%d retries left)", meta["message"], task.id,
                            task.retries)
             with self._lock:
                 self._requeue(task)
             return
-        error = WorkerCrashed(
-            f"{meta['message']} ({task.function.description})",
-            pid=meta.get("pid"), node=node.name, exit_code=meta.get("exit_code"), signal=meta.get("signal"),
-            task=task.id)
-        self._finish(task, False, error)
+        self._finish(task, False, _failure_error(task, node.name, meta))
 
     def _finish(self, task: Task, succeeded: bool, value: Any) -> None:
         with self._lock:
@@ -586,3 +584,20 @@ class Client:
 def _module_meta(source: shipping.ModuleSource) -> dict[str, Any]:
     return {"name": source.name, "found": True, "package": source.is_package, "filename": source.filename,
             "digest": source.digest}
+
+
+def _failure_error(task: Task, node: str, meta: dict[str, Any]) -> LucidityError:
+    """The exception for a task its node reported failed: a limit it broke, or its worker's crash."""
+    reason = meta.get("reason")
+    message = f"{meta.get('message')} ({task.function.description})"
+    facts = {"pid": meta.get("pid"), "node": node, "task": task.id}
+    if reason == "memory":
+        return MemoryLimitExceeded(message, limit=meta.get("limit"), peak=meta.get("peak"), **facts)
+    if reason == "timeout":
+        return JobTimeout(message, limit=meta.get("limit"), **facts)
+    if reason == "cpu":
+        return CpuLimitExceeded(message, limit=meta.get("limit"), used=meta.get("measured"), **facts)
+    stderr = meta.get("stderr")
+    if isinstance(stderr, str) and stderr.strip():
+        message += "\nlast lines of the worker's stderr:\n" + stderr.rstrip()
+    return WorkerCrashed(message, exit_code=meta.get("exit_code"), signal=meta.get("signal"), **facts)

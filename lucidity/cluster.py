@@ -23,9 +23,10 @@ import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from .errors import ClusterUnavailable
+from .node.limits import MIN_WORKER_MEMORY, format_size, parse_size
 from .node.processes import STOP_GRACE, Child, stop_children
 from .transport import private_directory
 
@@ -59,19 +60,24 @@ class LocalCluster:
         nodes: number of node daemons.
         processes: worker processes per node (default: the CPU count).
         log_level: the daemons' log level (their logs go to this process's stderr).
+        memory_limit: memory cap of every worker, in bytes or as "200MB" (`lucidity node --memory-limit`).
 
     Use as a context manager, or call `close`. ``address`` is the control node's address, to pass to
     ``Pool(address=...)`` or ``lucidity status``.
     """
 
     def __init__(self, nodes: int = 1, processes: Optional[int] = None, *, log_level: str = "WARNING",
-                 start_timeout: float = START_TIMEOUT) -> None:
+                 start_timeout: float = START_TIMEOUT, memory_limit: Union[int, str, None] = None) -> None:
         if nodes < 1:
             raise ValueError("a LocalCluster needs at least one node")
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
         self.nodes = nodes
         self.processes = processes or os.cpu_count() or 1
+        self.memory_limit = parse_size(memory_limit)
+        if self.memory_limit is not None and self.memory_limit < MIN_WORKER_MEMORY:
+            raise ValueError(f"a memory limit of {format_size(self.memory_limit)} is too small to start a worker; "
+                             f"a worker needs at least {format_size(MIN_WORKER_MEMORY)}")
         self._runtime = private_directory("lucidity-")
         self.address = f"ipc://{self._runtime}/control"
         parent_read, self._parent_write = os.pipe()
@@ -86,7 +92,8 @@ class LocalCluster:
             for index in range(1, nodes + 1):
                 name = "local" if nodes == 1 else f"local-{index}"
                 commands.append([*base, "node", self.address, "--bind", f"ipc://{self._runtime}/node-{index}",
-                                 "--processes", str(self.processes), "--name", name])
+                                 "--processes", str(self.processes), "--name", name]
+                                + (["--memory-limit", str(self.memory_limit)] if self.memory_limit else []))
             for command in commands:
                 ready_read, ready_write = os.pipe()
                 command += ["--parent-fd", str(parent_read), "--ready-fd", str(ready_write)]

@@ -33,6 +33,7 @@ from . import serialization, waiting
 from .client import Client, NodeInfo
 from .cluster import current_node, default_client
 from .errors import ClusterUnavailable
+from .node.limits import parse_size
 
 __all__ = ["job", "Job", "JobFunction", "FANOUT_SCHEMES"]
 
@@ -92,9 +93,12 @@ class JobFunction(Generic[T]):
             raise ValueError(f"fanout must be one of {', '.join(FANOUT_SCHEMES)}, not {fanout!r}")
         if retries < 0:
             raise ValueError("retries must be 0 or more")
-        if memory is not None or timeout is not None or cpu_time is not None:
-            # Limits are enforced by the node daemons once they land; never pretend to honour one.
-            raise NotImplementedError("memory=, timeout= and cpu_time= are not enforced yet; leave them unset")
+        for name, value in (("timeout", timeout), ("cpu_time", cpu_time)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
+        self.memory = parse_size(memory)
+        self.timeout = timeout
+        self.cpu_time = cpu_time
         functools.update_wrapper(self, function)
         self.function = function
         self.fanout = fanout
@@ -109,7 +113,13 @@ class JobFunction(Generic[T]):
         module = sys.modules.get(self.__module__)
         if self.__module__ != "__main__" and getattr(module, self.__qualname__, None) is self:
             return self.__qualname__
-        return (_rebuild, (self.function, self.fanout, self.retries))
+        return (_rebuild, (self.function, self.options))
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The decorator's options, as passed to `job`."""
+        return {"memory": self.memory, "timeout": self.timeout, "cpu_time": self.cpu_time,
+                "fanout": self.fanout, "retries": self.retries}
 
     def __repr__(self) -> str:
         return f"<job {self.__qualname__} fanout={self.fanout}>"
@@ -189,14 +199,15 @@ class JobFunction(Generic[T]):
         for (args, kwargs), node in zip(calls, nodes):
             frames = serialization.dumps((args, kwargs), f"arguments of {function.description}")
             one: Job[T] = Job()
-            tasks.append(client.new_task(function, "call", frames, one._resolve, node=node, retries=self.retries))
+            tasks.append(client.new_task(function, "call", frames, one._resolve, node=node, retries=self.retries,
+                                         memory=self.memory, timeout=self.timeout, cpu_time=self.cpu_time))
             jobs.append(one)
         client.submit(tasks)
         return jobs
 
 
-def _rebuild(function: Callable[..., Any], fanout: str, retries: int) -> JobFunction[Any]:
-    return JobFunction(function, fanout=fanout, retries=retries)
+def _rebuild(function: Callable[..., Any], options: dict[str, Any]) -> JobFunction[Any]:
+    return JobFunction(function, **options)
 
 
 @overload
@@ -212,7 +223,10 @@ def job(function: Any = None, **options: Any) -> Any:
     """Give a function the crate's five ways to run. Use as ``@job`` or ``@job(fanout="least_loaded", ...)``.
 
     Args:
-        memory, timeout, cpu_time: per-task limits (not enforced yet: setting one raises NotImplementedError).
+        memory: the task's memory cap, in bytes or as "200MB"/"1.5GiB"; the node's own cap applies too
+            (the smaller wins). A breach raises `lucidity.MemoryLimitExceeded`.
+        timeout: wall-time limit in seconds, enforced by the node (`lucidity.JobTimeout`).
+        cpu_time: CPU-time limit in seconds, enforced by the node (`lucidity.CpuLimitExceeded`).
         fanout: how `remote`, `remote_async` and `remote_fanout` pick nodes: "roundrobin" (default),
             "random", or "least_loaded" (fewest running and queued tasks per worker).
         retries: how many times to rerun a task whose worker crashed (0: crashes are not retried).

@@ -64,6 +64,7 @@ class Task:
         on_done: called exactly once with ``(succeeded, value_or_exception)``.
         node: run on this node while it is a member (a placement preference, not a guarantee).
         retries: how many more times to run the task if its worker crashes (crash retries are opt-in).
+        memory, timeout, cpu_time: the task's limits in bytes and seconds, enforced on its node.
     """
 
     id: int
@@ -76,6 +77,9 @@ class Task:
     max_tasks: Optional[int] = None
     node: Optional[str] = None
     retries: int = 0
+    memory: Optional[int] = None
+    timeout: Optional[float] = None
+    cpu_time: Optional[float] = None
     state: TaskState = TaskState.PENDING
     worker: Optional[str] = None
     sends: int = 0
@@ -104,4 +108,10 @@ class Task:
         if self.max_tasks:
             spec["max"] = self.max_tasks
             spec["pool"] = self.pool or ""
+        if self.memory:
+            spec["mem"] = self.memory
+        if self.timeout:
+            spec["timeout"] = self.timeout
+        if self.cpu_time:
+            spec["cpu"] = self.cpu_time
         return spec

@@ -24,6 +24,16 @@ DEFAULT_CONTROL = "tcp://127.0.0.1:3030"
 STATUS_TIMEOUT = 5.0
 
 
+def _size(text: str) -> int:
+    from .limits import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return int(size)  # type: ignore[arg-type]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lucidity", description="Run Python functions on node daemons.")
     parser.add_argument("--version", action="version", version=f"lucidity {__version__}")
@@ -47,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="address for clients (default tcp://127.0.0.1:0, a free loopback port)")
     node.add_argument("--processes", type=int, default=None, help="worker processes (default: CPU count)")
     node.add_argument("--name", default=None, help="node name (default: host name and pid)")
+    node.add_argument("--memory-limit", type=_size, default=None,
+                      help="memory cap of every worker process, e.g. 1GB or 512MiB (default: none)")
+    node.add_argument("--max-tasks-per-worker", type=int, default=None,
+                      help="replace a worker after it has run this many tasks (default: never)")
+    node.add_argument("--recycle-memory", type=_size, default=None,
+                      help="replace a worker whose memory after a task exceeds this size (a leak guard)")
     daemon_options(node)
 
     status = commands.add_parser("status", help="print the nodes, their workers and task counts")
@@ -75,8 +91,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             print("lucidity node: --processes must be at least 1", file=sys.stderr)
             return 2
         bind = args.bind or "tcp://127.0.0.1:0"
-        return NodeDaemon(args.control_address, bind, args.processes, args.name, parent_fd=args.parent_fd,
-                          ready_fd=args.ready_fd).run()
+        try:
+            daemon = NodeDaemon(args.control_address, bind, args.processes, args.name, parent_fd=args.parent_fd,
+                                ready_fd=args.ready_fd, memory_limit=args.memory_limit,
+                                max_tasks_per_worker=args.max_tasks_per_worker, recycle_memory=args.recycle_memory)
+        except ValueError as exc:
+            print(f"lucidity node: {exc}", file=sys.stderr)
+            return 2
+        return daemon.run()
     if args.command == "status":
         address = args.address or os.environ.get("LUCIDITY_ADDRESS") or DEFAULT_CONTROL
         try:
@@ -140,8 +162,9 @@ def format_status(report: dict[str, Any]) -> str:
                      f"crashed {node['tasks_crashed']}  clients {node['clients']}")
         for worker in node["workers"]:
             task = f"  task {worker['task']}" if worker.get("task") is not None else ""
+            cap = f"cap {worker['cap'] / 2**20:.0f} MiB  " if worker.get("cap") else ""
             lines.append(f"  worker {worker['pid']:>7}  {worker['state']:<8}  RSS {worker['rss'] / 2**20:7.1f} MiB  "
-                         f"tasks done {worker['tasks_done']}{task}")
+                         f"peak {worker.get('peak', 0) / 2**20:7.1f} MiB  {cap}tasks done {worker['tasks_done']}{task}")
     return "\n".join(lines)
 
 

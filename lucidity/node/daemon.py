@@ -35,7 +35,8 @@ import zmq
 from .. import protocol, transport
 from ..errors import ProtocolError, describe_exit
 from .processes import STOP_GRACE, Child, stop_children
-from .slots import SlotState, SlotTable
+from . import limits
+from .slots import SlotState, SlotTable, SlotView
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ STARTUP_TIMEOUT = 30.0
 #: Restart back-off for workers that die before becoming ready, in seconds (doubles up to the cap).
 RESTART_DELAY = 0.1
 RESTART_DELAY_MAX = 5.0
+#: Bytes of each worker's stderr kept for crash reports, and the part sent with a report.
+STDERR_TAIL = 8192
+STDERR_REPORT = 2000
 #: Rate limit for logging dropped messages: at most one line per this many seconds.
 DROP_LOG_INTERVAL = 1.0
 
@@ -75,7 +79,7 @@ _WORKER_TRANSITIONS = {
 
 @dataclass
 class WorkerProcess:
-    """One supervised worker: its process, where it listens and what state it is in."""
+    """One supervised worker: its process, where it listens, what state it is in, what the watchdog saw."""
 
     index: int
     child: Child
@@ -83,6 +87,11 @@ class WorkerProcess:
     state: WorkerState = WorkerState.STARTING
     address: str = ""
     history: list[WorkerState] = field(default_factory=list)
+    stderr_tail: bytearray = field(default_factory=bytearray)
+    last_memory: int = 0
+    task_peak: int = 0
+    pressure: int = 0
+    breach: Optional[limits.Breach] = None
 
     def move(self, new: WorkerState) -> None:
         if new not in _WORKER_TRANSITIONS[self.state]:
@@ -116,7 +125,18 @@ class NodeDaemon:
 
     def __init__(self, control_address: str, bind: str = "tcp://127.0.0.1:0", processes: Optional[int] = None,
                  name: Optional[str] = None, *, parent_fd: Optional[int] = None,
-                 ready_fd: Optional[int] = None) -> None:
+                 ready_fd: Optional[int] = None, memory_limit: Optional[int] = None,
+                 max_tasks_per_worker: Optional[int] = None, recycle_memory: Optional[int] = None) -> None:
+        if memory_limit is not None and memory_limit < limits.MIN_WORKER_MEMORY:
+            raise ValueError(f"a memory limit of {limits.format_size(memory_limit)} is too small to start a worker; "
+                             f"a worker needs at least {limits.format_size(limits.MIN_WORKER_MEMORY)}")
+        self.memory_limit = memory_limit
+        self._worker_options: list[str] = []
+        for option, value in (("--memory-limit", memory_limit), ("--max-tasks", max_tasks_per_worker),
+                              ("--recycle-memory", recycle_memory)):
+            if value is not None:
+                self._worker_options += [option, str(value)]
+        self._watching = False
         self.control_address = control_address
         self.processes = processes or os.cpu_count() or 1
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -141,7 +161,8 @@ class NodeDaemon:
         self._router = transport.new_socket(self._context, zmq.ROUTER)
         self._control = transport.new_socket(self._context, zmq.DEALER)
         self.address = ""
-        self._worker_env = dict(os.environ, LUCIDITY_NODE=self.name, LUCIDITY_ADDRESS=control_address)
+        self._worker_env = limits.thread_environment(
+            self.processes, dict(os.environ, LUCIDITY_NODE=self.name, LUCIDITY_ADDRESS=control_address))
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -172,7 +193,12 @@ class NodeDaemon:
                     next_heartbeat = now + HEARTBEAT_INTERVAL
                     self._expire_clients(now)
                 self._restart_due(now)
-                deadline = min([next_heartbeat if self._joined else now + 1.0, *self._restart_at.values()])
+                deadlines = [next_heartbeat if self._joined else now + 1.0, *self._restart_at.values()]
+                if self._watching:
+                    self._watching = self._watch(now)
+                    if self._watching:
+                        deadlines.append(now + limits.WATCH_INTERVAL)
+                deadline = min(deadlines)
                 self._poll_once(max(0.0, deadline - time.monotonic()))
         finally:
             self._shutdown()
@@ -225,6 +251,10 @@ class NodeDaemon:
             if worker.ready_fd is not None:
                 poller.register(worker.ready_fd, zmq.POLLIN)
                 handlers[worker.ready_fd] = lambda w=worker: self._on_worker_ready(w)  # type: ignore[misc]
+            stderr = worker.child.popen.stderr
+            if stderr is not None and not stderr.closed:
+                poller.register(stderr.fileno(), zmq.POLLIN)
+                handlers[stderr.fileno()] = lambda w=worker: self._on_worker_stderr(w)  # type: ignore[misc]
         events = dict(poller.poll(timeout * 1000))
         if self._waker.read_fd in events:
             self._waker.drain()
@@ -353,21 +383,29 @@ class NodeDaemon:
         argv = [sys.executable, "-m", "lucidity.node.worker", "--slots", self._slots.path,
                 "--count", str(self.processes), "--index", str(index), "--bind", self._worker_bind(index),
                 "--ready-fd", str(write_fd), "--parent", str(os.getpid())]
+        argv += self._worker_options
         try:
-            child = Child.start(argv, pass_fds=(write_fd,), env=self._worker_env)
+            child = Child.start(argv, pass_fds=(write_fd,), env=self._worker_env, capture_stderr=True)
         finally:
             os.close(write_fd)
+        os.set_blocking(child.popen.stderr.fileno(), False)  # type: ignore[union-attr]
         self._workers[index] = WorkerProcess(index, child, read_fd)
         logger.debug("node %s started worker %d in position %d", self.name, child.pid, index)
 
     def _on_worker_ready(self, worker: WorkerProcess) -> None:
+        """The worker's pipe: its address once, then a byte whenever it starts a limited task."""
         fd = worker.ready_fd
         if fd is None:
             return
         data = os.read(fd, 4096)
-        os.close(fd)
-        worker.ready_fd = None
-        if not data.endswith(b"\n") or worker.state is not WorkerState.STARTING:
+        if not data:
+            os.close(fd)
+            worker.ready_fd = None
+            return
+        if worker.state is not WorkerState.STARTING:
+            self._watching = True
+            return
+        if not data.endswith(b"\n"):
             return  # it died before binding; its exit is handled through the pidfd
         worker.address = data.decode().strip()
         worker.move(WorkerState.READY)
@@ -387,7 +425,7 @@ class NodeDaemon:
         slot = self._slots.read(worker.index)
         self._tasks_done_by_exited += slot.tasks_done
         if slot.state is SlotState.RUNNING:
-            self._report_crash(worker, slot.client, slot.task_id, code)
+            self._report_failure(worker, slot, code)
         elif not was_ready and not was_stopping:
             self._restart_failures += 1
             logger.error("node %s: worker %d %s before it was ready", self.name, worker.child.pid,
@@ -408,23 +446,91 @@ class NodeDaemon:
                 del self._restart_at[index]
                 self._spawn(index)
 
-    def _report_crash(self, worker: WorkerProcess, client: bytes, task_id: int, code: int) -> None:
+    def _report_failure(self, worker: WorkerProcess, slot: SlotView, code: int) -> None:
+        """Tell the task's client why its task failed: a limit the watchdog enforced, or a crash."""
         self._tasks_failed += 1
-        how = describe_exit(code)
-        message = f"worker {worker.child.pid} on node {self.name} {how} while running task {task_id}"
-        logger.warning("%s", message)
-        meta = {"task": task_id, "reason": "crashed", "message": message, "pid": worker.child.pid,
-                "node": self.name, "exit_code": code if code >= 0 else None,
-                "signal": -code if code < 0 else None, "worker": str(worker.child.pid)}
+        pid, task_id = worker.child.pid, slot.task_id
+        tail = bytes(worker.stderr_tail).decode(errors="replace")
+        breach = worker.breach
+        if breach is None and limits.looks_like_memory_failure(tail, worker.last_memory, slot.limits.memory):
+            breach = limits.Breach(limits.LimitKind.MEMORY, slot.limits.memory, worker.task_peak)
+        meta: dict[str, Any] = {"task": task_id, "pid": pid, "node": self.name, "worker": str(pid)}
+        if breach is not None:
+            what = {"memory": "memory cap", "timeout": "wall-time limit", "cpu": "CPU-time limit"}[breach.kind.value]
+            meta.update(reason=breach.kind.value, limit=breach.limit, measured=breach.measured,
+                        peak=max(worker.task_peak, worker.last_memory))
+            meta["message"] = (f"task {task_id} went over its {what} of "
+                               f"{_measure(limits.Breach(breach.kind, breach.limit, breach.limit))} on node "
+                               f"{self.name} (worker {pid} reached {_measure(breach)}); the worker was stopped "
+                               f"and replaced")
+        else:
+            meta.update(reason="crashed", exit_code=code if code >= 0 else None, signal=-code if code < 0 else None,
+                        stderr=tail[-STDERR_REPORT:])
+            meta["message"] = f"worker {pid} on node {self.name} {describe_exit(code)} while running task {task_id}"
+        logger.warning("%s", meta["message"])
         frames = protocol.encode(protocol.Kind.TASK_FAILED, meta)
         for identity, record in self._clients.items():
-            if record.client_id == client.hex():
+            if record.client_id == slot.client.hex():
                 self._send(identity, frames)
 
     def _forget_fds(self, worker: WorkerProcess) -> None:
         if worker.ready_fd is not None:
             os.close(worker.ready_fd)
             worker.ready_fd = None
+        stderr = worker.child.popen.stderr
+        if stderr is not None and not stderr.closed:
+            self._on_worker_stderr(worker)
+            stderr.close()
+
+    def _on_worker_stderr(self, worker: WorkerProcess) -> None:
+        """Pass a worker's stderr through to ours, keeping its tail for crash reports."""
+        stderr = worker.child.popen.stderr
+        if stderr is None or stderr.closed:
+            return
+        try:
+            data = os.read(stderr.fileno(), 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            stderr.close()
+            return
+        sys.stderr.buffer.write(data)
+        sys.stderr.buffer.flush()
+        worker.stderr_tail += data
+        del worker.stderr_tail[:-STDERR_TAIL]
+
+    # -- limits --------------------------------------------------------------------------------------------
+
+    def _watch(self, now: float) -> bool:
+        """One watchdog round over the workers running limited tasks; True while any still runs."""
+        limited = False
+        for worker in self._workers.values():
+            if worker.state is not WorkerState.READY:
+                continue
+            slot = self._slots.read(worker.index)
+            if slot.state is not SlotState.RUNNING or not slot.limits.any:
+                worker.task_peak = worker.pressure = 0
+                continue
+            limited = True
+            pid = worker.child.pid
+            memory = limits.memory_of(pid) if slot.limits.memory else None
+            if memory is not None:
+                worker.last_memory = memory
+                worker.task_peak = max(worker.task_peak, memory)
+                data = limits.data_of(pid) or 0
+                pinned = data >= limits.rlimit_for(slot.limits.memory) - limits.PRESSURE_MARGIN
+                worker.pressure = worker.pressure + 1 if pinned else 0
+            cpu = limits.cpu_seconds(pid) if slot.limits.cpu_time else None
+            breach = limits.check(slot.limits, now - slot.started, memory,
+                                  None if cpu is None else cpu - slot.cpu_start, worker.pressure)
+            if breach is not None:
+                worker.breach = breach
+                worker.move(WorkerState.STOPPING)
+                worker.child.signal_group(signal.SIGKILL)
+                logger.warning("node %s killed worker %d running task %d: %s %s over its limit of %s",
+                               self.name, pid, slot.task_id, breach.kind.value, _measure(breach),
+                               _measure(limits.Breach(breach.kind, breach.limit, breach.limit)))
+        return limited
 
     # -- status ------------------------------------------------------------------------------------------
 
@@ -437,9 +543,30 @@ class NodeDaemon:
             except psutil.Error:
                 rss = 0
             state = "busy" if slot.state is SlotState.RUNNING else worker.state.value
+            running = slot.state is SlotState.RUNNING
             workers.append({"pid": worker.child.pid, "state": state, "rss": rss, "tasks_done": slot.tasks_done,
-                            "task": slot.task_id if slot.state is SlotState.RUNNING else None})
+                            "task": slot.task_id if running else None, "peak": _peak_rss(worker.child.pid),
+                            "cap": (slot.limits.memory if running and slot.limits.memory else self.memory_limit)})
         return {"role": "node", "name": self.name, "address": self.address, "instance": self.instance,
+                "memory_limit": self.memory_limit,
                 "processes": self.processes, "workers": workers, "clients": len(self._clients),
                 "tasks_done": self._tasks_done_by_exited + sum(w["tasks_done"] for w in workers), "tasks_crashed": self._tasks_failed,
                 "running": sum(1 for w in workers if w["state"] == "busy")}
+
+
+def _measure(breach: limits.Breach) -> str:
+    if breach.kind is limits.LimitKind.MEMORY:
+        return limits.format_size(int(breach.measured))
+    return f"{breach.measured:.2f} s"
+
+
+def _peak_rss(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), in bytes; 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

@@ -36,9 +36,9 @@ class Child:
 
     @classmethod
     def start(cls, argv: list[str], *, pass_fds: Iterable[int] = (), env: Optional[dict[str, str]] = None,
-              cwd: Optional[str] = None) -> "Child":
+              cwd: Optional[str] = None, capture_stderr: bool = False) -> "Child":
         popen = subprocess.Popen(argv, pass_fds=tuple(pass_fds), env=env, cwd=cwd, start_new_session=True,
-                                 stdin=subprocess.DEVNULL)
+                                 stdin=subprocess.DEVNULL, stderr=subprocess.PIPE if capture_stderr else None)
         return cls(popen)
 
     @property

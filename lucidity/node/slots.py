@@ -7,7 +7,8 @@ worker writes its current task into its slot of a small file-backed mmap before 
 nanoseconds), and the daemon reads the slot when it supervises: after a death, for status, for limits.
 
 Layout of one slot (little-endian, `SLOT_SIZE` bytes): state, task id, client id, start time
-(CLOCK_MONOTONIC, shared by all processes of a machine), tasks completed.
+(CLOCK_MONOTONIC, shared by all processes of a machine), tasks completed, and the task's limits: memory cap,
+wall time, CPU time, and the worker's CPU time when the task began.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from .limits import Limits
+
 __all__ = ["SlotState", "SlotView", "SlotTable", "SLOT_SIZE"]
 
-_LAYOUT = struct.Struct("<B7xq16sdQ")
-SLOT_SIZE = 64
+_LAYOUT = struct.Struct("<B7xq16sdQQddd")
+SLOT_SIZE = 128
 
 
 class SlotState(enum.IntEnum):
@@ -40,6 +43,8 @@ class SlotView:
     client: bytes
     started: float
     tasks_done: int
+    limits: Limits
+    cpu_start: float
 
     @property
     def running_for(self) -> float:
@@ -61,17 +66,24 @@ class SlotTable:
         finally:
             os.close(fd)
 
-    def begin(self, index: int, task_id: int, client: bytes, tasks_done: int, started: Optional[float] = None) -> None:
+    def begin(self, index: int, task_id: int, client: bytes, tasks_done: int, limits: Limits = Limits(),
+              cpu_start: float = 0.0, started: Optional[float] = None) -> None:
         """Record that the worker at `index` runs a task (`started` restores an interrupted one's start)."""
         _LAYOUT.pack_into(self._map, index * SLOT_SIZE, SlotState.RUNNING, task_id, client,
-                          time.monotonic() if started is None else started, tasks_done)
+                          time.monotonic() if started is None else started, tasks_done, limits.memory,
+                          limits.timeout, limits.cpu_time, cpu_start)
 
     def end(self, index: int, tasks_done: int) -> None:
-        _LAYOUT.pack_into(self._map, index * SLOT_SIZE, SlotState.IDLE, -1, b"", 0.0, tasks_done)
+        _LAYOUT.pack_into(self._map, index * SLOT_SIZE, SlotState.IDLE, -1, b"", 0.0, tasks_done, 0, 0.0, 0.0, 0.0)
 
     def read(self, index: int) -> SlotView:
-        state, task_id, client, started, done = _LAYOUT.unpack_from(self._map, index * SLOT_SIZE)
-        return SlotView(SlotState(state), task_id, client, started, done)
+        state, task_id, client, started, done, memory, timeout, cpu, cpu_start = _LAYOUT.unpack_from(
+            self._map, index * SLOT_SIZE)
+        return SlotView(SlotState(state), task_id, client, started, done, Limits(memory, timeout, cpu), cpu_start)
+
+    def restore(self, index: int, view: SlotView) -> None:
+        """Put back a slot reading (a task resumes after the nested tasks it waited on)."""
+        self.begin(index, view.task_id, view.client, view.tasks_done, view.limits, view.cpu_start, view.started)
 
     def reset(self, index: int) -> None:
         self.end(index, 0)

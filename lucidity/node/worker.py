@@ -17,17 +17,20 @@ from __future__ import annotations
 import argparse
 import collections
 import ctypes
+import faulthandler
 import os
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import zmq
 
 from .. import protocol, serialization, shipping, transport, waiting
-from ..errors import ProtocolError
+from ..errors import MemoryLimitExceeded, ProtocolError
+from . import limits
 from .slots import SlotTable
 
 ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE})
@@ -41,6 +44,7 @@ RESULT_BATCH_MAX = 256
 RESULT_BATCH_DELAY = 0.002
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 class _Task:
@@ -55,10 +59,23 @@ class _Task:
         self.modules = modules  # digests of the modules this client shipped here, as of this batch
 
 
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How the daemon configured this worker (see `lucidity node --help`)."""
+
+    memory_limit: Optional[int] = None
+    max_tasks: Optional[int] = None
+    recycle_memory: Optional[int] = None
+    notify_fd: Optional[int] = None
+
+
 class Worker:
     """Runs tasks from any client that connects, one at a time."""
 
-    def __init__(self, sock: zmq.Socket[Any], slots: SlotTable, index: int) -> None:
+    def __init__(self, sock: zmq.Socket[Any], slots: SlotTable, index: int,
+                 options: WorkerOptions = WorkerOptions()) -> None:
+        self._options = options
+        self._retiring = False
         self._sock = sock
         self._slots = slots
         self._index = index
@@ -88,7 +105,7 @@ class Worker:
                 continue
             task = self._queue.popleft()
             self._run(task)
-            if self._must_retire(task):
+            if self._retiring or self._must_retire(task):
                 self._flush()
                 return
             if self._outbox_count >= RESULT_BATCH_MAX or time.monotonic() - self._outbox_since > RESULT_BATCH_DELAY:
@@ -177,7 +194,15 @@ class Worker:
         if missing:
             self._send(task.identity, protocol.encode(protocol.Kind.MISSING, {"tasks": [spec["id"]], "digests": missing}))
             return
-        self._slots.begin(self._index, spec["id"], task.client, self._tasks_done)
+        task_limits = self._limits_of(spec)
+        if task_limits.any:
+            if task_limits.memory:
+                limits.set_task_memory_cap(task_limits.memory)
+            self._slots.begin(self._index, spec["id"], task.client, self._tasks_done, task_limits, time.process_time())
+            if self._options.notify_fd is not None:
+                os.write(self._options.notify_fd, b"L")  # wakes the daemon's watchdog
+        else:
+            self._slots.begin(self._index, spec["id"], task.client, self._tasks_done)
         started = time.perf_counter()
         self._identity = task.identity
         if self._finder.prepare(task.client, task.modules):
@@ -187,11 +212,16 @@ class Worker:
             frames = self._execute(spec, task.frames)
             status = "ok"
         except BaseException as exc:  # noqa: B036 - SystemExit and KeyboardInterrupt belong to the task
+            if isinstance(exc, MemoryError) and task_limits.memory and not isinstance(exc, MemoryLimitExceeded):
+                exc = self._memory_breach(spec["id"], task_limits.memory, exc)
             frames = serialization.dumps_exception(self._finder.explain(exc))
             status = "error"
         elapsed = time.perf_counter() - started
         self._tasks_done += 1
         self._slots.end(self._index, self._tasks_done)
+        if task_limits.memory:
+            limits.set_task_memory_cap(None)
+        self._after_task()
         results, buffers = self._outbox.setdefault(task.identity, ([], []))
         results.append({"id": spec["id"], "status": status, "n": len(frames), "t": elapsed})
         buffers.extend(frames)
@@ -243,8 +273,7 @@ class Worker:
                 self._run(self._queue.popleft())
                 self._flush()
                 self._identity, self._finder.client = identity, client
-                self._slots.begin(self._index, waiting_slot.task_id, waiting_slot.client, self._tasks_done,
-                                  waiting_slot.started)
+                self._slots.restore(self._index, waiting_slot)
                 continue
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -255,6 +284,43 @@ class Worker:
             if self._sock in events:
                 self._receive(block=False)
         return event.is_set()
+
+    def _limits_of(self, spec: dict[str, Any]) -> limits.Limits:
+        memory = spec.get("mem") or 0
+        node_cap = self._options.memory_limit
+        if node_cap:
+            memory = min(memory, node_cap) if memory else node_cap
+        return limits.Limits(int(memory), float(spec.get("timeout") or 0.0), float(spec.get("cpu") or 0.0))
+
+    def _memory_breach(self, task_id: int, cap: int, error: MemoryError) -> MemoryLimitExceeded:
+        """A MemoryError under a cap: report the breach, and retire (the heap may be fragmented or full)."""
+        self._retiring = True
+        peak = limits.memory_of(os.getpid()) or 0
+        node = os.environ.get("LUCIDITY_NODE", "?")
+        breach = MemoryLimitExceeded(
+            f"task {task_id} went over its memory cap of {limits.format_size(cap)} on node {node} "
+            f"(worker {os.getpid()}, {limits.format_size(peak)} resident when it failed); the worker is replaced",
+            limit=cap, peak=peak, node=node, pid=os.getpid(), task=task_id)
+        breach.__cause__ = error
+        return breach
+
+    def _after_task(self) -> None:
+        """Kill what the task left behind, and retire if this worker has done its share or grown too big."""
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass  # reap children that already exited
+            _kill_descendants()  # some child is still running
+        except ChildProcessError:
+            pass  # no children: the usual case, one system call
+        if self._options.max_tasks and self._tasks_done >= self._options.max_tasks:
+            self._retiring = True
+        if self._options.recycle_memory:
+            resident = limits.memory_of(os.getpid()) or 0
+            if resident > self._options.recycle_memory:
+                print(f"lucidity worker {os.getpid()}: {limits.format_size(resident)} resident after a task, over "
+                      f"the recycle threshold of {limits.format_size(self._options.recycle_memory)}; retiring",
+                      file=sys.stderr)
+                self._retiring = True
 
     def _must_retire(self, task: _Task) -> bool:
         limit = task.spec.get("max")
@@ -296,18 +362,44 @@ def _check_batch(functions: Any, tasks: list[Any], frame_count: int) -> None:
     for spec in tasks:
         if not (isinstance(spec, dict) and isinstance(spec.get("id"), int) and isinstance(spec.get("fn"), str)
                 and spec.get("mode") in ("call", "map", "starmap") and isinstance(spec.get("n"), int)
-                and spec["n"] >= 1 and isinstance(spec.get("init", ""), str)):
+                and spec["n"] >= 1 and isinstance(spec.get("init", ""), str)
+                and isinstance(spec.get("mem", 0), int) and spec.get("mem", 0) >= 0
+                and all(isinstance(spec.get(k, 0), (int, float)) and spec.get(k, 0) >= 0 for k in ("timeout", "cpu"))):
             raise ProtocolError(f"malformed task entry {str(spec)[:80]}")
         needed += spec["n"]
     if needed != frame_count:
         raise ProtocolError(f"TASKS batch announces {needed} payload frames but carries {frame_count}")
 
 
+def _kill_descendants() -> None:
+    """SIGKILL and reap every process this worker's task started (orphans were reparented to us)."""
+    import psutil
+
+    me = psutil.Process()
+    children = me.children(recursive=True)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(children, timeout=5)
+    try:
+        while os.waitpid(-1, os.WNOHANG) != (0, 0):
+            pass
+    except ChildProcessError:
+        pass
+
+
 def _die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL this worker when its daemon dies (Linux), and check it has not already."""
+    """Ask the kernel to SIGKILL this worker when its daemon dies (Linux), and check it has not already.
+
+    The worker is also made a subreaper, so that processes a task starts and abandons become its children
+    and can be stopped when the task ends.
+    """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):
         pass
     if os.getppid() != parent_pid:
@@ -330,7 +422,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--bind", required=True)
     parser.add_argument("--ready-fd", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--memory-limit", type=int, default=None)
+    parser.add_argument("--max-tasks", type=int, default=None)
+    parser.add_argument("--recycle-memory", type=int, default=None)
     args = parser.parse_args(argv)
+    # First, before anything a task could touch: the node's memory cap as a hard limit.
+    if args.memory_limit:
+        limits.set_hard_memory_cap(args.memory_limit)
+    faulthandler.enable()
     _die_with_parent(args.parent)
     _apply_sys_path()
     slots = SlotTable(args.slots, args.count, create=False)
@@ -338,9 +437,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     sock = transport.new_socket(context, zmq.ROUTER)
     address = transport.bind(sock, args.bind)
     os.write(args.ready_fd, f"{address}\n".encode())
-    os.close(args.ready_fd)
+    # The pipe stays open: a byte on it tells the daemon a limited task started.
+    options = WorkerOptions(args.memory_limit, args.max_tasks, args.recycle_memory, args.ready_fd)
     try:
-        Worker(sock, slots, args.index).run()
+        Worker(sock, slots, args.index, options).run()
     finally:
         sock.close(linger=int(transport.LINGER * 1000))
         context.term()
