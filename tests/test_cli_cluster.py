@@ -40,7 +40,7 @@ def span(x: float) -> tuple[float, float]:
 @pytest.mark.parametrize("cap", [1, 3])
 def test_processes_caps_tasks_running_at_once_on_a_running_cluster(cli_cluster: CliCluster, cap: int) -> None:
     with lucidity.Pool(cap, address=cli_cluster.address) as pool:
-        spans = pool.map(span, [0.02] * 24, chunksize=1)
+        spans = pool.map(span, [0.3] * (3 * cap), chunksize=1)
     events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
     running = peak = 0
     for _, step in events:
