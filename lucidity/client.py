@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import logging
 import threading
 import time
@@ -32,7 +33,7 @@ import zmq
 
 from . import protocol, serialization, shipping, transport, waiting
 from .errors import (ClusterUnavailable, CpuLimitExceeded, JobTimeout, LucidityError, MemoryLimitExceeded,
-                     ProtocolError, SerializationError, WorkerCrashed)
+                     NodeLost, ProtocolError, SerializationError, WorkerCrashed)
 from .task import FunctionRef, Task, TaskState
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ HEARTBEAT_INTERVAL = 1.0
 CONNECT_TIMEOUT = 30.0
 #: How long queued tasks wait while no worker is known before they fail, in seconds.
 NO_WORKER_TIMEOUT = 60.0
+#: A node silent this long (no answer to heartbeats) is lost, in seconds; $LUCIDITY_NODE_TIMEOUT overrides.
+NODE_TIMEOUT = 5.0
+#: How many times a task is resent after the node running it was lost, before it fails with NodeLost.
+NODE_LOSS_RETRIES = 3
 #: Window of tasks in flight per worker: the bounds, and the queueing time it aims for, in seconds.
 WINDOW_MIN = 2
 WINDOW_MAX = 256
@@ -53,7 +58,7 @@ WINDOW_TARGET = 0.005
 FUNCTION_CACHE_SIZE = 256
 
 CONTROL_KINDS = frozenset({protocol.Kind.NODES})
-NODE_KINDS = frozenset({protocol.Kind.WORKERS, protocol.Kind.TASK_FAILED})
+NODE_KINDS = frozenset({protocol.Kind.WORKERS, protocol.Kind.TASK_FAILED, protocol.Kind.HEARTBEAT})
 WORKER_KINDS = frozenset({protocol.Kind.RESULTS, protocol.Kind.MISSING, protocol.Kind.FETCH})
 
 
@@ -108,6 +113,7 @@ class _NodeLink:
         self.sock = sock
         self.has_reported = False
         self.running = 0
+        self.last_seen = time.monotonic()
         self.workers: dict[str, _WorkerLink] = {}
 
 
@@ -118,11 +124,21 @@ class Client:
         address: the control node's address.
         max_running: at most this many workers run this client's tasks at once (None: all of them).
         connect_timeout: how long to wait for a cluster with a worker before `ClusterUnavailable`.
+        ship: packages to send to every worker up front (see `lucidity.shipping`).
+        node_timeout: a node silent this long is lost and its tasks are resent (default
+            $LUCIDITY_NODE_TIMEOUT or `NODE_TIMEOUT`).
+        wait_for_nodes: while no worker is available, queued tasks wait this long before failing with
+            `NodeLost` (default $LUCIDITY_WAIT_FOR_NODES or `NO_WORKER_TIMEOUT`).
     """
 
     def __init__(self, address: str, *, max_running: Optional[int] = None,
-                 connect_timeout: float = CONNECT_TIMEOUT, ship: Sequence[str] = ()) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT, ship: Sequence[str] = (),
+                 node_timeout: Optional[float] = None, wait_for_nodes: Optional[float] = None) -> None:
         self.address = address
+        self._node_timeout = node_timeout or float(os.environ.get("LUCIDITY_NODE_TIMEOUT", NODE_TIMEOUT))
+        self._wait_for_nodes = wait_for_nodes or float(os.environ.get("LUCIDITY_WAIT_FOR_NODES", NO_WORKER_TIMEOUT))
+        self._control_instance = ""
+        self._control_changed_at = 0.0
         self._modules = shipping.ModuleServer()
         # Named packages go to each worker with its first batch (raises ImportError now if one cannot).
         self._ship = self._modules.package_modules(ship)
@@ -180,6 +196,7 @@ class Client:
 
     def new_task(self, function: FunctionRef, mode: str, frames: list[Any],
                  on_done: Callable[[bool, Any], None], **options: Any) -> Task:
+        options.setdefault("lost_retries", NODE_LOSS_RETRIES)
         return Task(next(self._ids), function, mode, frames, on_done, **options)
 
     def submit(self, tasks: list[Task]) -> None:
@@ -281,8 +298,13 @@ class Client:
                 logger.warning("lucidity client dropped a malformed message: %s: %s", type(exc).__name__, exc)
 
     def _heartbeat(self) -> None:
+        """Watch the membership, ping every node, and drop nodes that stopped answering."""
+        now = time.monotonic()
         self._send(self._control, protocol.encode(protocol.Kind.WATCH, {}))
-        for node in self._nodes.values():
+        for node in list(self._nodes.values()):
+            if now - node.last_seen > self._node_timeout:
+                self._drop_node(node, f"stopped answering for {now - node.last_seen:.1f} s", lost=True)
+                continue
             self._send(node.sock, protocol.encode(protocol.Kind.HEARTBEAT, {"client": self.id}))
 
     def _send(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
@@ -295,14 +317,23 @@ class Client:
 
     def _on_control(self, frames: list[Any]) -> None:
         message = protocol.decode(frames, CONTROL_KINDS)
+        now = time.monotonic()
+        if message.meta["instance"] != self._control_instance:
+            # A new control node (a restart) knows no node until they heartbeat again: while it relearns
+            # the cluster, a node missing from its list is not a node lost.
+            self._control_instance = message.meta["instance"]
+            self._control_changed_at = now
+        relearning = now - self._control_changed_at < self._node_timeout and bool(self._nodes)
         listed: dict[str, dict[str, Any]] = {}
         for entry in message.meta["nodes"]:
             if isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("address"), str):
                 listed[entry["name"]] = entry
         for name, node in list(self._nodes.items()):
             entry = listed.get(name)
+            if entry is None and relearning:
+                continue
             if entry is None or entry["address"] != node.address or entry.get("instance") != node.instance:
-                self._drop_node(node, "left the cluster")
+                self._drop_node(node, "left the cluster", lost=True)
         for name, entry in listed.items():
             running = entry.get("running")
             if name in self._nodes and isinstance(running, int):
@@ -318,9 +349,10 @@ class Client:
 
     def _on_node(self, node: _NodeLink, frames: list[Any]) -> None:
         message = protocol.decode(frames, NODE_KINDS)
+        node.last_seen = time.monotonic()
         if message.kind is protocol.Kind.WORKERS:
             self._update_workers(node, message.meta["workers"])
-        else:
+        elif message.kind is protocol.Kind.TASK_FAILED:
             self._on_task_failed(node, message.meta)
 
     def _update_workers(self, node: _NodeLink, workers: list[Any]) -> None:
@@ -354,10 +386,10 @@ class Client:
         if self._links and all(n.has_reported for n in self._nodes.values()):
             self._ready.set()
 
-    def _drop_node(self, node: _NodeLink, why: str) -> None:
-        logger.info("lucidity client: node %s %s", node.name, why)
+    def _drop_node(self, node: _NodeLink, why: str, *, lost: bool) -> None:
+        logger.warning("lucidity client: node %s %s", node.name, why)
         for link in list(node.workers.values()):
-            self._drop_worker(node, link)
+            self._drop_worker(node, link, lost=lost)
         del self._nodes[node.name]
         self._by_socket.pop(node.sock, None)
         node.sock.close(linger=0)
@@ -367,29 +399,45 @@ class Client:
             if stranded:
                 self._pending.extendleft(reversed(stranded))
 
-    def _drop_worker(self, node: _NodeLink, link: _WorkerLink) -> None:
-        """The worker is gone: send the tasks it had not started to other workers."""
+    def _drop_worker(self, node: _NodeLink, link: _WorkerLink, *, lost: bool = False) -> None:
+        """The worker is gone: send its unfinished tasks to other workers.
+
+        A worker that its node saw exit had not started them (the one it was running was reported on its
+        own); a worker lost with its node may have, so each such resend counts against the task's retries
+        and a task out of retries fails with `NodeLost`. Results are delivered at most once either way.
+        """
         del node.workers[link.worker_id]
         del self._links[link.key]
         self._by_socket.pop(link.sock, None)
         link.sock.close(linger=0)
+        out_of_retries = []
         with self._lock:
-            requeue = [t for t in link.inflight.values() if t.state is TaskState.SENT and t.worker == link.key]
-            for task in sorted(requeue, key=lambda t: t.id, reverse=True):
+            unfinished = [t for t in link.inflight.values() if t.state is TaskState.SENT and t.worker == link.key]
+            for task in sorted(unfinished, key=lambda t: t.id, reverse=True):
+                if lost:
+                    task.lost_retries -= 1
+                    if task.lost_retries < 0:
+                        out_of_retries.append(task)
+                        continue
                 self._requeue(task)
-        if requeue:
-            logger.info("lucidity client: worker %s gone; resending %d task(s) it had not finished",
-                        link.key, len(requeue))
+        if unfinished:
+            logger.info("lucidity client: worker %s gone; resending %d unfinished task(s)", link.key,
+                        len(unfinished) - len(out_of_retries))
+        for task in out_of_retries:
+            self._finish(task, False, NodeLost(
+                f"task {task.id} ({task.function.description}) was on node {node.name}, which was lost, and has "
+                f"no retries left", node=node.name, task=task.id))
         self._update_ready()
 
     def _check_starved(self, now: float) -> None:
-        if self._links or not self._no_workers_since or now - self._no_workers_since < NO_WORKER_TIMEOUT:
+        if self._links or not self._no_workers_since or now - self._no_workers_since < self._wait_for_nodes:
             return
         with self._lock:
             waiting = bool(self._pending) or any(self._pending_for.values())
         if waiting:
-            self._fail_all(ClusterUnavailable(
-                f"no worker of the cluster at {self.address} has been available for {NO_WORKER_TIMEOUT:.0f} s"))
+            self._fail_all(NodeLost(
+                f"no node of the cluster at {self.address} has had a worker for {self._wait_for_nodes:.0f} s; "
+                "the tasks still waiting for one fail"))
 
     # -- tasks -------------------------------------------------------------------------------------------
 

@@ -66,6 +66,8 @@ class Kind(enum.IntEnum):
     # code shipping: worker <-> client
     FETCH = 44
     MODULE = 45
+    # node daemon -> worker
+    DROP = 46
 
 
 #: Required meta fields and their JSON types, per kind. Extra fields are allowed (forward compatible).
@@ -89,6 +91,7 @@ SCHEMA: dict[Kind, dict[str, Union[type, tuple[type, ...]]]] = {
     Kind.MISSING: {"tasks": list, "digests": list},
     Kind.FETCH: {"module": str},
     Kind.MODULE: {"name": str, "found": bool},
+    Kind.DROP: {"client": str},
 }
 
 

@@ -64,6 +64,7 @@ class Task:
         on_done: called exactly once with ``(succeeded, value_or_exception)``.
         node: run on this node while it is a member (a placement preference, not a guarantee).
         retries: how many more times to run the task if its worker crashes (crash retries are opt-in).
+        lost_retries: how many more times to resend the task if the node running it is lost.
         memory, timeout, cpu_time: the task's limits in bytes and seconds, enforced on its node.
     """
 
@@ -77,6 +78,7 @@ class Task:
     max_tasks: Optional[int] = None
     node: Optional[str] = None
     retries: int = 0
+    lost_retries: int = 3
     memory: Optional[int] = None
     timeout: Optional[float] = None
     cpu_time: Optional[float] = None

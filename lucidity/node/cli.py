@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
 
     control = commands.add_parser("control", help="run the control node (the cluster's membership)")
     control.add_argument("--bind", default=DEFAULT_CONTROL, help=f"listening address (default {DEFAULT_CONTROL})")
+    control.add_argument("--node-timeout", type=float, default=5.0,
+                         help="seconds of silence after which a node is declared lost (default 5)")
     daemon_options(control)
 
     node = commands.add_parser("node", help="run a node daemon that joins a control node")
@@ -57,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="address for clients (default tcp://127.0.0.1:0, a free loopback port)")
     node.add_argument("--processes", type=int, default=None, help="worker processes (default: CPU count)")
     node.add_argument("--name", default=None, help="node name (default: host name and pid)")
+    node.add_argument("--heartbeat-interval", type=float, default=1.0,
+                      help="seconds between heartbeats to the control node (default 1)")
+    node.add_argument("--client-timeout", type=float, default=10.0,
+                      help="seconds of silence after which a client's work is dropped (default 10)")
     node.add_argument("--memory-limit", type=_size, default=None,
                       help="memory cap of every worker process, e.g. 1GB or 512MiB (default: none)")
     node.add_argument("--max-tasks-per-worker", type=int, default=None,
@@ -83,7 +89,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command == "control":
         from .control import ControlDaemon
 
-        return ControlDaemon(args.bind, parent_fd=args.parent_fd, ready_fd=args.ready_fd).run()
+        return ControlDaemon(args.bind, parent_fd=args.parent_fd, ready_fd=args.ready_fd,
+                             node_timeout=args.node_timeout).run()
     if args.command == "node":
         from .daemon import NodeDaemon
 
@@ -94,7 +101,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             daemon = NodeDaemon(args.control_address, bind, args.processes, args.name, parent_fd=args.parent_fd,
                                 ready_fd=args.ready_fd, memory_limit=args.memory_limit,
-                                max_tasks_per_worker=args.max_tasks_per_worker, recycle_memory=args.recycle_memory)
+                                max_tasks_per_worker=args.max_tasks_per_worker, recycle_memory=args.recycle_memory,
+                                heartbeat_interval=args.heartbeat_interval, client_timeout=args.client_timeout)
         except ValueError as exc:
             print(f"lucidity node: {exc}", file=sys.stderr)
             return 2

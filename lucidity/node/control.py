@@ -67,7 +67,8 @@ class ControlDaemon:
     """
 
     def __init__(self, bind: str = "tcp://127.0.0.1:3030", *, parent_fd: Optional[int] = None,
-                 ready_fd: Optional[int] = None) -> None:
+                 ready_fd: Optional[int] = None, node_timeout: float = NODE_TIMEOUT) -> None:
+        self._node_timeout = node_timeout
         self._bind_request = bind
         self._parent_fd = parent_fd
         self._ready_fd = ready_fd
@@ -181,7 +182,7 @@ class ControlDaemon:
         """Drop silent nodes and watchers; return seconds until the next one could expire."""
         changed = False
         for identity, record in list(self._nodes.items()):
-            if now - record.last_seen > NODE_TIMEOUT:
+            if now - record.last_seen > self._node_timeout:
                 logger.warning("node %s lost: silent for %.1f s", record.name, now - record.last_seen)
                 del self._nodes[identity]
                 changed = True
@@ -190,7 +191,7 @@ class ControlDaemon:
                 del self._watchers[identity]
         if changed:
             self._broadcast()
-        deadlines = [r.last_seen + NODE_TIMEOUT for r in self._nodes.values()]
+        deadlines = [r.last_seen + self._node_timeout for r in self._nodes.values()]
         deadlines += [seen + WATCHER_TIMEOUT for seen in self._watchers.values()]
         return max(0.05, min(deadlines, default=now + WATCHER_TIMEOUT) - now)
 

@@ -44,8 +44,9 @@ __all__ = ["NodeDaemon"]
 
 #: Seconds between heartbeats to the control node (each is a full JOIN, so a restarted control relearns us).
 HEARTBEAT_INTERVAL = 1.0
-#: A client silent for this long is forgotten (it heartbeats every HEARTBEAT_INTERVAL).
-CLIENT_TIMEOUT = 60.0
+#: A client silent for this long is gone: its queued tasks are dropped and its running ones stopped. Clients
+#: heartbeat every second; the margin covers a client process whose I/O thread is briefly starved.
+CLIENT_TIMEOUT = 10.0
 #: Wait this long for the first workers before joining with whatever is ready.
 STARTUP_TIMEOUT = 30.0
 #: Restart back-off for workers that die before becoming ready, in seconds (doubles up to the cap).
@@ -92,6 +93,7 @@ class WorkerProcess:
     task_peak: int = 0
     pressure: int = 0
     breach: Optional[limits.Breach] = None
+    control: Optional[zmq.Socket[Any]] = None  # the daemon's line to the worker, for DROP
 
     def move(self, new: WorkerState) -> None:
         if new not in _WORKER_TRANSITIONS[self.state]:
@@ -126,7 +128,10 @@ class NodeDaemon:
     def __init__(self, control_address: str, bind: str = "tcp://127.0.0.1:0", processes: Optional[int] = None,
                  name: Optional[str] = None, *, parent_fd: Optional[int] = None,
                  ready_fd: Optional[int] = None, memory_limit: Optional[int] = None,
-                 max_tasks_per_worker: Optional[int] = None, recycle_memory: Optional[int] = None) -> None:
+                 max_tasks_per_worker: Optional[int] = None, recycle_memory: Optional[int] = None,
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL, client_timeout: float = CLIENT_TIMEOUT) -> None:
+        self._heartbeat_interval = heartbeat_interval
+        self._client_timeout = client_timeout
         if memory_limit is not None and memory_limit < limits.MIN_WORKER_MEMORY:
             raise ValueError(f"a memory limit of {limits.format_size(memory_limit)} is too small to start a worker; "
                              f"a worker needs at least {limits.format_size(limits.MIN_WORKER_MEMORY)}")
@@ -190,7 +195,7 @@ class NodeDaemon:
                     next_heartbeat = now
                 if self._joined and now >= next_heartbeat:
                     self._send_join()
-                    next_heartbeat = now + HEARTBEAT_INTERVAL
+                    next_heartbeat = now + self._heartbeat_interval
                     self._expire_clients(now)
                 self._restart_due(now)
                 deadlines = [next_heartbeat if self._joined else now + 1.0, *self._restart_at.values()]
@@ -304,6 +309,7 @@ class NodeDaemon:
             record = self._clients.get(identity)
             if record is not None:
                 record.last_seen = now
+                self._send(identity, protocol.encode(protocol.Kind.HEARTBEAT, {}))
         elif kind is protocol.Kind.BYE:
             self._clients.pop(identity, None)
         elif kind is protocol.Kind.ABANDON:
@@ -326,14 +332,22 @@ class NodeDaemon:
 
     def _expire_clients(self, now: float) -> None:
         for identity, record in list(self._clients.items()):
-            if now - record.last_seen > CLIENT_TIMEOUT:
-                logger.info("node %s forgets client %s (silent for %.0f s)", self.name, record.client_id,
-                            now - record.last_seen)
+            if now - record.last_seen > self._client_timeout:
+                logger.warning("node %s: client %s silent for %.0f s; dropping its work", self.name,
+                               record.client_id, now - record.last_seen)
                 del self._clients[identity]
+                self._abandon(record.client_id)
 
     def _abandon(self, client_id: str) -> None:
-        """Stop every worker running a task of this client (it terminated or went away)."""
+        """Drop the client's queued tasks and stop every worker running one (it terminated or went away)."""
         wanted = bytes.fromhex(client_id)
+        drop = protocol.encode(protocol.Kind.DROP, {"client": client_id})
+        for worker in self._workers.values():
+            if worker.control is not None:
+                try:
+                    worker.control.send_multipart(drop, zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
         for worker in self._workers.values():
             slot = self._slots.read(worker.index)
             if slot.state is SlotState.RUNNING and slot.client == wanted and worker.state is WorkerState.READY:
@@ -408,6 +422,8 @@ class NodeDaemon:
         if not data.endswith(b"\n"):
             return  # it died before binding; its exit is handled through the pidfd
         worker.address = data.decode().strip()
+        worker.control = transport.new_socket(self._context, zmq.DEALER)
+        worker.control.connect(worker.address)
         worker.move(WorkerState.READY)
         self._restart_failures = 0
         logger.debug("node %s: worker %d ready at %s", self.name, worker.child.pid, worker.address)
@@ -474,6 +490,9 @@ class NodeDaemon:
                 self._send(identity, frames)
 
     def _forget_fds(self, worker: WorkerProcess) -> None:
+        if worker.control is not None:
+            worker.control.close(linger=0)
+            worker.control = None
         if worker.ready_fd is not None:
             os.close(worker.ready_fd)
             worker.ready_fd = None

@@ -33,7 +33,7 @@ from ..errors import MemoryLimitExceeded, ProtocolError
 from . import limits
 from .slots import SlotTable
 
-ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE})
+ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE, protocol.Kind.DROP})
 #: How long a worker waits for a client to answer a module request, in seconds.
 FETCH_TIMEOUT = 10.0
 #: Functions kept per worker, by digest; evicted ones are fetched again through a MISSING reply.
@@ -136,6 +136,10 @@ class Worker:
             self._queue = collections.deque(
                 t for t in self._queue if not (t.identity == identity and t.spec["id"] in cancelled)
             )
+            return
+        if message.kind is protocol.Kind.DROP:
+            gone = bytes.fromhex(message.meta["client"])
+            self._queue = collections.deque(t for t in self._queue if t.client != gone)
             return
         if message.kind is protocol.Kind.MODULE:
             self._module_replies[message.meta["name"]] = _module_from(message)
