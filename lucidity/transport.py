@@ -88,8 +88,7 @@ class Waker:
 
     def drain(self) -> None:
         try:
-            while os.read(self.read_fd, 4096):
-                pass
+            os.read(self.read_fd, 65536)  # more than this many wakes in a row just wakes the owner again
         except (BlockingIOError, OSError):
             pass
 

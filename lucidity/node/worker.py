@@ -114,13 +114,10 @@ class Worker:
     # -- receiving ---------------------------------------------------------------------------------------
 
     def _receive(self, block: bool) -> None:
-        flags = 0 if block else zmq.NOBLOCK
-        while True:
-            try:
-                frames = self._sock.recv_multipart(flags, copy=False)
-            except zmq.Again:
-                return
-            flags = zmq.NOBLOCK
+        """Take in every message waiting (and, if `block`, wait for the first)."""
+        while block or self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            block = False
+            frames = self._sock.recv_multipart(copy=False)
             try:
                 self._accept(frames)
             except ProtocolError as exc:
