@@ -1,0 +1,447 @@
+"""Executor, a concurrent.futures.Executor whose calls run on lucidity workers: submit, map, shutdown.
+
+``from lucidity import Executor`` replaces ``from concurrent.futures import ProcessPoolExecutor``. The
+futures it returns are real `concurrent.futures.Future` objects (`TaskFuture`), so ``as_completed``,
+``wait``, ``asyncio.wrap_future`` and ``loop.run_in_executor`` work unchanged. The work runs on the same
+core as `lucidity.Pool`: an embedded local cluster by default, a running cluster with ``address=`` or
+``$LUCIDITY_ADDRESS``.
+
+This module owns the future's life (completion from the client's I/O thread, cancellation, waiting) and the
+executor's (lazy map, shutdown). It does not own routing, retries or flow control: those are the client's.
+
+Deliberate differences from ProcessPoolExecutor (each one keeps a failure local or visible):
+
+- A worker that dies fails only the future of the task it was running, with `lucidity.WorkerCrashed`; the
+  executor keeps serving. The stdlib marks the whole pool broken and fails every pending future with
+  ``BrokenProcessPool``.
+- A function or argument that cannot be serialized raises `lucidity.SerializationError` (a
+  ``pickle.PicklingError``) from ``submit`` and nothing is sent; the stdlib reports it through the future.
+- Functions travel by value where needed (dill): lambdas, closures and functions of ``__main__`` work.
+- ``map`` reads its input lazily, a bounded window of tasks ahead of the consumer, so a long or endless
+  generator is not materialized. The first window is submitted by the ``map`` call itself, so work starts
+  before iteration, as in the stdlib. An error raised by the input iterable, or by serializing one of its
+  items, is raised by ``next()`` at that item's position (the stdlib raises it from ``map``, having read
+  everything first). ``shutdown`` reads and submits the rest of a started map's input, because that work
+  was accepted before the shutdown (so close, or drop, the iterator of a map over an endless input before
+  shutting down); with ``cancel_futures`` the unread rest raises ``CancelledError`` instead.
+- ``result()`` and ``exception()`` called inside a task let the waiting worker run other queued tasks
+  (`lucidity.waiting`), so an Executor used inside a task cannot deadlock a busy cluster.
+  ``concurrent.futures.wait`` and ``as_completed`` wait the stdlib way and have no such help.
+- With ``address=``, ``max_workers`` caps how many of this executor's tasks run at once on the shared
+  cluster instead of sizing a pool of its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import logging
+import threading
+import time
+import weakref
+from typing import Any, Callable, Iterable, Iterator, Optional, ParamSpec, TypeVar
+
+from . import serialization, waiting
+from .client import Client
+from .cluster import LocalCluster, resolve_address
+from .errors import SerializationError
+from .task import FunctionRef, Task, TaskState
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Executor", "TaskFuture"]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+#: Tasks (chunks) a map may have submitted ahead of its consumer. Large enough to keep every worker of a
+#: big cluster busy with tiny tasks, small enough that an endless input costs bounded memory.
+MAP_WINDOW = 1024
+
+
+class TaskFuture(concurrent.futures.Future[T]):
+    """A `concurrent.futures.Future` for one task of a lucidity client.
+
+    The future is completed on the client's I/O thread when the task's outcome arrives (the task's
+    ``on_done``, called exactly once). It is a real Future, so the stdlib's ``wait``, ``as_completed`` and
+    asyncio bridges accept it. The face that built it submits `task` to the client once the future is
+    ready to be completed.
+
+    Done callbacks run on the client's I/O thread, as the stdlib runs them on its management thread: keep
+    them short, and do not wait there for another future of the same client.
+
+    Args:
+        client: the client that will run the task.
+        function, mode, frames: as `Client.new_task`; the payload is serialized already.
+        owner: kept alive until the future is done, so that an executor referenced only by its pending
+            futures (``Executor().submit(f)``) is not torn down under them.
+        options: passed on to `Client.new_task`.
+    """
+
+    def __init__(self, client: Client, function: FunctionRef, mode: str, frames: list[Any], *,
+                 owner: object = None, **options: Any) -> None:
+        super().__init__()
+        self._client = client
+        self._owner = owner
+        self._settled = threading.Event()
+        self._withdrawn = False
+        self._task = client.new_task(function, mode, frames, self._on_done, **options)
+        # First callback of all: waiters see the outcome before any user callback runs.
+        self.add_done_callback(self._on_settled)
+
+    @property
+    def task(self) -> Task:
+        """The client's record of the work this future stands for."""
+        return self._task
+
+    def running(self) -> bool:
+        """True while the task is on a worker (sent and not finished), as for a stdlib future that runs."""
+        return super().running() or (not self.done() and self._task.state is TaskState.SENT)
+
+    def cancel(self) -> bool:
+        """Cancel the task if it has not been sent to a worker yet.
+
+        Returns True if the future is cancelled: the task never runs. Returns False if the task is on its
+        way to a worker or running (from then on the future counts as running, as a stdlib future whose
+        work has started) or if it has finished.
+        """
+        withdrawn_here = False
+        with self._condition:
+            # Under the future's lock: completion on the I/O thread cannot slip between the checks.
+            if not (self._withdrawn or self.done() or super().running()):
+                if self._client.cancel(self._task):
+                    self._withdrawn = withdrawn_here = True
+                else:
+                    self.set_running_or_notify_cancel()
+        cancelled = super().cancel()
+        if withdrawn_here:
+            # A stdlib executor notifies waiters when its worker dequeues the cancelled item; this task will
+            # never be dequeued, so notify now: wait() and as_completed() count the future as done.
+            self.set_running_or_notify_cancel()
+        return cancelled
+
+    def result(self, timeout: Optional[float] = None) -> T:
+        """The task's return value; re-raises its exception with the remote traceback as ``__cause__``.
+
+        Raises:
+            TimeoutError: not done within ``timeout`` seconds (the task keeps running).
+            concurrent.futures.CancelledError: the future was cancelled.
+        """
+        waiting.wait(self._settled, timeout)
+        return super().result(timeout=0)
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        """The task's exception, or None if it returned; raises as `result` on timeout or cancellation."""
+        waiting.wait(self._settled, timeout)
+        return super().exception(timeout=0)
+
+    def _on_done(self, succeeded: bool, value: Any) -> None:
+        if succeeded:
+            self.set_result(value)
+        else:
+            self.set_exception(value)
+
+    def _on_settled(self, _: concurrent.futures.Future[T]) -> None:
+        self._settled.set()
+        # Dropping the owner may collect it here, on the I/O thread, outside every lock: its finalizer
+        # finds the client idle and must not wait on this thread.
+        self._owner = None
+
+
+class _Outstanding:
+    """The executor's futures that are not done yet, for ``shutdown(cancel_futures=True)``.
+
+    Kept apart from the executor so that a future's done callback does not keep the executor alive.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._futures: set[TaskFuture[Any]] = set()
+
+    def add(self, future: TaskFuture[Any]) -> None:
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self.discard)
+
+    def discard(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def snapshot(self) -> list[TaskFuture[Any]]:
+        with self._lock:
+            return list(self._futures)
+
+
+class _MapFeed:
+    """The input side of one `Executor.map`: reads the zipped input lazily, a chunk per task.
+
+    ``window`` holds the futures not yet consumed, in input order. The consumer takes one and the feed
+    submits one more, so at most `MAP_WINDOW` tasks of the map are in flight.
+    """
+
+    def __init__(self, inputs: Iterator[tuple[Any, ...]], chunksize: int,
+                 submit_chunk: Callable[[list[tuple[Any, ...]], int], concurrent.futures.Future[list[Any]]]) -> None:
+        self._lock = threading.Lock()
+        self._inputs = inputs
+        self._chunksize = chunksize
+        self._submit_chunk = submit_chunk
+        self._window: collections.deque[concurrent.futures.Future[list[Any]]] = collections.deque()
+        self._read = 0
+        self._exhausted = False
+
+    def fill(self, chunks: Optional[int] = None) -> None:
+        """Read and submit up to `chunks` more chunks (None: the whole rest of the input)."""
+        with self._lock:
+            for _ in itertools.count() if chunks is None else range(chunks):
+                if self._exhausted:
+                    return
+                future = self._next_future()
+                if future is not None:
+                    self._window.append(future)
+
+    def _next_future(self) -> Optional[concurrent.futures.Future[list[Any]]]:
+        try:
+            chunk = list(itertools.islice(self._inputs, self._chunksize))
+        except Exception as exc:  # the input raised: fail at this position and read no further
+            self._exhausted = True
+            return _failed(exc)
+        if not chunk:
+            self._exhausted = True
+            return None
+        start = self._read
+        self._read += len(chunk)
+        try:
+            return self._submit_chunk(chunk, start)
+        except SerializationError as exc:
+            self._exhausted = True
+            return _failed(exc)
+
+    def take(self) -> Optional[concurrent.futures.Future[list[Any]]]:
+        """The next future in input order, submitting one more chunk in its place; None at the end.
+
+        The window is refilled after every take, so it only runs empty once the input is exhausted.
+        """
+        with self._lock:
+            if not self._window:
+                return None
+            future = self._window.popleft()
+        self.fill(1)
+        return future
+
+    def withdraw(self) -> None:
+        """Read no more: the unread input will never run, and raises CancelledError at its position."""
+        with self._lock:
+            if not self._exhausted:
+                self._exhausted = True
+                cancelled: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
+                cancelled.cancel()
+                self._window.append(cancelled)
+
+    def close(self) -> None:
+        """The consumer stopped early (closed, timed out or failed): cancel what has not run."""
+        with self._lock:
+            self._exhausted = True
+            futures, self._window = list(self._window), collections.deque()
+        for future in futures:
+            future.cancel()
+
+
+def _failed(exc: BaseException) -> concurrent.futures.Future[list[Any]]:
+    future: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
+    future.set_exception(exc)
+    return future
+
+
+def _map_results(feed: _MapFeed, end_time: Optional[float]) -> Iterator[Any]:
+    """Yield a map's results in order, flattening chunks; ``next()`` raises TimeoutError after end_time."""
+    try:
+        while True:
+            future = feed.take()
+            if future is None:
+                return
+            try:
+                chunk = future.result(None if end_time is None else end_time - time.monotonic())
+            finally:
+                future.cancel()  # timed out: it will not be consumed (a no-op once done), as the stdlib
+                del future  # do not keep a raised exception's traceback alive through this frame
+            yield from chunk
+    finally:
+        feed.close()
+
+
+class Executor(concurrent.futures.Executor):
+    """A concurrent.futures Executor running each call as a task on lucidity workers.
+
+    Args:
+        max_workers: worker processes of the embedded cluster (default: the CPU count). With ``address``,
+            at most this many of this executor's tasks run at once (default: as many as the cluster has
+            workers).
+        address: a running cluster's control address (default: ``$LUCIDITY_ADDRESS``; else an embedded
+            cluster is started, and stopped when the executor shuts down).
+        connect_timeout: seconds to wait for a cluster with a worker before `lucidity.ClusterUnavailable`.
+
+    Raises:
+        ValueError: max_workers <= 0, as the stdlib.
+
+    The differences from ProcessPoolExecutor are listed in this module's docstring. An executor that is
+    neither shut down nor referenced any more is torn down once its work is done; at interpreter exit, the
+    remaining work is waited for first, as the stdlib does.
+    """
+
+    def __init__(self, max_workers: Optional[int] = None, *, address: Optional[str] = None,
+                 connect_timeout: float = 30.0) -> None:
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._lock = threading.Lock()
+        self._is_shut_down = False
+        self._outstanding = _Outstanding()
+        self._feeds: weakref.WeakSet[_MapFeed] = weakref.WeakSet()
+        self._closer: Optional[threading.Thread] = None
+        self._cluster: Optional[LocalCluster] = None
+        resolved = resolve_address(address)
+        if resolved is None:
+            self._cluster = LocalCluster(processes=max_workers)
+            resolved = self._cluster.address
+        try:
+            self._client = Client(resolved, max_running=max_workers if self._cluster is None else None,
+                                  connect_timeout=connect_timeout)
+        except BaseException:
+            if self._cluster is not None:
+                self._cluster.close()
+            raise
+        self._max_workers = max_workers or self._client.worker_count
+        self._finalizer = weakref.finalize(self, _teardown, self._client, self._cluster)
+
+    # -- submitting --------------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._is_shut_down:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> TaskFuture[T]:
+        """Schedule ``fn(*args, **kwargs)`` on a worker and return its future.
+
+        The function and arguments are serialized here, so what cannot travel fails now, not later.
+
+        Raises:
+            RuntimeError: the executor is shut down.
+            lucidity.SerializationError: the function or an argument cannot be serialized; nothing was sent.
+        """
+        self._check_open()
+        function = self._client.function(fn)
+        frames = serialization.dumps((args, kwargs), f"arguments of {function.description}")
+        future: TaskFuture[T] = TaskFuture(self._client, function, "call", frames, owner=self)
+        with self._lock:
+            # Checked again under the lock: a submit that passes is one that shutdown() waits for.
+            self._check_open()
+            self._send(future)
+        return future
+
+    def _send(self, future: TaskFuture[Any]) -> None:
+        self._outstanding.add(future)
+        self._client.submit([future.task])
+
+    def _submit_chunk(self, function: FunctionRef, chunk: list[tuple[Any, ...]],
+                      start: int) -> concurrent.futures.Future[list[Any]]:
+        # No shutdown check: the input of a map started before shutdown() was accepted with the map.
+        frames = serialization.dumps(chunk, f"items {start}..{start + len(chunk) - 1} of map({function.description})")
+        future: TaskFuture[list[Any]] = TaskFuture(self._client, function, "starmap", frames, owner=self)
+        self._send(future)
+        return future
+
+    def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: Optional[float] = None,
+            chunksize: int = 1) -> Iterator[T]:
+        """Return an iterator equivalent to ``map(fn, *iterables)``, computed on the workers.
+
+        Results come in input order. The input is read lazily: the call submits the first `MAP_WINDOW`
+        tasks and each result taken submits one more.
+
+        Args:
+            fn: called as ``fn(*args)`` with one item of each iterable.
+            timeout: seconds from this call after which ``next()`` raises TimeoutError (None: no limit).
+            chunksize: items per task; larger chunks amortize the per-task cost of tiny calls.
+
+        Raises:
+            RuntimeError: the executor is shut down.
+            ValueError: chunksize < 1.
+            lucidity.SerializationError: ``fn`` cannot be serialized.
+            From ``next()``: TimeoutError, or the exception of a call, at its position; the calls not yet
+            consumed are then cancelled where they have not started.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end_time = None if timeout is None else time.monotonic() + timeout
+        self._check_open()
+        function = self._client.function(fn)
+        feed = _MapFeed(zip(*iterables), chunksize,
+                        lambda chunk, start: self._submit_chunk(function, chunk, start))
+        with self._lock:
+            self._check_open()
+            self._feeds.add(feed)
+        feed.fill(MAP_WINDOW)
+        return _map_results(feed, end_time)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Accept no new work, then stop the executor's client (and its embedded cluster) once work ends.
+
+        Args:
+            wait: wait here until every submitted task has ended and the executor is torn down. With
+                False, return at once; the teardown happens in the background when the work ends.
+            cancel_futures: cancel the futures whose tasks have not been sent to a worker yet, and stop
+                reading the input of started maps. Tasks already on a worker run to the end.
+        """
+        with self._lock:
+            self._is_shut_down = True
+            feeds = list(self._feeds)
+        if cancel_futures:
+            for feed in feeds:
+                feed.withdraw()
+            for future in self._outstanding.snapshot():
+                future.cancel()
+        if wait:
+            self._finish(feeds)
+            closer = self._closer
+            if closer is not None:
+                closer.join()
+        else:
+            with self._lock:
+                if self._closer is not None or not self._finalizer.alive:
+                    return
+                self._closer = threading.Thread(target=self._finish_in_background, args=(feeds,),
+                                                name="lucidity-executor-shutdown", daemon=True)
+                self._closer.start()
+
+    def _finish(self, feeds: list[_MapFeed]) -> None:
+        """Submit the rest of started maps, wait for every task to end, then tear down."""
+        for feed in feeds:
+            feed.fill()
+        self._client.wait_idle()
+        self._finalizer()
+
+    def _finish_in_background(self, feeds: list[_MapFeed]) -> None:
+        # A daemon thread, so that it never holds up interpreter exit by itself: at exit, the finalizer
+        # waits for the remaining work in the main thread instead, as the stdlib does.
+        try:
+            self._finish(feeds)
+        except Exception:
+            logger.exception("lucidity executor: the background shutdown failed")
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a lucidity Executor cannot be pickled or passed to another process; "
+                        "inside a task, create an Executor there (it joins the same cluster)")
+
+    def __repr__(self) -> str:
+        cls = type(self)
+        state = "shut down" if getattr(self, "_is_shut_down", False) else "running"
+        return f"<{cls.__module__}.{cls.__qualname__} {state} max_workers={getattr(self, '_max_workers', None)}>"
+
+
+def _teardown(client: Client, cluster: Optional[LocalCluster]) -> None:
+    """Stop the client and the embedded cluster once no task is left (the finalizer; runs once)."""
+    client.wait_idle()
+    client.shutdown()
+    if cluster is not None:
+        cluster.close()
