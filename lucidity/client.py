@@ -19,6 +19,7 @@ through the task's ``on_done``, called on the I/O thread.
 from __future__ import annotations
 
 import collections
+import inspect
 import itertools
 import os
 import logging
@@ -31,8 +32,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import zmq
 
-from . import protocol, serialization, shipping, transport, waiting
-from .errors import (ClusterUnavailable, CpuLimitExceeded, JobTimeout, LucidityError, MemoryLimitExceeded,
+from . import protocol, security, serialization, shipping, transport, waiting
+from .errors import (AuthenticationError, ClusterUnavailable, CpuLimitExceeded, JobTimeout, LucidityError, MemoryLimitExceeded,
                      NodeLost, ProtocolError, SerializationError, WorkerCrashed)
 from .task import FunctionRef, Task, TaskState
 
@@ -133,8 +134,11 @@ class Client:
 
     def __init__(self, address: str, *, max_running: Optional[int] = None,
                  connect_timeout: float = CONNECT_TIMEOUT, ship: Sequence[str] = (),
-                 node_timeout: Optional[float] = None, wait_for_nodes: Optional[float] = None) -> None:
+                 node_timeout: Optional[float] = None, wait_for_nodes: Optional[float] = None,
+                 secret: Optional[bytes] = None) -> None:
         self.address = address
+        self._keys = security.ClusterKeys.derive(secret) if secret is not None else None
+        self._failure: Optional[BaseException] = None
         self._node_timeout = node_timeout or float(os.environ.get("LUCIDITY_NODE_TIMEOUT", NODE_TIMEOUT))
         self._wait_for_nodes = wait_for_nodes or float(os.environ.get("LUCIDITY_WAIT_FOR_NODES", NO_WORKER_TIMEOUT))
         self._control_instance = ""
@@ -153,7 +157,8 @@ class Client:
         self._known_nodes: frozenset[str] = frozenset()
         self._tasks: dict[int, Task] = {}
         self._ids = itertools.count(1)
-        self._functions: collections.OrderedDict[int, tuple[Any, FunctionRef]] = collections.OrderedDict()
+        # id(function) -> (a way back to the function, its serialized form); weak where possible
+        self._functions: collections.OrderedDict[int, tuple[Callable[[], Any], FunctionRef]] = collections.OrderedDict()
         self._closing = False
         self._abandon = False
         self._ready = threading.Event()
@@ -163,7 +168,11 @@ class Client:
         weakref.finalize(self, self._waker.close)
         self._thread = threading.Thread(target=self._run, name=f"lucidity-client-{self.id[:8]}", daemon=True)
         self._thread.start()
-        if not self._ready.wait(connect_timeout):
+        ready = self._ready.wait(connect_timeout)
+        if self._failure is not None:
+            self.shutdown(cancel=True)
+            raise self._failure
+        if not ready:
             self.shutdown(cancel=True)
             raise ClusterUnavailable(
                 f"no worker of the cluster at {address} answered within {connect_timeout:.0f} s; "
@@ -182,14 +191,20 @@ class Client:
         key = id(function)
         with self._lock:
             cached = self._functions.get(key)
-            if cached is not None and cached[0] is function:
+            if cached is not None and cached[0]() is function:
                 self._functions.move_to_end(key)
                 return cached[1]
         data = serialization.dumps_function(function)
         ref = FunctionRef(serialization.digest(data), data, serialization.call_repr(function)
                           if callable(function) else "initializer")
+        if inspect.ismethod(function):
+            return ref  # a bound method is a new object at every access, and would keep its instance alive
+        try:
+            holder: Callable[[], Any] = weakref.ref(function)
+        except TypeError:
+            holder = lambda: function  # noqa: E731 - builtins and tuples cannot be weakly referenced
         with self._lock:
-            self._functions[key] = (function, ref)
+            self._functions[key] = (holder, ref)
             while len(self._functions) > FUNCTION_CACHE_SIZE:
                 self._functions.popitem(last=False)
         return ref
@@ -243,7 +258,8 @@ class Client:
     def _run(self) -> None:
         context = transport.new_context()
         self._context = context
-        self._control = transport.new_socket(context, zmq.DEALER)
+        self._control = self._new_socket()
+        self._handshake = security.HandshakeWatch(self._control) if self._keys is not None else None
         self._control.connect(self.address)
         self._nodes: dict[str, _NodeLink] = {}
         self._links: dict[str, _WorkerLink] = {}
@@ -251,6 +267,8 @@ class Client:
         self._poller = zmq.Poller()
         self._poller.register(self._waker.read_fd, zmq.POLLIN)
         self._poller.register(self._control, zmq.POLLIN)
+        if self._handshake is not None:
+            self._poller.register(self._handshake.fd_socket, zmq.POLLIN)
         self._no_workers_since = time.monotonic()
         next_heartbeat = 0.0
         try:
@@ -286,6 +304,8 @@ class Client:
         for sock, _ in events:
             if sock == self._waker.read_fd:
                 self._waker.drain()
+            elif self._handshake is not None and sock is self._handshake.fd_socket:
+                self._check_handshake()
             elif sock is self._control:
                 self._drain(self._control, self._on_control)
             else:
@@ -301,6 +321,29 @@ class Client:
                 handler(frames)
             except (ProtocolError, KeyError, TypeError, ValueError) as exc:
                 logger.warning("lucidity client dropped a malformed message: %s: %s", type(exc).__name__, exc)
+
+    def _new_socket(self) -> zmq.Socket[Any]:
+        """A DEALER that, with a cluster secret, speaks CURVE and accepts only the cluster's daemons."""
+        sock = transport.new_socket(self._context, zmq.DEALER)
+        if self._keys is not None:
+            security.secure_client(sock, self._keys, security.Role.CLIENT)
+        return sock
+
+    def _check_handshake(self) -> None:
+        if self._handshake is None:
+            return
+        reason = self._handshake.check()
+        if self._handshake.succeeded or reason is None:
+            if self._handshake.succeeded:
+                self._poller.unregister(self._handshake.fd_socket)
+                self._handshake.close()
+                self._handshake = None
+            return
+        if not self._ready.is_set():
+            self._failure = AuthenticationError(
+                f"the cluster at {self.address} refused this client: {reason}. Check that the client and the "
+                "daemons share the same cluster secret (secret=, $LUCIDITY_SECRET or --secret-file).")
+            self._ready.set()
 
     def _heartbeat(self) -> None:
         """Watch the membership, ping every node, and drop nodes that stopped answering."""
@@ -344,7 +387,7 @@ class Client:
             if name in self._nodes and isinstance(running, int):
                 self._nodes[name].running = running
             if name not in self._nodes:
-                sock = transport.new_socket(self._context, zmq.DEALER)
+                sock = self._new_socket()
                 sock.connect(entry["address"])
                 node = _NodeLink(name, entry["address"], str(entry.get("instance")), str(entry.get("host", "")), sock)
                 self._nodes[name] = node
@@ -369,7 +412,7 @@ class Client:
                 self._drop_worker(node, link)
         for worker_id, entry in listed.items():
             if worker_id not in node.workers:
-                sock = transport.new_socket(self._context, zmq.DEALER)
+                sock = self._new_socket()
                 sock.connect(entry["address"])
                 link = _WorkerLink(node.name, worker_id, entry["pid"], sock)
                 node.workers[worker_id] = link
@@ -467,12 +510,13 @@ class Client:
 
     def _dispatch_queue(self, queue: collections.deque[Task], node: Optional[str]) -> None:
         while queue:
-            link = self._choose_worker(node)
+            link, sharing = self._choose_worker(node)
             if link is None:
                 return
             batch: list[Task] = []
             with self._lock:
-                credit = link.credit()
+                # No more than a fair share of what waits, so that two slow tasks go to two idle workers.
+                credit = min(link.credit(), -(-len(queue) // sharing))
                 while queue and len(batch) < credit:
                     task = queue.popleft()
                     if task.state is not TaskState.PENDING:
@@ -484,21 +528,23 @@ class Client:
                 return
             self._send_tasks(link, batch)
 
-    def _choose_worker(self, node: Optional[str]) -> Optional[_WorkerLink]:
-        """The worker with the fewest of our tasks in flight that still has credit (round robin on ties)."""
+    def _choose_worker(self, node: Optional[str]) -> tuple[Optional[_WorkerLink], int]:
+        """The worker with the fewest of our tasks in flight that still has credit (round robin on ties),
+        and how many workers could take work now."""
         links = self._links.values() if node is None else self._nodes[node].workers.values()
         candidates = [w for w in links if w.credit() > 0]
         if self._max_running:
-            busy = [w for w in self._links.values() if w.inflight]
-            if len(busy) >= self._max_running:
-                candidates = [w for w in candidates if w.inflight]
+            # At most max_running workers hold our tasks: the busy ones, and idle ones up to the cap.
+            free = self._max_running - sum(1 for w in self._links.values() if w.inflight)
+            idle = [w for w in candidates if not w.inflight]
+            candidates = [w for w in candidates if w.inflight] + idle[:max(0, free)]
         if not candidates:
-            return None
+            return None, 0
         best = min(candidates, key=lambda w: len(w.inflight))
         # Rotate so that ties go to a different worker next time.
         self._links.pop(best.key)
         self._links[best.key] = best
-        return best
+        return best, len(candidates)
 
     def _send_tasks(self, link: _WorkerLink, batch: list[Task]) -> None:
         functions: list[FunctionRef] = []
@@ -623,6 +669,8 @@ class Client:
         for node in self._nodes.values():
             self._send(node.sock, protocol.encode(protocol.Kind.BYE, {"client": self.id}))
         linger = int(transport.LINGER * 1000)
+        if self._handshake is not None:
+            self._handshake.close()
         for sock in [self._control, *self._by_socket]:
             sock.close(linger=linger)
         self._context.term()

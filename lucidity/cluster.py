@@ -48,6 +48,21 @@ def resolve_address(address: Optional[str]) -> Optional[str]:
     return address or os.environ.get(ADDRESS_VARIABLE) or None
 
 
+def resolve_secret(secret: Union[str, bytes, None], embedded: bool) -> Optional[bytes]:
+    """The cluster secret a client should use.
+
+    An embedded cluster is protected by its private ipc:// directory and uses a secret only when given one;
+    a running cluster's secret comes from `secret`, else $LUCIDITY_SECRET or $LUCIDITY_SECRET_FILE.
+    """
+    from .security import load_secret
+
+    if isinstance(secret, bytes):
+        secret = secret.decode()
+    if embedded:
+        return load_secret(secret, environ={}) if secret is not None else None
+    return load_secret(secret)
+
+
 def current_node() -> Optional[str]:
     """The name of the node running the current task, or None outside a task."""
     return os.environ.get("LUCIDITY_NODE")
@@ -61,13 +76,16 @@ class LocalCluster:
         processes: worker processes per node (default: the CPU count).
         log_level: the daemons' log level (their logs go to this process's stderr).
         memory_limit: memory cap of every worker, in bytes or as "200MB" (`lucidity node --memory-limit`).
+        secret: a cluster secret for its daemons (not needed: its sockets are in a directory only this user
+            can open). Clients of it must then use the same secret.
 
     Use as a context manager, or call `close`. ``address`` is the control node's address, to pass to
     ``Pool(address=...)`` or ``lucidity status``.
     """
 
     def __init__(self, nodes: int = 1, processes: Optional[int] = None, *, log_level: str = "WARNING",
-                 start_timeout: float = START_TIMEOUT, memory_limit: Union[int, str, None] = None) -> None:
+                 start_timeout: float = START_TIMEOUT, memory_limit: Union[int, str, None] = None,
+                 secret: Union[str, bytes, None] = None) -> None:
         if nodes < 1:
             raise ValueError("a LocalCluster needs at least one node")
         if processes is not None and processes < 1:
@@ -82,7 +100,11 @@ class LocalCluster:
         self.address = f"ipc://{self._runtime}/control"
         parent_read, self._parent_write = os.pipe()
         env = dict(os.environ, LUCIDITY_SYS_PATH=os.pathsep.join(p for p in sys.path if p))
-        env.pop(ADDRESS_VARIABLE, None)
+        for variable in (ADDRESS_VARIABLE, "LUCIDITY_SECRET", "LUCIDITY_SECRET_FILE"):
+            env.pop(variable, None)
+        self.secret = resolve_secret(secret, embedded=True)
+        if self.secret is not None:
+            env["LUCIDITY_SECRET"] = self.secret.decode()
         base = [sys.executable, "-m", "lucidity", "--log-level", log_level]
         children: list[Child] = []
         ready: dict[int, Child] = {}
@@ -164,9 +186,10 @@ def _stop(children: list[Child], runtime: str, parent_write: int) -> None:
 class _DefaultCluster:
     """The cluster jobs use unless told otherwise: set by `connect`, else embedded on first use."""
 
-    def __init__(self, address: Optional[str], ship: Sequence[str]) -> None:
+    def __init__(self, address: Optional[str], ship: Sequence[str], secret: Union[str, bytes, None] = None) -> None:
         self.address = address
         self.ship = tuple(ship)
+        self.secret = secret
         self.client: Optional["Client"] = None
         self.local: Optional[LocalCluster] = None
 
@@ -176,9 +199,10 @@ class _DefaultCluster:
 
             address = resolve_address(self.address)
             if address is None:
-                self.local = LocalCluster()
+                self.local = LocalCluster(secret=self.secret)
                 address = self.local.address
-            self.client = Client(address, ship=self.ship)
+            self.client = Client(address, ship=self.ship,
+                                 secret=resolve_secret(self.secret, embedded=self.local is not None))
         return self.client
 
     def close(self) -> None:
@@ -193,22 +217,19 @@ _default_lock = threading.Lock()
 _default: Optional[_DefaultCluster] = None
 
 
-def connect(address: Optional[str] = None, secret: Optional[str] = None, ship: Sequence[str] = ()) -> None:
+def connect(address: Optional[str] = None, secret: Union[str, bytes, None] = None, ship: Sequence[str] = ()) -> None:
     """Set the default cluster that jobs run on (`lucidity.job`); replaces (and closes) the previous one.
 
     Args:
         address: the control node's address; None means $LUCIDITY_ADDRESS, else an embedded cluster.
-        secret: the cluster secret. Authentication has not landed yet, so any value is refused rather
-            than silently ignored.
+        secret: the cluster secret (default: $LUCIDITY_SECRET or $LUCIDITY_SECRET_FILE for a running cluster).
         ship: names of packages to send to the nodes up front (code shipping).
 
     Inside a task, jobs reach the cluster running the task without any call to connect.
     """
     global _default
-    if secret is not None:
-        raise NotImplementedError("cluster secrets are not supported yet; connect without secret=")
     with _default_lock:
-        previous, _default = _default, _DefaultCluster(address, ship)
+        previous, _default = _default, _DefaultCluster(address, ship, secret)
     if previous is not None:
         previous.close()
 

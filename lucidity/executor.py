@@ -40,11 +40,19 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, Iterator, Optional, ParamSpec, TypeVar
+import sys
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
 from . import serialization, waiting
 from .client import Client
-from .cluster import LocalCluster, resolve_address
+from .cluster import LocalCluster, resolve_address, resolve_secret
+from .node.limits import parse_size
+
+if sys.version_info >= (3, 10):
+    from typing import ParamSpec
+else:  # Python 3.9: typing_extensions is not a dependency; the signature is then untyped
+    def ParamSpec(name: str) -> Any:  # noqa: N802
+        return TypeVar(name)
 from .errors import SerializationError
 from .task import FunctionRef, Task, TaskState
 
@@ -280,6 +288,9 @@ class Executor(concurrent.futures.Executor):
         address: a running cluster's control address (default: ``$LUCIDITY_ADDRESS``; else an embedded
             cluster is started, and stopped when the executor shuts down).
         connect_timeout: seconds to wait for a cluster with a worker before `lucidity.ClusterUnavailable`.
+        memory_limit: memory cap of each task, in bytes or as "200MB" (see `lucidity.Pool`).
+        secret: the cluster secret (see `lucidity.Pool`).
+        ship: packages to send to every worker up front (see docs/shipping.md).
 
     Raises:
         ValueError: max_workers <= 0, as the stdlib.
@@ -290,7 +301,8 @@ class Executor(concurrent.futures.Executor):
     """
 
     def __init__(self, max_workers: Optional[int] = None, *, address: Optional[str] = None,
-                 connect_timeout: float = 30.0) -> None:
+                 connect_timeout: float = 30.0, memory_limit: Union[int, str, None] = None,
+                 secret: Union[str, bytes, None] = None, ship: Sequence[str] = ()) -> None:
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         self._lock = threading.Lock()
@@ -299,13 +311,15 @@ class Executor(concurrent.futures.Executor):
         self._feeds: weakref.WeakSet[_MapFeed] = weakref.WeakSet()
         self._closer: Optional[threading.Thread] = None
         self._cluster: Optional[LocalCluster] = None
+        self._memory_limit = parse_size(memory_limit)
         resolved = resolve_address(address)
         if resolved is None:
-            self._cluster = LocalCluster(processes=max_workers)
+            self._cluster = LocalCluster(processes=max_workers, memory_limit=self._memory_limit, secret=secret)
             resolved = self._cluster.address
         try:
             self._client = Client(resolved, max_running=max_workers if self._cluster is None else None,
-                                  connect_timeout=connect_timeout)
+                                  connect_timeout=connect_timeout, ship=ship,
+                                  secret=resolve_secret(secret, embedded=self._cluster is not None))
         except BaseException:
             if self._cluster is not None:
                 self._cluster.close()
@@ -331,7 +345,8 @@ class Executor(concurrent.futures.Executor):
         self._check_open()
         function = self._client.function(fn)
         frames = serialization.dumps((args, kwargs), f"arguments of {function.description}")
-        future: TaskFuture[T] = TaskFuture(self._client, function, "call", frames, owner=self)
+        future: TaskFuture[T] = TaskFuture(self._client, function, "call", frames, owner=self,
+                                                memory=self._memory_limit)
         with self._lock:
             # Checked again under the lock: a submit that passes is one that shutdown() waits for.
             self._check_open()
@@ -346,7 +361,8 @@ class Executor(concurrent.futures.Executor):
                       start: int) -> concurrent.futures.Future[list[Any]]:
         # No shutdown check: the input of a map started before shutdown() was accepted with the map.
         frames = serialization.dumps(chunk, f"items {start}..{start + len(chunk) - 1} of map({function.description})")
-        future: TaskFuture[list[Any]] = TaskFuture(self._client, function, "starmap", frames, owner=self)
+        future: TaskFuture[list[Any]] = TaskFuture(self._client, function, "starmap", frames, owner=self,
+                                                      memory=self._memory_limit)
         self._send(future)
         return future
 

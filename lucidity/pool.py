@@ -30,12 +30,13 @@ import uuid
 import warnings
 import weakref
 from multiprocessing import TimeoutError
-from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional, Sequence, TypeVar, Union
 
-from . import serialization
+from . import serialization, waiting
 from .client import Client
-from .cluster import LocalCluster, resolve_address
+from .cluster import LocalCluster, resolve_address, resolve_secret
 from .errors import SerializationError
+from .node.limits import parse_size
 from .task import FunctionRef, Task
 
 __all__ = ["Pool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator", "IMapUnorderedIterator"]
@@ -78,7 +79,7 @@ class ApplyResult(Generic[T]):
         return self._success
 
     def wait(self, timeout: Optional[float] = None) -> None:
-        self._event.wait(timeout)
+        waiting.wait(self._event, timeout)
 
     def get(self, timeout: Optional[float] = None) -> T:
         """The result; re-raises the task's exception; ``multiprocessing.TimeoutError`` if not ready in time.
@@ -174,6 +175,7 @@ class IMapIterator(Generic[T]):
         self._unsorted: dict[int, tuple[bool, Any]] = {}
         self._index = 0
         self._length: Optional[int] = None
+        self._arrived = threading.Event()
 
     def __iter__(self) -> "IMapIterator[T]":
         return self
@@ -183,11 +185,15 @@ class IMapIterator(Generic[T]):
             if not self._items:
                 if self._index == self._length:
                     raise StopIteration from None
-                self._cond.wait_for(lambda: self._items or self._index == self._length, timeout)
-                if not self._items:
-                    if self._index == self._length:
-                        raise StopIteration from None
-                    raise TimeoutError from None
+                self._arrived.clear()
+        if not self._items:
+            # Outside the lock: inside a worker, the wait runs other queued tasks (lucidity.waiting).
+            waiting.wait(self._arrived, timeout)
+        with self._cond:
+            if not self._items:
+                if self._index == self._length:
+                    raise StopIteration from None
+                raise TimeoutError from None
             succeeded, value = self._items.popleft()
         self._window.release()
         if succeeded:
@@ -209,12 +215,13 @@ class IMapIterator(Generic[T]):
                     self._index += 1
             else:
                 self._unsorted[index] = (succeeded, value)
-            self._cond.notify()
+            if self._items:
+                self._arrived.set()
 
     def _set_length(self, length: int) -> None:
         with self._cond:
             self._length = length
-            self._cond.notify()
+            self._arrived.set()
 
 
 class IMapUnorderedIterator(IMapIterator[T]):
@@ -236,6 +243,13 @@ class Pool:
         address: a running cluster's control address (default: ``$LUCIDITY_ADDRESS``; else an embedded
             cluster is started and stopped with the pool).
         connect_timeout: seconds to wait for a cluster with a worker before `lucidity.ClusterUnavailable`.
+        memory_limit: memory cap of each task, in bytes or as "200MB"/"1.5GiB" (the node's own cap applies
+            too; the smaller wins). A task over it fails with `lucidity.MemoryLimitExceeded`, a MemoryError.
+        secret: the cluster secret (default: $LUCIDITY_SECRET or $LUCIDITY_SECRET_FILE for a running
+            cluster; the embedded cluster needs none). A wrong or missing one raises
+            `lucidity.AuthenticationError` from the constructor.
+        ship: names of pure-Python packages or modules to send to every worker up front (modules the
+            nodes lack are otherwise fetched from this process on first import; see docs/shipping.md).
 
     Raises:
         ValueError: processes < 1, or a bad maxtasksperchild, as the stdlib.
@@ -244,7 +258,8 @@ class Pool:
 
     def __init__(self, processes: Optional[int] = None, initializer: Optional[Callable[..., object]] = None,
                  initargs: Iterable[Any] = (), maxtasksperchild: Optional[int] = None, context: Any = None,
-                 *, address: Optional[str] = None, connect_timeout: float = 30.0) -> None:
+                 *, address: Optional[str] = None, connect_timeout: float = 30.0, ship: Sequence[str] = (),
+                 memory_limit: Union[int, str, None] = None, secret: Union[str, bytes, None] = None) -> None:
         self._state = PoolState.RUN
         self._cluster: Optional[LocalCluster] = None
         self._feeders: list[threading.Thread] = []
@@ -257,13 +272,16 @@ class Pool:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._maxtasksperchild = maxtasksperchild
+        self._memory_limit = parse_size(memory_limit)
         resolved = resolve_address(address)
         if resolved is None:
-            self._cluster = LocalCluster(processes=processes)
+            # The embedded cluster's workers carry the cap as their hard limit, which no task can raise.
+            self._cluster = LocalCluster(processes=processes, memory_limit=self._memory_limit, secret=secret)
             resolved = self._cluster.address
         try:
             self._client = Client(resolved, max_running=processes if self._cluster is None else None,
-                                  connect_timeout=connect_timeout)
+                                  connect_timeout=connect_timeout, ship=ship,
+                                  secret=resolve_secret(secret, embedded=self._cluster is not None))
         except BaseException:
             if self._cluster is not None:
                 self._cluster.close()
@@ -282,7 +300,7 @@ class Pool:
 
     def _task(self, function: FunctionRef, mode: str, frames: list[Any], on_done: Callable[[bool, Any], None]) -> Task:
         return self._client.new_task(function, mode, frames, on_done, pool=self._id, initializer=self._initializer,
-                                     max_tasks=self._maxtasksperchild)
+                                     max_tasks=self._maxtasksperchild, memory=self._memory_limit)
 
     def apply(self, func: Callable[..., T], args: Sequence[Any] = (), kwds: Mapping[str, Any] = {}) -> T:
         """Call ``func(*args, **kwds)`` on a worker and return its result."""
@@ -440,9 +458,10 @@ class Pool:
         size = getattr(self, "_processes", None)
         return f"<{cls.__module__}.{cls.__qualname__} state={self._state.value} pool_size={size}>"
 
-    def __del__(self) -> None:
-        if getattr(self, "_state", None) is PoolState.RUN:
-            warnings.warn(f"unclosed running lucidity pool {self!r}", ResourceWarning, source=self)
+    def __del__(self, _warn: Callable[..., object] = warnings.warn, _running: PoolState = PoolState.RUN) -> None:
+        # The defaults keep what the check needs: at interpreter exit this module's globals may be gone already.
+        if getattr(self, "_state", None) is _running:
+            _warn(f"unclosed running lucidity pool {self!r}", ResourceWarning, source=self)
 
 
 def _unwrap_single(result: IMapIterator[Any]) -> Iterator[Any]:

@@ -601,3 +601,58 @@ def _protocol_reason(endpoint: str, code: int) -> str:
         return (f"the CURVE handshake with {endpoint} failed cryptographically: the two sides hold "
                 "different cluster secrets")
     return f"the handshake with {endpoint} failed with ZMTP/ZAP protocol error 0x{code:08x}"
+
+
+# -------------------------------------------------------------------------------------- one process's guard
+
+
+class Guard:
+    """Everything one process needs to secure its sockets, or nothing when the cluster has no secret.
+
+    Without keys (an embedded cluster on ipc:// sockets in a private directory, or a loopback cluster run
+    without a secret) every method is a no-op and every kind is accepted from everyone. With keys, the
+    process's listening sockets are CURVE servers behind an `Authenticator`, its connecting sockets pin the
+    daemon key, and `accepted` narrows the kinds of message taken from a peer to those of its role.
+    """
+
+    def __init__(self, context: zmq.Context[Any], keys: Optional[ClusterKeys]) -> None:
+        self.keys = keys
+        self._authenticator: Optional[Authenticator] = None
+        if keys is not None:
+            self._authenticator = Authenticator(context, keys)
+            self._authenticator.start()
+
+    @property
+    def is_secure(self) -> bool:
+        return self.keys is not None
+
+    def listen(self, sock: zmq.Socket[Any]) -> None:
+        """Call before bind."""
+        if self.keys is not None:
+            secure_server(sock, self.keys)
+
+    def connect(self, sock: zmq.Socket[Any], role: Role) -> None:
+        """Call before connect."""
+        if self.keys is not None:
+            secure_client(sock, self.keys, role)
+
+    def accepted(self, first_frame: Any, by_role: Mapping[Role, frozenset[Any]], default: frozenset[Any]) -> frozenset[Any]:
+        """The kinds of message this peer may send: by its role when secure, else `default`."""
+        if self.keys is None:
+            return default
+        role = peer_role(first_frame) if isinstance(first_frame, zmq.Frame) else None
+        return by_role.get(role, frozenset()) if role is not None else frozenset()
+
+    def is_healthy(self) -> bool:
+        """False once the authenticator died: then nobody can connect (fail closed) and the process should exit."""
+        return self._authenticator is None or self._authenticator.is_alive()
+
+    def close(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.stop()
+
+
+def guard_from_environment(context: zmq.Context[Any], secret: Optional[bytes] = None) -> Guard:
+    """A guard for `secret`, or for the secret in the environment ($LUCIDITY_SECRET, $LUCIDITY_SECRET_FILE)."""
+    secret = secret if secret is not None else load_secret()
+    return Guard(context, ClusterKeys.derive(secret) if secret is not None else None)

@@ -326,8 +326,6 @@ def test_no_stale_references_to_arguments_or_results(executor: Executor) -> None
     assert collected.wait(RESULT_TIMEOUT)
 
 
-@pytest.mark.xfail(strict=True, reason="Client.function caches up to 256 functions by strong reference, so a "
-                                       "bound method keeps its object alive (see the final report)")
 def test_no_stale_references_to_a_bound_method_submitted(executor: Executor) -> None:
     payload = Payload()
     collected = threading.Event()
@@ -405,8 +403,6 @@ def test_map_timeout_yields_the_results_that_came_in_time(make_executor: Callabl
         next(iterator)
 
 
-@pytest.mark.xfail(strict=True, reason="a worker holds the results of tasks it finished until a long task "
-                                       "that it started right after them ends (see the final report)")
 def test_results_are_not_held_back_by_a_long_task_behind_them(make_executor: Callable[..., Executor],
                                                             rendezvous: Rendezvous) -> None:
     ex = make_executor(max_workers=1)
@@ -464,8 +460,6 @@ def test_closing_a_timed_out_map_cancels_the_calls_not_sent(make_executor: Calla
     assert not any(os.path.exists(p) for p in paths[10:])
 
 
-@pytest.mark.xfail(strict=True, reason="the client gives a whole window of pending tasks to one worker while "
-                                       "another is idle (see the final report)")
 def test_simultaneous_slow_tasks_spread_over_idle_workers(make_executor: Callable[..., Executor],
                                                          rendezvous: Rendezvous) -> None:
     ex = make_executor()

@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
 
     def daemon_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--log-level", default=None, type=str.upper, choices=levels, help="default: INFO")
+        sub.add_argument("--secret-file", default=None,
+                         help="file holding the cluster secret (mode 0600); default $LUCIDITY_SECRET(_FILE)")
+        sub.add_argument("--insecure", action="store_true",
+                         help="allow listening beyond loopback without a secret (anyone reaching the port runs code)")
         sub.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
         sub.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -76,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"control address (default $LUCIDITY_ADDRESS or {DEFAULT_CONTROL})")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument("--timeout", type=float, default=STATUS_TIMEOUT, help="seconds to wait per daemon")
+    status.add_argument("--secret-file", default=None, help="file holding the cluster secret")
+
+    secret = commands.add_parser("secret", help="write a new random cluster secret to a file (mode 0600)")
+    secret.add_argument("path", help="where to write it; an existing file is never overwritten")
 
     demo = commands.add_parser("demo", help="run the pythagorean example on an embedded cluster")
     demo.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
@@ -89,8 +97,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command == "control":
         from .control import ControlDaemon
 
+        secret = _secret(args)
         return ControlDaemon(args.bind, parent_fd=args.parent_fd, ready_fd=args.ready_fd,
-                             node_timeout=args.node_timeout).run()
+                             node_timeout=args.node_timeout, secret=secret, insecure=args.insecure).run()
     if args.command == "node":
         from .daemon import NodeDaemon
 
@@ -102,7 +111,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             daemon = NodeDaemon(args.control_address, bind, args.processes, args.name, parent_fd=args.parent_fd,
                                 ready_fd=args.ready_fd, memory_limit=args.memory_limit,
                                 max_tasks_per_worker=args.max_tasks_per_worker, recycle_memory=args.recycle_memory,
-                                heartbeat_interval=args.heartbeat_interval, client_timeout=args.client_timeout)
+                                heartbeat_interval=args.heartbeat_interval, client_timeout=args.client_timeout,
+                                secret=_secret(args), insecure=args.insecure)
         except ValueError as exc:
             print(f"lucidity node: {exc}", file=sys.stderr)
             return 2
@@ -110,11 +120,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command == "status":
         address = args.address or os.environ.get("LUCIDITY_ADDRESS") or DEFAULT_CONTROL
         try:
-            report = query_status(address, args.timeout)
+            report = query_status(address, args.timeout, _secret(args))
         except ClusterUnavailable as exc:
             print(f"lucidity status: {exc}", file=sys.stderr)
             return 1
         print(json.dumps(report, indent=2) if args.json else format_status(report))
+        return 0
+    if args.command == "secret":
+        from ..security import write_secret_file
+
+        write_secret_file(args.path)
+        print(f"wrote a new cluster secret to {args.path} (mode 0600)")
         return 0
     if args.command == "demo":
         from .. import demo
@@ -124,8 +140,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 2
 
 
-def _request(context: zmq.Context[Any], address: str, timeout: float) -> dict[str, Any]:
+def _secret(args: argparse.Namespace) -> Optional[bytes]:
+    from ..security import load_secret
+
+    return load_secret(secret_file=args.secret_file)
+
+
+def _request(context: zmq.Context[Any], address: str, timeout: float, secret: Optional[bytes]) -> dict[str, Any]:
     sock = transport.new_socket(context, zmq.DEALER)
+    if secret is not None:
+        from ..security import ClusterKeys, Role, secure_client
+
+        secure_client(sock, ClusterKeys.derive(secret), Role.CLIENT)
     try:
         sock.connect(address)
         sock.send_multipart(protocol.encode(protocol.Kind.STATUS, {}))
@@ -139,15 +165,15 @@ def _request(context: zmq.Context[Any], address: str, timeout: float) -> dict[st
         sock.close(linger=0)
 
 
-def query_status(address: str, timeout: float = STATUS_TIMEOUT) -> dict[str, Any]:
+def query_status(address: str, timeout: float = STATUS_TIMEOUT, secret: Optional[bytes] = None) -> dict[str, Any]:
     """Ask the control node for its nodes, then each node for its workers and task counts."""
     context = transport.new_context()
     try:
-        report = _request(context, address, timeout)
+        report = _request(context, address, timeout, secret)
         nodes = []
         for entry in report.get("nodes", []):
             try:
-                nodes.append(_request(context, entry["address"], timeout))
+                nodes.append(_request(context, entry["address"], timeout, secret))
             except ClusterUnavailable as exc:
                 nodes.append({"name": entry.get("name"), "address": entry.get("address"), "error": str(exc),
                               "workers": []})

@@ -23,8 +23,9 @@ from typing import Any, Optional
 
 import zmq
 
-from .. import protocol, transport
+from .. import protocol, security, transport
 from ..errors import ProtocolError
+from ..security import Role
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,13 @@ DROP_LOG_INTERVAL = 1.0
 
 ACCEPTED = frozenset({protocol.Kind.JOIN, protocol.Kind.LEAVE, protocol.Kind.WATCH, protocol.Kind.STATUS,
                       protocol.Kind.HEARTBEAT})
+#: With a cluster secret, what each role may send here: clients watch, nodes join.
+ACCEPTED_BY_ROLE = {
+    Role.CLIENT: frozenset({protocol.Kind.WATCH, protocol.Kind.HEARTBEAT, protocol.Kind.STATUS}),
+    Role.NODE: frozenset({protocol.Kind.JOIN, protocol.Kind.LEAVE, protocol.Kind.STATUS}),
+}
+#: Largest message the control node takes (all of its messages are small), in bytes.
+MAX_MESSAGE = 1024 * 1024
 
 
 @dataclass
@@ -67,8 +75,11 @@ class ControlDaemon:
     """
 
     def __init__(self, bind: str = "tcp://127.0.0.1:3030", *, parent_fd: Optional[int] = None,
-                 ready_fd: Optional[int] = None, node_timeout: float = NODE_TIMEOUT) -> None:
+                 ready_fd: Optional[int] = None, node_timeout: float = NODE_TIMEOUT,
+                 secret: Optional[bytes] = None, insecure: bool = False) -> None:
         self._node_timeout = node_timeout
+        self._secret = secret
+        self._insecure = insecure
         self._bind_request = bind
         self._parent_fd = parent_fd
         self._ready_fd = ready_fd
@@ -90,6 +101,12 @@ class ControlDaemon:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.set_wakeup_fd(self._waker.write_fd, warn_on_full_buffer=False)
+        if not check_exposure(self._bind_request, self._secret, self._insecure, "control"):
+            self._close()
+            return 2
+        self._guard = security.Guard(self._context, security.ClusterKeys.derive(self._secret) if self._secret else None)
+        self._guard.listen(self._router)
+        self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         try:
             self.address = transport.bind(self._router, self._bind_request)
         except zmq.ZMQError as exc:
@@ -107,7 +124,10 @@ class ControlDaemon:
             poller.register(self._parent_fd, zmq.POLLIN)
         try:
             while not self._stopping:
-                timeout = self._expire(time.monotonic())
+                if not self._guard.is_healthy():
+                    logger.error("control: the authenticator died; exiting rather than serving unguarded")
+                    return 1
+                timeout = min(self._expire(time.monotonic()), 1.0)
                 events = dict(poller.poll(timeout * 1000))
                 if self._waker.read_fd in events:
                     self._waker.drain()
@@ -122,6 +142,9 @@ class ControlDaemon:
         return 0
 
     def _close(self) -> None:
+        guard = getattr(self, "_guard", None)
+        if guard is not None:
+            guard.close()
         self._router.close(linger=0)
         self._context.term()
         self._waker.close()
@@ -129,13 +152,14 @@ class ControlDaemon:
     def _drain(self) -> None:
         while True:
             try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
+                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:
                 if len(frames) < 3:
                     raise ProtocolError(f"message has {len(frames) - 1} frame(s) after the routing identity")
-                self._handle(frames[0], protocol.decode(frames[1:], ACCEPTED))
+                accepted = self._guard.accepted(frames[0], ACCEPTED_BY_ROLE, ACCEPTED)
+                self._handle(frames[0].bytes, protocol.decode(frames[1:], accepted))
             except (ProtocolError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 now = time.monotonic()
                 if now - self._last_drop_log >= DROP_LOG_INTERVAL:
@@ -209,3 +233,17 @@ class ControlDaemon:
             self._router.send_multipart([identity, *frames], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             logger.debug("control could not reach a peer: %s", exc)
+
+
+def check_exposure(bind: str, secret: Optional[bytes], insecure: bool, who: str) -> bool:
+    """Refuse to listen beyond loopback without a secret, unless the operator insists (--insecure)."""
+    if secret is not None or transport.is_loopback(bind):
+        return True
+    if insecure:
+        logger.warning("%s: LISTENING ON %s WITHOUT A CLUSTER SECRET (--insecure): anyone who can reach this port "
+                       "can run code on this machine", who.upper(), bind)
+        return True
+    logger.error("%s refuses to listen on %s without a cluster secret: anyone who can reach it could run code "
+                 "here. Give --secret-file (or $LUCIDITY_SECRET), bind a loopback address, or pass --insecure.",
+                 who, bind)
+    return False

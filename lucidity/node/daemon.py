@@ -32,8 +32,10 @@ from typing import Any, Callable, Optional
 import psutil
 import zmq
 
-from .. import protocol, transport
+from .. import protocol, security, transport
 from ..errors import ProtocolError, describe_exit
+from ..security import Role
+from .control import check_exposure
 from .processes import STOP_GRACE, Child, stop_children
 from . import limits
 from .slots import SlotState, SlotTable, SlotView
@@ -60,6 +62,10 @@ DROP_LOG_INTERVAL = 1.0
 
 CLIENT_KINDS = frozenset({protocol.Kind.HELLO, protocol.Kind.HEARTBEAT, protocol.Kind.ABANDON,
                           protocol.Kind.BYE, protocol.Kind.STATUS})
+#: With a cluster secret, what each role may send to a node daemon.
+CLIENT_KINDS_BY_ROLE = {Role.CLIENT: CLIENT_KINDS, Role.NODE: frozenset({protocol.Kind.STATUS})}
+#: Largest message a node daemon takes (its messages are all small), in bytes.
+MAX_MESSAGE = 1024 * 1024
 CONTROL_KINDS = frozenset({protocol.Kind.WELCOME})
 
 
@@ -129,7 +135,10 @@ class NodeDaemon:
                  name: Optional[str] = None, *, parent_fd: Optional[int] = None,
                  ready_fd: Optional[int] = None, memory_limit: Optional[int] = None,
                  max_tasks_per_worker: Optional[int] = None, recycle_memory: Optional[int] = None,
-                 heartbeat_interval: float = HEARTBEAT_INTERVAL, client_timeout: float = CLIENT_TIMEOUT) -> None:
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL, client_timeout: float = CLIENT_TIMEOUT,
+                 secret: Optional[bytes] = None, insecure: bool = False) -> None:
+        self._secret = secret
+        self._insecure = insecure
         self._heartbeat_interval = heartbeat_interval
         self._client_timeout = client_timeout
         if memory_limit is not None and memory_limit < limits.MIN_WORKER_MEMORY:
@@ -174,6 +183,15 @@ class NodeDaemon:
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM, a LEAVE, or the owner's exit; then stop every worker. Returns 0."""
         self._install_signal_handlers()
+        if not check_exposure(self._bind_request, self._secret, self._insecure, f"node {self.name}"):
+            self._close()
+            return 2
+        self._guard = security.Guard(self._context, security.ClusterKeys.derive(self._secret) if self._secret else None)
+        if self._secret:
+            self._worker_env[security.SECRET_ENV] = self._secret.decode()
+        self._guard.listen(self._router)
+        self._guard.connect(self._control, Role.NODE)
+        self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         try:
             self.address = transport.bind(self._router, self._bind_request)
         except zmq.ZMQError as exc:
@@ -189,6 +207,9 @@ class NodeDaemon:
         next_heartbeat = 0.0
         try:
             while not self._stopping:
+                if not self._guard.is_healthy():
+                    logger.error("node %s: the authenticator died; exiting rather than serving unguarded", self.name)
+                    return 1
                 now = time.monotonic()
                 if not self._joined and (self._all_ready() or now - started > STARTUP_TIMEOUT):
                     self._joined = True
@@ -231,6 +252,9 @@ class NodeDaemon:
         self._close()
 
     def _close(self) -> None:
+        guard = getattr(self, "_guard", None)
+        if guard is not None:
+            guard.close()
         self._router.close(linger=0)
         self._control.close(linger=100)
         self._context.term()
@@ -274,14 +298,14 @@ class NodeDaemon:
     def _drain(self, sock: zmq.Socket[Any], handle: Callable[..., None], *, routed: bool) -> None:
         while True:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:
                 if routed:
                     if len(frames) < 3:
                         raise ProtocolError(f"message has {len(frames) - 1} frame(s) after the routing identity")
-                    handle(frames[0], frames[1:])
+                    handle(frames[0].bytes, frames[1:], self._guard.accepted(frames[0], CLIENT_KINDS_BY_ROLE, CLIENT_KINDS))
                 else:
                     handle(frames)
             except ProtocolError as exc:
@@ -298,8 +322,8 @@ class NodeDaemon:
 
     # -- clients -----------------------------------------------------------------------------------------
 
-    def _on_client_message(self, identity: bytes, frames: list[bytes]) -> None:
-        message = protocol.decode(frames, CLIENT_KINDS)
+    def _on_client_message(self, identity: bytes, frames: list[Any], accepted: frozenset[protocol.Kind]) -> None:
+        message = protocol.decode(frames, accepted)
         kind, meta = message.kind, message.meta
         now = time.monotonic()
         if kind is protocol.Kind.HELLO:
@@ -423,6 +447,7 @@ class NodeDaemon:
             return  # it died before binding; its exit is handled through the pidfd
         worker.address = data.decode().strip()
         worker.control = transport.new_socket(self._context, zmq.DEALER)
+        self._guard.connect(worker.control, Role.NODE)
         worker.control.connect(worker.address)
         worker.move(WorkerState.READY)
         self._restart_failures = 0

@@ -28,12 +28,18 @@ from typing import Any, Callable, Optional, Sequence
 
 import zmq
 
-from .. import protocol, serialization, shipping, transport, waiting
+from .. import protocol, security, serialization, shipping, transport, waiting
+from ..security import Role
 from ..errors import MemoryLimitExceeded, ProtocolError
 from . import limits
 from .slots import SlotTable
 
 ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE, protocol.Kind.DROP})
+#: With a cluster secret: clients send work and modules, the node daemon drops a vanished client's work.
+ACCEPTED_BY_ROLE = {
+    Role.CLIENT: frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE}),
+    Role.NODE: frozenset({protocol.Kind.DROP}),
+}
 #: How long a worker waits for a client to answer a module request, in seconds.
 FETCH_TIMEOUT = 10.0
 #: Functions kept per worker, by digest; evicted ones are fetched again through a MISSING reply.
@@ -42,6 +48,9 @@ FUNCTION_CACHE_SIZE = 512
 RESULT_BATCH_MAX = 256
 #: ... or once the oldest unsent result has waited this long, in seconds.
 RESULT_BATCH_DELAY = 0.002
+#: Results are batched only in a burst: this many tasks queued, each taking less than this (seconds).
+BURST_QUEUE = 8
+BURST_TASK_TIME = 0.0002
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -73,7 +82,8 @@ class Worker:
     """Runs tasks from any client that connects, one at a time."""
 
     def __init__(self, sock: zmq.Socket[Any], slots: SlotTable, index: int,
-                 options: WorkerOptions = WorkerOptions()) -> None:
+                 options: WorkerOptions = WorkerOptions(), guard: Optional[security.Guard] = None) -> None:
+        self._guard = guard or security.Guard(sock.context, None)
         self._options = options
         self._retiring = False
         self._sock = sock
@@ -87,6 +97,7 @@ class Worker:
         self._outbox_count = 0
         self._outbox_since = 0.0
         self._tasks_done = 0
+        self._mean_task_time = 0.0
         self._pool_counts: collections.Counter[str] = collections.Counter()
         self._waker = transport.Waker()
         waiting.install(self._serve_while_waiting, self._waker.wake)
@@ -108,7 +119,11 @@ class Worker:
             if self._retiring or self._must_retire(task):
                 self._flush()
                 return
-            if self._outbox_count >= RESULT_BATCH_MAX or time.monotonic() - self._outbox_since > RESULT_BATCH_DELAY:
+            # Hold results back for a batch only in a burst of tiny tasks; otherwise a result could wait
+            # behind a slow task that happens to come next.
+            in_burst = len(self._queue) >= BURST_QUEUE and self._mean_task_time < BURST_TASK_TIME
+            if (not in_burst or self._outbox_count >= RESULT_BATCH_MAX
+                    or time.monotonic() - self._outbox_since > RESULT_BATCH_DELAY):
                 self._flush()
 
     # -- receiving ---------------------------------------------------------------------------------------
@@ -127,7 +142,7 @@ class Worker:
         if len(frames) < 2:
             raise ProtocolError("message without routing identity")
         identity = frames[0].bytes
-        message = protocol.decode(frames[1:], ACCEPTED)
+        message = protocol.decode(frames[1:], self._guard.accepted(frames[0], ACCEPTED_BY_ROLE, ACCEPTED))
         if message.kind is protocol.Kind.CANCEL:
             cancelled = set(message.meta["tasks"])
             self._queue = collections.deque(
@@ -218,6 +233,7 @@ class Worker:
             frames = serialization.dumps_exception(self._finder.explain(exc))
             status = "error"
         elapsed = time.perf_counter() - started
+        self._mean_task_time = 0.8 * self._mean_task_time + 0.2 * elapsed
         self._tasks_done += 1
         self._slots.end(self._index, self._tasks_done)
         if task_limits.memory:
@@ -435,14 +451,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     _apply_sys_path()
     slots = SlotTable(args.slots, args.count, create=False)
     context = transport.new_context()
+    guard = security.guard_from_environment(context)
     sock = transport.new_socket(context, zmq.ROUTER)
+    guard.listen(sock)
     address = transport.bind(sock, args.bind)
     os.write(args.ready_fd, f"{address}\n".encode())
     # The pipe stays open: a byte on it tells the daemon a limited task started.
     options = WorkerOptions(args.memory_limit, args.max_tasks, args.recycle_memory, args.ready_fd)
     try:
-        Worker(sock, slots, args.index, options).run()
+        Worker(sock, slots, args.index, options, guard).run()
     finally:
+        guard.close()
         sock.close(linger=int(transport.LINGER * 1000))
         context.term()
 
