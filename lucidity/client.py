@@ -259,7 +259,9 @@ class Client:
         context = transport.new_context()
         self._context = context
         self._control = self._new_socket()
-        self._handshake = security.HandshakeWatch(self._control) if self._keys is not None else None
+        # Watch the handshake with the control node: a wrong or missing secret is otherwise a silent
+        # reconnect loop (ipc:// clusters have no secret to get wrong).
+        self._handshake = security.HandshakeWatch(self._control) if self.address.startswith("tcp://") else None
         self._control.connect(self.address)
         self._nodes: dict[str, _NodeLink] = {}
         self._links: dict[str, _WorkerLink] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -82,9 +83,17 @@ def _alive(proc: psutil.Process) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port outside the ephemeral range, so that no daemon's bind to port 0 can take it meanwhile."""
+    low, high = (int(p) for p in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    rng = random.Random()
+    while True:
+        port = rng.randrange(10000, low) if low > 11000 else rng.randrange(high + 1, 65535)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 class CliCluster:

@@ -107,6 +107,9 @@ class ControlDaemon:
         self._guard = security.Guard(self._context, security.ClusterKeys.derive(self._secret) if self._secret else None)
         self._guard.listen(self._router)
         self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        if os.environ.get("LUCIDITY_TEST_HOOKS"):
+            # Test builds only: SIGUSR2 stops the authenticator, to show that the daemon then fails closed.
+            signal.signal(signal.SIGUSR2, lambda signum, frame: self._guard.close())
         try:
             self.address = transport.bind(self._router, self._bind_request)
         except zmq.ZMQError as exc:

@@ -191,6 +191,9 @@ class NodeDaemon:
             self._worker_env[security.SECRET_ENV] = self._secret.decode()
         self._guard.listen(self._router)
         self._guard.connect(self._control, Role.NODE)
+        if os.environ.get("LUCIDITY_TEST_HOOKS"):
+            # Test builds only: SIGUSR2 stops the authenticator, to show that the daemon then fails closed.
+            signal.signal(signal.SIGUSR2, lambda signum, frame: self._guard.close())
         self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         try:
             self.address = transport.bind(self._router, self._bind_request)
