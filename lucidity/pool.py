@@ -25,6 +25,7 @@ import collections
 import enum
 import itertools
 import threading
+import time
 import types
 import uuid
 import warnings
@@ -181,20 +182,20 @@ class IMapIterator(Generic[T]):
         return self
 
     def next(self, timeout: Optional[float] = None) -> T:
-        with self._cond:
-            if not self._items:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._cond:
+                if self._items:
+                    succeeded, value = self._items.popleft()
+                    break
                 if self._index == self._length:
                     raise StopIteration from None
                 self._arrived.clear()
-        if not self._items:
-            # Outside the lock: inside a worker, the wait runs other queued tasks (lucidity.waiting).
-            waiting.wait(self._arrived, timeout)
-        with self._cond:
-            if not self._items:
-                if self._index == self._length:
-                    raise StopIteration from None
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
                 raise TimeoutError from None
-            succeeded, value = self._items.popleft()
+            # Outside the lock: inside a worker, the wait runs other queued tasks (lucidity.waiting).
+            waiting.wait(self._arrived, remaining)
         self._window.release()
         if succeeded:
             return value  # type: ignore[no-any-return]
@@ -460,7 +461,7 @@ class Pool:
 
     def __del__(self, _warn: Callable[..., object] = warnings.warn, _running: PoolState = PoolState.RUN) -> None:
         # The defaults keep what the check needs: at interpreter exit this module's globals may be gone already.
-        if getattr(self, "_state", None) is _running:
+        if getattr(self, "_state", None) is _running and hasattr(self, "_finalizer"):
             _warn(f"unclosed running lucidity pool {self!r}", ResourceWarning, source=self)
 
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, NamedTuple, Sequence, Union
 
 from .errors import ProtocolError
 
@@ -95,13 +94,12 @@ SCHEMA: dict[Kind, dict[str, Union[type, tuple[type, ...]]]] = {
 }
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     """A decoded message: its kind, its checked meta, and its payload frames untouched."""
 
     kind: Kind
     meta: dict[str, Any]
-    payload: Sequence[Frame] = field(default_factory=list)
+    payload: Sequence[Frame] = ()
 
 
 def encode(kind: Kind, meta: dict[str, Any], payload: Iterable[Payload] = ()) -> list[Payload]:

@@ -99,7 +99,7 @@ import zmq
 from zmq.utils import z85
 
 from .errors import AuthenticationError
-from .transport import Waker
+from .transport import Waker, is_loopback
 
 __all__ = [
     "Role",
@@ -656,3 +656,17 @@ def guard_from_environment(context: zmq.Context[Any], secret: Optional[bytes] = 
     """A guard for `secret`, or for the secret in the environment ($LUCIDITY_SECRET, $LUCIDITY_SECRET_FILE)."""
     secret = secret if secret is not None else load_secret()
     return Guard(context, ClusterKeys.derive(secret) if secret is not None else None)
+
+
+def check_exposure(bind: str, secret: Optional[bytes], insecure: bool, who: str) -> bool:
+    """Refuse to listen beyond loopback without a secret, unless the operator insists (--insecure)."""
+    if secret is not None or is_loopback(bind):
+        return True
+    if insecure:
+        logger.warning("%s: LISTENING ON %s WITHOUT A CLUSTER SECRET (--insecure): anyone who can reach this port "
+                       "can run code on this machine", who.upper(), bind)
+        return True
+    logger.error("%s refuses to listen on %s without a cluster secret: anyone who can reach it could run code "
+                 "here. Give --secret-file (or $LUCIDITY_SECRET), bind a loopback address, or pass --insecure.",
+                 who, bind)
+    return False

@@ -70,8 +70,12 @@ def dumps_function(function: Any) -> bytes:
 
 
 def loads_function(data: Buffer) -> Any:
-    """Rebuild a callable serialized by `dumps_function`."""
-    return _dill().loads(bytes(data))
+    """Rebuild a callable serialized by `dumps_function`.
+
+    The C unpickler reads dill's output: a function sent by reference loads without importing dill at all
+    (a worker stays small), and one sent by value imports the parts of dill it needs by itself.
+    """
+    return pickle.loads(data)
 
 
 def dumps(obj: Any, what: str = "object") -> list[Buffer]:

@@ -18,24 +18,18 @@ node says which module is missing on which node, and how to fix it: install it t
 
 from __future__ import annotations
 
-import hashlib
-import importlib.abc
 import importlib.machinery
-import importlib.util
 import os
-import pkgutil
 import sys
 import types
-from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
 __all__ = ["ModuleSource", "ModuleServer", "ShippedFinder"]
 
 _COMPILED = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 
-@dataclass(frozen=True)
-class ModuleSource:
+class ModuleSource(NamedTuple):
     """One module's source as shipped: its name, whether it is a package, its file name and digest."""
 
     name: str
@@ -53,6 +47,8 @@ class ModuleServer:
 
     def lookup(self, name: str) -> tuple[Optional[ModuleSource], str]:
         """The module's source, or None and the reason it cannot be shipped."""
+        import importlib.util
+
         try:
             spec = importlib.util.find_spec(name)
         except (ImportError, ValueError) as exc:
@@ -66,6 +62,8 @@ class ModuleServer:
             return None, f"it is a compiled extension ({os.path.basename(origin)}), which is never shipped"
         if not origin.endswith(".py"):
             return None, f"its file {os.path.basename(origin)} is not Python source"
+        import hashlib
+
         with open(origin, "rb") as file:
             source = file.read()
         return ModuleSource(name, spec.submodule_search_locations is not None, origin,
@@ -93,6 +91,8 @@ class ModuleServer:
 
     def package_modules(self, names: Iterable[str]) -> list[ModuleSource]:
         """Every module of the named packages (or modules), for ``ship=[...]``."""
+        import pkgutil
+
         found: list[ModuleSource] = []
         for name in names:
             source, reason = self.lookup(name)
@@ -109,7 +109,7 @@ class ModuleServer:
         return found
 
 
-class ShippedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class ShippedFinder:
     """The worker's side: a last-resort finder that imports modules shipped by the current task's client.
 
     ``fetch(name)`` asks the current client for a module and returns (source or None, reason).
@@ -177,11 +177,9 @@ class ShippedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
                 refused[fullname] = reason
                 return None  # the import system raises ModuleNotFoundError; `explain` adds the reason
             store[fullname] = module
-        spec = importlib.util.spec_from_loader(fullname, self, origin=f"shipped:{module.filename}",
-                                               is_package=module.is_package)
-        if spec is not None and module.is_package:
-            spec.submodule_search_locations = []
-        return spec
+        # A meta path finder and loader by protocol (no importlib.abc: workers import as little as they can).
+        return importlib.machinery.ModuleSpec(fullname, self, origin=f"shipped:{module.filename}",
+                                              is_package=module.is_package)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> Optional[types.ModuleType]:
         return None

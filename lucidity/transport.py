@@ -10,7 +10,6 @@ touching its sockets.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Optional
 
 import zmq
@@ -66,6 +65,8 @@ def is_loopback(address: str) -> bool:
 
 def private_directory(prefix: str) -> str:
     """A new directory only this user can open (0700), for ipc:// sockets and worker state."""
+    import tempfile
+
     return tempfile.mkdtemp(prefix=prefix)
 
 

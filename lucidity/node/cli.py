@@ -103,9 +103,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command == "node":
         from .daemon import NodeDaemon
 
-        if args.processes is not None and args.processes < 1:
-            print("lucidity node: --processes must be at least 1", file=sys.stderr)
-            return 2
+        for option, value in (("--processes", args.processes), ("--max-tasks-per-worker", args.max_tasks_per_worker)):
+            if value is not None and value < 1:
+                print(f"lucidity node: {option} must be at least 1", file=sys.stderr)
+                return 2
         bind = args.bind or "tcp://127.0.0.1:0"
         try:
             daemon = NodeDaemon(args.control_address, bind, args.processes, args.name, parent_fd=args.parent_fd,
@@ -124,12 +125,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         except ClusterUnavailable as exc:
             print(f"lucidity status: {exc}", file=sys.stderr)
             return 1
-        print(json.dumps(report, indent=2) if args.json else format_status(report))
+        try:
+            print(json.dumps(report, indent=2) if args.json else format_status(report))
+        except BrokenPipeError:  # `lucidity status | head`
+            sys.stdout = open(os.devnull, "w")
         return 0
     if args.command == "secret":
         from ..security import write_secret_file
 
-        write_secret_file(args.path)
+        try:
+            write_secret_file(args.path)
+        except OSError as exc:
+            print(f"lucidity secret: {exc}", file=sys.stderr)
+            return 1
         print(f"wrote a new cluster secret to {args.path} (mode 0600)")
         return 0
     if args.command == "demo":
@@ -156,7 +164,7 @@ def _request(context: zmq.Context[Any], address: str, timeout: float, secret: Op
         sock.connect(address)
         sock.send_multipart(protocol.encode(protocol.Kind.STATUS, {}))
         if not sock.poll(timeout * 1000):
-            raise ClusterUnavailable(f"no answer from {address} within {timeout:.0f} s")
+            raise ClusterUnavailable(f"no answer from {address} within {timeout:g} s")
         try:
             return protocol.decode(sock.recv_multipart(), frozenset({protocol.Kind.STATUS_REPLY})).meta
         except ProtocolError as exc:

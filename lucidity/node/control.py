@@ -24,6 +24,7 @@ from typing import Any, Optional
 import zmq
 
 from .. import protocol, security, transport
+from ..security import check_exposure
 from ..errors import ProtocolError
 from ..security import Role
 
@@ -150,6 +151,7 @@ class ControlDaemon:
             guard.close()
         self._router.close(linger=0)
         self._context.term()
+        signal.set_wakeup_fd(-1)  # before closing the pipe the signal machinery writes to
         self._waker.close()
 
     def _drain(self) -> None:
@@ -237,16 +239,3 @@ class ControlDaemon:
         except zmq.ZMQError as exc:
             logger.debug("control could not reach a peer: %s", exc)
 
-
-def check_exposure(bind: str, secret: Optional[bytes], insecure: bool, who: str) -> bool:
-    """Refuse to listen beyond loopback without a secret, unless the operator insists (--insecure)."""
-    if secret is not None or transport.is_loopback(bind):
-        return True
-    if insecure:
-        logger.warning("%s: LISTENING ON %s WITHOUT A CLUSTER SECRET (--insecure): anyone who can reach this port "
-                       "can run code on this machine", who.upper(), bind)
-        return True
-    logger.error("%s refuses to listen on %s without a cluster secret: anyone who can reach it could run code "
-                 "here. Give --secret-file (or $LUCIDITY_SECRET), bind a loopback address, or pass --insecure.",
-                 who, bind)
-    return False

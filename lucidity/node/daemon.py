@@ -29,13 +29,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-import psutil
 import zmq
 
 from .. import protocol, security, transport
 from ..errors import ProtocolError, describe_exit
-from ..security import Role
-from .control import check_exposure
+from ..security import Role, check_exposure
 from .processes import STOP_GRACE, Child, stop_children
 from . import limits
 from .slots import SlotState, SlotTable, SlotView
@@ -57,6 +55,8 @@ RESTART_DELAY_MAX = 5.0
 #: Bytes of each worker's stderr kept for crash reports, and the part sent with a report.
 STDERR_TAIL = 8192
 STDERR_REPORT = 2000
+#: At most one "cannot join" line per this many seconds.
+HANDSHAKE_LOG_INTERVAL = 10.0
 #: Rate limit for logging dropped messages: at most one line per this many seconds.
 DROP_LOG_INTERVAL = 1.0
 
@@ -170,6 +170,7 @@ class NodeDaemon:
         self._tasks_failed = 0
         self._tasks_done_by_exited = 0
         self._last_drop_log = 0.0
+        self._last_handshake_log = -HANDSHAKE_LOG_INTERVAL
         self._waker = transport.Waker()
         self._context = transport.new_context()
         self._router = transport.new_socket(self._context, zmq.ROUTER)
@@ -201,6 +202,9 @@ class NodeDaemon:
             logger.error("node %s cannot bind %s: %s", self.name, self._bind_request, exc)
             self._close()
             return 1
+        self._control_watch: Optional[security.HandshakeWatch] = None
+        if self.control_address.startswith("tcp://"):
+            self._control_watch = security.HandshakeWatch(self._control)
         self._control.connect(self.control_address)
         logger.info("node %s listening at %s, joining %s with %d workers", self.name, self.address,
                     self.control_address, self.processes)
@@ -255,6 +259,9 @@ class NodeDaemon:
         self._close()
 
     def _close(self) -> None:
+        watch = getattr(self, "_control_watch", None)
+        if watch is not None:
+            watch.close()
         guard = getattr(self, "_guard", None)
         if guard is not None:
             guard.close()
@@ -262,6 +269,7 @@ class NodeDaemon:
         self._control.close(linger=100)
         self._context.term()
         self._slots.close()
+        signal.set_wakeup_fd(-1)  # before closing the pipe the signal machinery writes to
         self._waker.close()
         shutil.rmtree(self._runtime, ignore_errors=True)
 
@@ -276,6 +284,8 @@ class NodeDaemon:
         if self._parent_fd is not None:
             poller.register(self._parent_fd, zmq.POLLIN)
             handlers[self._parent_fd] = self._on_parent_gone
+        if self._control_watch is not None:
+            poller.register(self._control_watch.fd_socket, zmq.POLLIN)
         for worker in list(self._workers.values()):
             if worker.child.pidfd is not None:
                 poller.register(worker.child.pidfd, zmq.POLLIN)
@@ -294,6 +304,8 @@ class NodeDaemon:
             self._drain(self._router, self._on_client_message, routed=True)
         if self._control in events:
             self._drain(self._control, self._on_control_message, routed=False)
+        if self._control_watch is not None and self._control_watch.fd_socket in events:
+            self._check_control_handshake()
         for fd, handler in handlers.items():
             if fd in events:
                 handler()
@@ -391,6 +403,21 @@ class NodeDaemon:
             os.write(self._ready_fd, f"{self.address}\n".encode())
             os.close(self._ready_fd)
             self._ready_fd = None
+
+    def _check_control_handshake(self) -> None:
+        """Say why the control node refuses us (a wrong secret is otherwise a silent reconnect loop)."""
+        watch = self._control_watch
+        if watch is None:
+            return
+        reason = watch.check()
+        if watch.succeeded:
+            watch.close()
+            self._control_watch = None
+        elif reason is not None:
+            now = time.monotonic()
+            if now - self._last_handshake_log >= HANDSHAKE_LOG_INTERVAL:
+                self._last_handshake_log = now
+                logger.error("node %s cannot join %s: %s", self.name, self.control_address, reason)
 
     def _send_join(self) -> None:
         running = sum(1 for w in self._workers.values() if self._slots.read(w.index).state is SlotState.RUNNING)
@@ -585,10 +612,7 @@ class NodeDaemon:
         workers = []
         for worker in sorted(self._workers.values(), key=lambda w: w.index):
             slot = self._slots.read(worker.index)
-            try:
-                rss = psutil.Process(worker.child.pid).memory_info().rss
-            except psutil.Error:
-                rss = 0
+            rss = limits.memory_of(worker.child.pid) or 0  # the worker and anything its task started
             state = "busy" if slot.state is SlotState.RUNNING else worker.state.value
             running = slot.state is SlotState.RUNNING
             workers.append({"pid": worker.child.pid, "state": state, "rss": rss, "tasks_done": slot.tasks_done,

@@ -29,8 +29,7 @@ import enum
 import os
 import re
 import resource
-from dataclasses import dataclass
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 __all__ = ["parse_size", "format_size", "LimitKind", "Limits", "Breach", "check", "memory_of",
            "set_hard_memory_cap", "set_task_memory_cap", "thread_environment", "MIN_WORKER_MEMORY"]
@@ -95,8 +94,7 @@ class LimitKind(enum.Enum):
     CPU = "cpu"
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """The limits of one task: memory cap in bytes, wall and CPU time in seconds (0 means none)."""
 
     memory: int = 0
@@ -108,8 +106,7 @@ class Limits:
         return bool(self.memory or self.timeout or self.cpu_time)
 
 
-@dataclass(frozen=True)
-class Breach:
+class Breach(NamedTuple):
     """A watchdog decision: which limit the task broke, the limit and what was measured."""
 
     kind: LimitKind

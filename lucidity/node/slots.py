@@ -18,8 +18,7 @@ import mmap
 import os
 import struct
 import time
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from .limits import Limits
 
@@ -34,8 +33,7 @@ class SlotState(enum.IntEnum):
     RUNNING = 1
 
 
-@dataclass(frozen=True)
-class SlotView:
+class SlotView(NamedTuple):
     """One reading of a slot."""
 
     state: SlotState

@@ -14,7 +14,6 @@ tiny tasks is answered a batch at a time.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import ctypes
 import faulthandler
@@ -23,13 +22,14 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sequence
 
 import zmq
 
-from .. import protocol, security, serialization, shipping, transport, waiting
-from ..security import Role
+from .. import protocol, serialization, shipping, transport, waiting
+
+if TYPE_CHECKING:
+    from ..security import Guard
 from ..errors import MemoryLimitExceeded, ProtocolError
 from . import limits
 from .slots import SlotTable
@@ -37,8 +37,8 @@ from .slots import SlotTable
 ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE, protocol.Kind.DROP})
 #: With a cluster secret: clients send work and modules, the node daemon drops a vanished client's work.
 ACCEPTED_BY_ROLE = {
-    Role.CLIENT: frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE}),
-    Role.NODE: frozenset({protocol.Kind.DROP}),
+    "client": frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE}),
+    "node": frozenset({protocol.Kind.DROP}),
 }
 #: How long a worker waits for a client to answer a module request, in seconds.
 FETCH_TIMEOUT = 10.0
@@ -68,8 +68,7 @@ class _Task:
         self.modules = modules  # digests of the modules this client shipped here, as of this batch
 
 
-@dataclass(frozen=True)
-class WorkerOptions:
+class WorkerOptions(NamedTuple):
     """How the daemon configured this worker (see `lucidity node --help`)."""
 
     memory_limit: Optional[int] = None
@@ -82,8 +81,13 @@ class Worker:
     """Runs tasks from any client that connects, one at a time."""
 
     def __init__(self, sock: zmq.Socket[Any], slots: SlotTable, index: int,
-                 options: WorkerOptions = WorkerOptions(), guard: Optional[security.Guard] = None) -> None:
-        self._guard = guard or security.Guard(sock.context, None)
+                 options: WorkerOptions = WorkerOptions(), guard: Optional["Guard"] = None) -> None:
+        self._guard = guard
+        self._accepted_by_role = {}
+        if guard is not None:
+            from ..security import Role
+
+            self._accepted_by_role = {Role(role): kinds for role, kinds in ACCEPTED_BY_ROLE.items()}
         self._options = options
         self._retiring = False
         self._sock = sock
@@ -142,7 +146,8 @@ class Worker:
         if len(frames) < 2:
             raise ProtocolError("message without routing identity")
         identity = frames[0].bytes
-        message = protocol.decode(frames[1:], self._guard.accepted(frames[0], ACCEPTED_BY_ROLE, ACCEPTED))
+        accepted = ACCEPTED if self._guard is None else self._guard.accepted(frames[0], self._accepted_by_role, ACCEPTED)
+        message = protocol.decode(frames[1:], accepted)
         if message.kind is protocol.Kind.CANCEL:
             cancelled = set(message.meta["tasks"])
             self._queue = collections.deque(
@@ -431,18 +436,35 @@ def _apply_sys_path() -> None:
         sys.path[:] = entries + [p for p in sys.path if p not in entries]
 
 
+class _Arguments(NamedTuple):
+    slots: str
+    count: int
+    index: int
+    bind: str
+    ready_fd: int
+    parent: int
+    memory_limit: Optional[int]
+    max_tasks: Optional[int]
+    recycle_memory: Optional[int]
+
+
+def _parse(argv: list[str]) -> _Arguments:
+    """The daemon's ``--name value`` arguments (argparse costs a worker start-up time and memory)."""
+    given = dict(zip(argv[::2], argv[1::2]))
+    unknown = set(given) - {f"--{name.replace('_', '-')}" for name in _Arguments._fields}
+    if len(argv) % 2 or unknown:
+        raise SystemExit(f"lucidity worker: bad arguments {argv} (it is started by `lucidity node`)")
+    values: dict[str, Any] = {}
+    for name, kind in _Arguments.__annotations__.items():
+        text = given.get(f"--{name.replace('_', '-')}")
+        if text is None and "Optional" not in str(kind):
+            raise SystemExit(f"lucidity worker: --{name.replace('_', '-')} is required")
+        values[name] = None if text is None else (text if name in ("slots", "bind") else int(text))
+    return _Arguments(**values)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="lucidity-worker", description="A lucidity worker (started by a node daemon).")
-    parser.add_argument("--slots", required=True)
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--index", type=int, required=True)
-    parser.add_argument("--bind", required=True)
-    parser.add_argument("--ready-fd", type=int, required=True)
-    parser.add_argument("--parent", type=int, required=True)
-    parser.add_argument("--memory-limit", type=int, default=None)
-    parser.add_argument("--max-tasks", type=int, default=None)
-    parser.add_argument("--recycle-memory", type=int, default=None)
-    args = parser.parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else argv)
     # First, before anything a task could touch: the node's memory cap as a hard limit.
     if args.memory_limit:
         limits.set_hard_memory_cap(args.memory_limit)
@@ -451,9 +473,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     _apply_sys_path()
     slots = SlotTable(args.slots, args.count, create=False)
     context = transport.new_context()
-    guard = security.guard_from_environment(context)
+    guard = None
+    if os.environ.get("LUCIDITY_SECRET") or os.environ.get("LUCIDITY_SECRET_FILE"):
+        from ..security import guard_from_environment  # only secured clusters pay for the import
+
+        guard = guard_from_environment(context)
     sock = transport.new_socket(context, zmq.ROUTER)
-    guard.listen(sock)
+    if guard is not None:
+        guard.listen(sock)
     address = transport.bind(sock, args.bind)
     os.write(args.ready_fd, f"{address}\n".encode())
     # The pipe stays open: a byte on it tells the daemon a limited task started.
@@ -461,7 +488,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         Worker(sock, slots, args.index, options, guard).run()
     finally:
-        guard.close()
+        if guard is not None:
+            guard.close()
         sock.close(linger=int(transport.LINGER * 1000))
         context.term()
 

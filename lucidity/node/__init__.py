@@ -1,0 +1,1 @@
+"""The daemons: control, node, worker, limits, and the command line."""
