@@ -1,0 +1,25 @@
+"""The functions the benchmarks run on workers.
+
+They live in a module of their own, importable by name on every worker, and import nothing: a spawned
+worker re-imports the module that defines its function, and the idle-memory workload must not measure
+numpy or the harness.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def noop() -> None:
+    """The empty task of the latency and submit workloads."""
+    return None
+
+
+def square(x: int) -> int:
+    """The tiny task of the map workloads."""
+    return x * x
+
+
+def identity(x: Any) -> Any:
+    """Return the argument, so that a large array crosses to the worker and back."""
+    return x
