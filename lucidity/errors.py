@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pickle
 import signal
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 __all__ = [
     "LucidityError",
@@ -34,7 +34,7 @@ class LucidityError(Exception):
     """Root of every error lucidity raises on its own account."""
 
     def __init__(self, message: str = "", **facts: Any) -> None:
-        super().__init__(message)
+        Exception.__init__(self, message)  # not super(): RemoteError's other base has another signature
         self._facts = facts
         for key, value in facts.items():
             setattr(self, key, value)
@@ -54,13 +54,6 @@ class ProtocolError(LucidityError):
 
 class SerializationError(LucidityError, pickle.PicklingError):
     """An object could not be serialized (or deserialized); nothing was sent."""
-
-
-class RemoteError(LucidityError):
-    """A task raised an exception that could not travel back as itself.
-
-    Attributes: ``type_name`` (qualified name of the original exception type) and ``traceback_text``.
-    """
 
 
 class WorkerCrashed(LucidityError):
@@ -93,6 +86,42 @@ class CpuLimitExceeded(LucidityError):
 
 class AuthenticationError(LucidityError, PermissionError):
     """A peer did not prove it holds the cluster secret."""
+
+
+def _make_remote_error() -> type:
+    # multiprocessing.pool costs a worker most of a megabyte; it is imported only when an error needs it.
+    from multiprocessing.pool import MaybeEncodingError
+
+    class RemoteError(LucidityError, MaybeEncodingError):
+        """A task raised an exception that could not travel back as itself.
+
+        A `multiprocessing.pool.MaybeEncodingError`, as the stdlib reports anything it cannot send back, so
+        ``except`` clauses written for multiprocessing still catch it. Attributes: ``type_name`` (qualified
+        name of the original exception type) and ``traceback_text``.
+        """
+
+        def __init__(self, message: str = "", **facts: Any) -> None:
+            LucidityError.__init__(self, message, **facts)
+            self.exc, self.value = message, facts.get("type_name", "")
+
+        __str__ = Exception.__str__
+        __repr__ = Exception.__repr__
+
+    RemoteError.__module__ = __name__
+    RemoteError.__qualname__ = "RemoteError"
+    return RemoteError
+
+
+if TYPE_CHECKING:
+    class RemoteError(LucidityError):  # the real class also derives from multiprocessing's MaybeEncodingError
+        """A task raised an exception that could not travel back as itself."""
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RemoteError":
+        cls = globals()["RemoteError"] = _make_remote_error()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def describe_exit(exit_code: Optional[int]) -> str:

@@ -26,7 +26,8 @@ import traceback
 import types
 from typing import Any, Callable, Sequence
 
-from .errors import RemoteError, SerializationError
+from . import errors
+from .errors import SerializationError
 
 __all__ = [
     "dumps_function",
@@ -125,7 +126,7 @@ def dumps_exception(exc: BaseException) -> list[Buffer]:
         pickle.loads(data)
         return [data]
     except Exception as failure:
-        substitute = RemoteError(
+        substitute = errors.RemoteError(
             f"{_qualname(type(exc))}: {exc} (the exception could not be sent back: {failure})",
             type_name=_qualname(type(exc)),
             traceback_text=text,
@@ -140,7 +141,7 @@ def loads_exception(frames: Sequence[Buffer]) -> BaseException:
     try:
         exc, tb, text = pickle.loads(frames[0])
     except Exception as failure:
-        return RemoteError(
+        return errors.RemoteError(
             f"the task's exception could not be rebuilt here: {type(failure).__name__}: {failure}",
             type_name="unknown",
             traceback_text="",

@@ -36,6 +36,8 @@ __all__ = ["ControlDaemon"]
 NODE_TIMEOUT = 5.0
 #: Seconds of silence after which a watching client is forgotten (clients re-watch every second).
 WATCHER_TIMEOUT = 30.0
+#: A loop that went this long without a turn (it turns at least once a second) was stalled, in seconds.
+STALL_TIME = 3.0
 #: At most one "dropped a malformed message" log line per this many seconds.
 DROP_LOG_INTERVAL = 1.0
 
@@ -90,6 +92,7 @@ class ControlDaemon:
         self._watchers: dict[bytes, float] = {}
         self._stopping = False
         self._last_drop_log = 0.0
+        self._last_expiry = time.monotonic()
         self._waker = transport.Waker()
         self._context = transport.new_context()
         self._router = transport.new_socket(self._context, zmq.ROUTER)
@@ -210,6 +213,11 @@ class ControlDaemon:
     def _expire(self, now: float) -> float:
         """Drop silent nodes and watchers; return seconds until the next one could expire."""
         changed = False
+        if now - self._last_expiry > STALL_TIME:
+            # This process was stopped or starved: the silence it sees is its own, not its nodes'.
+            for record in self._nodes.values():
+                record.last_seen = now
+        self._last_expiry = now
         for identity, record in list(self._nodes.items()):
             if now - record.last_seen > self._node_timeout:
                 logger.warning("node %s lost: silent for %.1f s", record.name, now - record.last_seen)

@@ -55,6 +55,8 @@ RESTART_DELAY_MAX = 5.0
 #: Bytes of each worker's stderr kept for crash reports, and the part sent with a report.
 STDERR_TAIL = 8192
 STDERR_REPORT = 2000
+#: A loop that went this many heartbeat intervals without a turn was stalled (SIGSTOP, starved CPU).
+STALL_FACTOR = 3
 #: At most one "cannot join" line per this many seconds.
 HANDSHAKE_LOG_INTERVAL = 10.0
 #: Rate limit for logging dropped messages: at most one line per this many seconds.
@@ -170,6 +172,7 @@ class NodeDaemon:
         self._tasks_failed = 0
         self._tasks_done_by_exited = 0
         self._last_drop_log = 0.0
+        self._last_expiry = time.monotonic()
         self._last_handshake_log = -HANDSHAKE_LOG_INTERVAL
         self._waker = transport.Waker()
         self._context = transport.new_context()
@@ -370,7 +373,12 @@ class NodeDaemon:
             self._send(target, frames)
 
     def _expire_clients(self, now: float) -> None:
+        stalled = now - self._last_expiry > STALL_FACTOR * self._heartbeat_interval
+        self._last_expiry = now
         for identity, record in list(self._clients.items()):
+            if stalled:
+                record.last_seen = now  # this daemon was stopped or starved: its clients' silence is its own
+                continue
             if now - record.last_seen > self._client_timeout:
                 logger.warning("node %s: client %s silent for %.0f s; dropping its work", self.name,
                                record.client_id, now - record.last_seen)
