@@ -317,7 +317,7 @@ class Client:
 
     def _drain(self, sock: zmq.Socket[Any], handler: Callable[[list[Any]], None]) -> None:
         # Checking EVENTS first avoids raising zmq.Again once per wake-up, which costs microseconds.
-        while not sock.closed and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while not sock.closed and transport.has_input(sock):
             frames = sock.recv_multipart(copy=False)
             try:
                 handler(frames)
@@ -359,7 +359,7 @@ class Client:
 
     def _send(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            transport.send_frames(sock, frames, block=False)
         except zmq.ZMQError as exc:
             logger.debug("lucidity client could not send: %s", exc)
 

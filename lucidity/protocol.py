@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from typing import Any, Iterable, NamedTuple, Sequence, Union
 
 from .errors import ProtocolError
@@ -32,8 +33,7 @@ MAX_META_BYTES = 4 * 1024 * 1024
 MAX_PAYLOAD_FRAMES = 100_000
 
 #: Client ids are uuid4 hex strings.
-CLIENT_ID_LENGTH = 32
-_HEX = frozenset("0123456789abcdef")
+_CLIENT_ID = re.compile("[0-9a-f]{32}")
 
 Frame = Any  # bytes, memoryview or zmq.Frame
 Payload = Union[bytes, memoryview, Any]
@@ -68,6 +68,8 @@ class Kind(enum.IntEnum):
     # node daemon -> worker
     DROP = 46
 
+
+_KINDS = {kind.value: kind for kind in Kind}
 
 #: Required meta fields and their JSON types, per kind. Extra fields are allowed (forward compatible).
 SCHEMA: dict[Kind, dict[str, Union[type, tuple[type, ...]]]] = {
@@ -140,10 +142,9 @@ def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
     version, kind_number = header[0], header[1]
     if version != VERSION:
         raise ProtocolError(f"protocol version {version} is not supported (this is version {VERSION})")
-    try:
-        kind = Kind(kind_number)
-    except ValueError:
-        raise ProtocolError(f"unknown message kind {kind_number}") from None
+    kind = _KINDS.get(kind_number)
+    if kind is None:
+        raise ProtocolError(f"unknown message kind {kind_number}")
     if kind not in accept:
         raise ProtocolError(f"message kind {kind.name} is not accepted here")
     if _frame_size(frames[1]) > MAX_META_BYTES:
@@ -159,7 +160,6 @@ def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
         if not isinstance(value, expected) or isinstance(value, bool) and expected is int:
             raise ProtocolError(f"{kind.name} meta field {name!r} is missing or not of the right type")
     client = meta.get("client")
-    if client is not None and not (isinstance(client, str) and len(client) == CLIENT_ID_LENGTH
-                                   and all(c in _HEX for c in client)):
+    if client is not None and not (isinstance(client, str) and _CLIENT_ID.fullmatch(client)):
         raise ProtocolError(f"{kind.name} meta field 'client' is not a client id")
     return Message(kind, meta, frames[2:])

@@ -14,7 +14,8 @@ from typing import Any, Optional
 
 import zmq
 
-__all__ = ["new_context", "new_socket", "bind", "Waker", "private_directory", "is_loopback"]
+__all__ = ["new_context", "new_socket", "bind", "Waker", "private_directory", "is_loopback", "has_input",
+           "send_frames"]
 
 #: How long a socket keeps unsent messages after close, in seconds.
 LINGER = 1.0
@@ -68,6 +69,26 @@ def private_directory(prefix: str) -> str:
     import tempfile
 
     return tempfile.mkdtemp(prefix=prefix)
+
+
+# Plain ints: pyzmq's flag enums cost microseconds per operation on the per-message path.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_SNDMORE = int(zmq.SNDMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+def has_input(sock: zmq.Socket[Any]) -> bool:
+    """Whether a message is waiting (cheaper than a receive that raises zmq.Again)."""
+    return bool(sock.getsockopt(_EVENTS) & _POLLIN)
+
+
+def send_frames(sock: zmq.Socket[Any], frames: list[Any], *, block: bool = True) -> None:
+    """Send a multipart message without copying large frames (send_multipart, minus its per-frame overhead)."""
+    flags = 0 if block else _NOBLOCK
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        sock.send(frame, flags | _SNDMORE if index < last else flags, copy=False)
 
 
 class Waker:

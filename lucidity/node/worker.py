@@ -52,6 +52,7 @@ RESULT_BATCH_DELAY = 0.002
 BURST_QUEUE = 8
 BURST_TASK_TIME = 0.0002
 
+_MODES = frozenset({"call", "map", "starmap"})
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -134,7 +135,7 @@ class Worker:
 
     def _receive(self, block: bool) -> None:
         """Take in every message waiting (and, if `block`, wait for the first)."""
-        while block or self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while block or transport.has_input(self._sock):
             block = False
             frames = self._sock.recv_multipart(copy=False)
             try:
@@ -361,7 +362,7 @@ class Worker:
         self._outbox_count = 0
 
     def _send(self, identity: bytes, frames: list[Any]) -> None:
-        self._sock.send_multipart([identity, *frames], copy=False)
+        transport.send_frames(self._sock, [identity, *frames])
 
 
 def _module_from(message: protocol.Message) -> tuple[Optional[shipping.ModuleSource], str]:
@@ -378,19 +379,34 @@ def _module_from(message: protocol.Message) -> tuple[Optional[shipping.ModuleSou
 
 def _check_batch(functions: Any, tasks: list[Any], frame_count: int) -> None:
     """Refuse a TASKS batch whose entries do not add up, before anything is queued."""
-    if not isinstance(functions, list) or not all(isinstance(f, str) for f in functions):
+    if type(functions) is not list:
         raise ProtocolError("TASKS 'functions' must be a list of digests")
+    for name in functions:
+        if type(name) is not str:
+            raise ProtocolError("TASKS 'functions' must be a list of digests")
     needed = len(functions)
     for spec in tasks:
-        if not (isinstance(spec, dict) and isinstance(spec.get("id"), int) and isinstance(spec.get("fn"), str)
-                and spec.get("mode") in ("call", "map", "starmap") and isinstance(spec.get("n"), int)
-                and spec["n"] >= 1 and isinstance(spec.get("init", ""), str)
-                and isinstance(spec.get("mem", 0), int) and spec.get("mem", 0) >= 0
-                and all(isinstance(spec.get(k, 0), (int, float)) and spec.get(k, 0) >= 0 for k in ("timeout", "cpu"))):
+        if type(spec) is not dict or not _is_task_spec(spec):
             raise ProtocolError(f"malformed task entry {str(spec)[:80]}")
         needed += spec["n"]
     if needed != frame_count:
         raise ProtocolError(f"TASKS batch announces {needed} payload frames but carries {frame_count}")
+
+
+def _is_task_spec(spec: dict[str, Any]) -> bool:
+    n, task_id = spec.get("n"), spec.get("id")
+    if type(task_id) is not int or type(n) is not int or n < 1 or type(spec.get("fn")) is not str:
+        return False
+    if spec.get("mode") not in _MODES or type(spec.get("init", "")) is not str:
+        return False
+    memory = spec.get("mem", 0)
+    if type(memory) is not int or memory < 0:
+        return False
+    for key in ("timeout", "cpu"):
+        value = spec.get(key, 0)
+        if type(value) not in (int, float) or value < 0:
+            return False
+    return True
 
 
 def _kill_descendants() -> None:
