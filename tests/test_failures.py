@@ -102,21 +102,27 @@ def test_a_crashing_task_fails_alone_and_the_pool_keeps_serving(cluster, pool, c
     wait_workers(cluster, 2)
 
 
-def test_crashes_interleaved_with_normal_tasks(cluster, pool):
+CRASHES = [(exit_hard, (3,)), (segfault, ()), (abort, ()), (kill_self, ())]
+
+
+@pytest.mark.timeout(300)
+def test_100_crashes_of_every_kind_interleaved_with_100_normal_tasks(cluster, pool):
     results = []
-    for i in range(20):
-        results.append(pool.apply_async(identity, (i,)))
-        if i % 4 == 0:
-            results.append(pool.apply_async(exit_hard, (i,)))
-    crashed = ok = 0
-    for result in results:
-        try:
-            result.get(timeout=60)
-            ok += 1
-        except lucidity.WorkerCrashed:
+    for i in range(100):
+        results.append(("ok", i, pool.apply_async(identity, (i,))))
+        function, args = CRASHES[i % len(CRASHES)]
+        results.append(("crash", function.__name__, pool.apply_async(function, args)))
+    crashed = 0
+    for kind, expected, result in results:
+        if kind == "ok":
+            assert result.get(timeout=120) == expected
+        else:
+            with pytest.raises(lucidity.WorkerCrashed, match=expected):
+                result.get(timeout=120)
             crashed += 1
-    assert (ok, crashed) == (20, 5)
+    assert crashed == 100
     wait_workers(cluster, 2)
+    assert pool.map(identity, range(50), chunksize=1) == list(range(50))
 
 
 @pytest.mark.parametrize("kind", [SystemExit, KeyboardInterrupt, BaseException, GeneratorExit])
@@ -184,10 +190,25 @@ def test_garbage_at_every_daemon_port_is_dropped(cli_cluster: CliCluster):
     report = query_status(cli_cluster.address)
     addresses = [cli_cluster.address] + [n["address"] for n in report["nodes"]]
     rng = random.Random(7)
+    with lucidity.Pool(address=cli_cluster.address) as pool:
+        # Real work runs all along, interleaved with the garbage.
+        work = pool.map_async(identity, range(3000), chunksize=1)
+        _send_garbage(addresses, rng)
+        assert work.get(timeout=120) == list(range(3000))
+    # Every daemon is alive and real work is correct.
+    for proc in cli_cluster.processes.values():
+        assert proc.poll() is None
+    with lucidity.Pool(address=cli_cluster.address) as pool:
+        assert pool.map(identity, range(200), chunksize=3) == list(range(200))
+    assert len(query_status(cli_cluster.address)["nodes"]) == 2
+
+
+def _send_garbage(addresses, rng):
+    """10,000 pieces of garbage per daemon port: raw bytes over TCP, and well-framed nonsense."""
     # Raw bytes over TCP: not even a ZMTP greeting.
     for address in addresses:
         host, port = address[len("tcp://"):].rsplit(":", 1)
-        for _ in range(50):
+        for _ in range(500):
             with socket.create_connection((host, int(port)), timeout=5) as raw:
                 raw.sendall(rng.randbytes(rng.randint(1, 4096)))
     # Well-framed ZeroMQ messages with bad envelopes.
@@ -205,15 +226,9 @@ def test_garbage_at_every_daemon_port_is_dropped(cli_cluster: CliCluster):
         for address in addresses:
             sock = context.socket(zmq.DEALER)
             sock.connect(address)
-            for _ in range(20):
+            for _ in range(950):
                 for message in bad_messages:
                     sock.send_multipart(message)
-            sock.close(linger=2000)
+            sock.close(linger=5000)
     finally:
         context.term()
-    # Every daemon is alive and real work is correct.
-    for proc in cli_cluster.processes.values():
-        assert proc.poll() is None
-    with lucidity.Pool(address=cli_cluster.address) as pool:
-        assert pool.map(identity, range(200), chunksize=3) == list(range(200))
-    assert len(query_status(cli_cluster.address)["nodes"]) == 2
