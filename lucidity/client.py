@@ -302,7 +302,7 @@ class Client:
         sock.close(linger=0)
 
     def _poll(self, timeout: float) -> None:
-        events = self._poller.poll(timeout * 1000)
+        events = self._poller.poll(int(timeout * 1000))
         for sock, _ in events:
             if sock == self._waker.read_fd:
                 self._waker.drain()

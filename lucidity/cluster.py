@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalCluster", "resolve_address", "current_node", "connect", "default_client"]
+__all__ = ["LocalCluster", "resolve_address", "resolve_secret", "current_node", "connect", "default_client",
+           "open_client"]
 
 #: How long a LocalCluster may take to start, in seconds.
 START_TIMEOUT = 60.0
@@ -181,6 +182,32 @@ def _stop(children: list[Child], runtime: str, parent_write: int) -> None:
     # Nodes stop their workers within STOP_GRACE of our SIGTERM; give them that, and a margin.
     stop_children(children, 2 * STOP_GRACE + 1.0)
     shutil.rmtree(runtime, ignore_errors=True)
+
+
+def open_client(address: Optional[str], processes: Optional[int], *, memory_limit: Optional[int],
+                secret: Union[str, bytes, None], ship: Sequence[str],
+                connect_timeout: float) -> tuple["Client", Optional[LocalCluster]]:
+    """The client a face (Pool, Executor) works through, and the embedded cluster it owns if it started one.
+
+    With an address (or $LUCIDITY_ADDRESS), `processes` caps how many of the face's tasks run at once; without,
+    an embedded cluster of `processes` workers is started, whose workers carry `memory_limit` as their hard
+    limit (which no task can raise).
+    """
+    from .client import Client
+
+    cluster = None
+    resolved = resolve_address(address)
+    if resolved is None:
+        cluster = LocalCluster(processes=processes, memory_limit=memory_limit, secret=secret)
+        resolved = cluster.address
+    try:
+        client = Client(resolved, max_running=processes if cluster is None else None, connect_timeout=connect_timeout,
+                        ship=ship, secret=resolve_secret(secret, embedded=cluster is not None))
+    except BaseException:
+        if cluster is not None:
+            cluster.close()
+        raise
+    return client, cluster
 
 
 class _DefaultCluster:

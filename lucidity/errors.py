@@ -90,9 +90,9 @@ class AuthenticationError(LucidityError, PermissionError):
 
 def _make_remote_error() -> type:
     # multiprocessing.pool costs a worker most of a megabyte; it is imported only when an error needs it.
-    from multiprocessing.pool import MaybeEncodingError
+    from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 
-    class RemoteError(LucidityError, MaybeEncodingError):
+    class RemoteError(LucidityError, MaybeEncodingError):  # type: ignore[misc]
         """A task raised an exception that could not travel back as itself.
 
         A `multiprocessing.pool.MaybeEncodingError`, as the stdlib reports anything it cannot send back, so

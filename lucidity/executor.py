@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVa
 
 from . import serialization, waiting
 from .client import Client
-from .cluster import LocalCluster, resolve_address, resolve_secret
+from .cluster import LocalCluster, open_client
 from .node.limits import parse_size
 
 if sys.version_info >= (3, 10):
@@ -312,18 +312,8 @@ class Executor(concurrent.futures.Executor):
         self._closer: Optional[threading.Thread] = None
         self._cluster: Optional[LocalCluster] = None
         self._memory_limit = parse_size(memory_limit)
-        resolved = resolve_address(address)
-        if resolved is None:
-            self._cluster = LocalCluster(processes=max_workers, memory_limit=self._memory_limit, secret=secret)
-            resolved = self._cluster.address
-        try:
-            self._client = Client(resolved, max_running=max_workers if self._cluster is None else None,
-                                  connect_timeout=connect_timeout, ship=ship,
-                                  secret=resolve_secret(secret, embedded=self._cluster is not None))
-        except BaseException:
-            if self._cluster is not None:
-                self._cluster.close()
-            raise
+        self._client, self._cluster = open_client(address, max_workers, memory_limit=self._memory_limit,
+                                                  secret=secret, ship=ship, connect_timeout=connect_timeout)
         self._max_workers = max_workers or self._client.worker_count
         self._finalizer = weakref.finalize(self, _teardown, self._client, self._cluster)
 

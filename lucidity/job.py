@@ -30,7 +30,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Generator, Generic, Iterable, Optional, Sequence, TypeVar, Union, overload
 
 from . import serialization, waiting
-from .client import Client, NodeInfo
+from .client import Client
 from .cluster import current_node, default_client
 from .errors import ClusterUnavailable
 from .node.limits import parse_size
@@ -72,7 +72,7 @@ class Job(Future, Generic[T]):  # type: ignore[type-arg]
         return super().exception(timeout=0 if self._finished.is_set() else timeout)
 
     def __await__(self) -> Generator[Any, None, T]:
-        return asyncio.wrap_future(self).__await__()  # type: ignore[return-value]
+        return asyncio.wrap_future(self).__await__()
 
     def _resolve(self, succeeded: bool, value: Any) -> None:
         if self.set_running_or_notify_cancel() is False:
@@ -111,8 +111,9 @@ class JobFunction(Generic[T]):
     def __reduce__(self) -> Any:
         # By reference where the module attribute is this object (so workers import it); else by value.
         module = sys.modules.get(self.__module__)
-        if self.__module__ != "__main__" and getattr(module, self.__qualname__, None) is self:
-            return self.__qualname__
+        name: str = getattr(self, "__qualname__")
+        if self.__module__ != "__main__" and getattr(module, name, None) is self:
+            return name
         return (_rebuild, (self.function, self.options))
 
     @property
@@ -122,7 +123,7 @@ class JobFunction(Generic[T]):
                 "fanout": self.fanout, "retries": self.retries}
 
     def __repr__(self) -> str:
-        return f"<job {self.__qualname__} fanout={self.fanout}>"
+        return f"<job {getattr(self, '__qualname__')} fanout={self.fanout}>"
 
     # -- the five ways ---------------------------------------------------------------------------------
 
@@ -150,7 +151,8 @@ class JobFunction(Generic[T]):
 
         Raises the exception of the first failed item (in item order) once every item is done.
         """
-        calls = [((tuple(item) if isinstance(item, tuple) else (item,)), {}) for item in items]
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            ((tuple(item) if isinstance(item, tuple) else (item,)), {}) for item in items]
         client = default_client()
         jobs = self._submit(client, calls, self._place(client, len(calls)))
         for one in jobs:
@@ -184,7 +186,7 @@ class JobFunction(Generic[T]):
         if self.fanout == "random":
             return [random.choice(nodes).name for _ in range(count)]
         extra = {n.name: 0 for n in nodes}
-        placed = []
+        placed: list[Optional[str]] = []
         for _ in range(count):
             best = min(nodes, key=lambda n: (n.running + n.ours + extra[n.name]) / max(1, n.workers))
             extra[best.name] += 1

@@ -22,6 +22,7 @@ Deliberate differences from multiprocessing.Pool (each one makes a failure visib
 from __future__ import annotations
 
 import collections
+import functools
 import enum
 import itertools
 import threading
@@ -35,7 +36,7 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional
 
 from . import serialization, waiting
 from .client import Client
-from .cluster import LocalCluster, resolve_address, resolve_secret
+from .cluster import LocalCluster, open_client
 from .errors import SerializationError
 from .node.limits import parse_size
 from .task import FunctionRef, Task
@@ -102,7 +103,7 @@ class ApplyResult(Generic[T]):
             self._error_callback(value)
         self._event.set()
 
-    __class_getitem__ = classmethod(types.GenericAlias)  # type: ignore[assignment]
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
 
 AsyncResult = ApplyResult
@@ -274,19 +275,8 @@ class Pool:
             raise TypeError("initializer must be a callable")
         self._maxtasksperchild = maxtasksperchild
         self._memory_limit = parse_size(memory_limit)
-        resolved = resolve_address(address)
-        if resolved is None:
-            # The embedded cluster's workers carry the cap as their hard limit, which no task can raise.
-            self._cluster = LocalCluster(processes=processes, memory_limit=self._memory_limit, secret=secret)
-            resolved = self._cluster.address
-        try:
-            self._client = Client(resolved, max_running=processes if self._cluster is None else None,
-                                  connect_timeout=connect_timeout, ship=ship,
-                                  secret=resolve_secret(secret, embedded=self._cluster is not None))
-        except BaseException:
-            if self._cluster is not None:
-                self._cluster.close()
-            raise
+        self._client, self._cluster = open_client(address, processes, memory_limit=self._memory_limit, secret=secret,
+                                                  ship=ship, connect_timeout=connect_timeout)
         self._processes = processes or self._client.worker_count
         self._initializer: Optional[FunctionRef] = None
         if initializer is not None:
@@ -360,7 +350,7 @@ class Pool:
             if not chunk:
                 break
             frames = serialization.dumps(chunk, f"items {index * chunksize}..{index * chunksize + len(chunk) - 1}")
-            tasks.append(self._task(function, mode, frames, lambda ok, value, i=index: result._set(i, ok, value)))
+            tasks.append(self._task(function, mode, frames, functools.partial(result._set, index)))
         self._client.submit(tasks)
         return result
 
@@ -405,8 +395,7 @@ class Pool:
                 except SerializationError as exc:
                     result._set(index, False, exc)
                 else:
-                    self._client.submit([self._task(function, "map", frames,
-                                                    lambda ok, value, i=index: result._set(i, ok, value))])
+                    self._client.submit([self._task(function, "map", frames, functools.partial(result._set, index))])
                 index += 1
         except Exception as exc:  # the input iterable raised: fail at that position and stop, as the stdlib
             result._set(index, False, exc)

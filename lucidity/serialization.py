@@ -136,7 +136,7 @@ def dumps_exception(exc: BaseException) -> list[Buffer]:
 
 def loads_exception(frames: Sequence[Buffer]) -> BaseException:
     """Rebuild a task's exception, with the remote traceback in ``__cause__`` as multiprocessing does."""
-    from multiprocessing.pool import RemoteTraceback
+    from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]
 
     try:
         exc, tb, text = pickle.loads(frames[0])
@@ -149,7 +149,7 @@ def loads_exception(frames: Sequence[Buffer]) -> BaseException:
     if tb is not None:
         exc = exc.with_traceback(tb)
     exc.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
-    return exc
+    return exc  # type: ignore[no-any-return]
 
 
 def _pickle_with_traceback(exc: BaseException, text: str) -> bytes:

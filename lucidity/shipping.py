@@ -178,7 +178,7 @@ class ShippedFinder:
                 return None  # the import system raises ModuleNotFoundError; `explain` adds the reason
             store[fullname] = module
         # A meta path finder and loader by protocol (no importlib.abc: workers import as little as they can).
-        return importlib.machinery.ModuleSpec(fullname, self, origin=f"shipped:{module.filename}",
+        return importlib.machinery.ModuleSpec(fullname, self, origin=f"shipped:{module.filename}",  # type: ignore[arg-type]
                                               is_package=module.is_package)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> Optional[types.ModuleType]:

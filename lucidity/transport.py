@@ -33,7 +33,7 @@ def new_context() -> zmq.Context[Any]:
 
 def new_socket(context: zmq.Context[Any], kind: int, *, identity: Optional[bytes] = None) -> zmq.Socket[Any]:
     """A socket with lucidity's standard options."""
-    sock = context.socket(kind)
+    sock: zmq.Socket[Any] = context.socket(kind)
     sock.setsockopt(zmq.LINGER, int(LINGER * 1000))
     sock.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_TIMEOUT * 1000))
     sock.setsockopt(zmq.RECONNECT_IVL, int(RECONNECT_INTERVAL * 1000))
@@ -80,7 +80,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 
 def has_input(sock: zmq.Socket[Any]) -> bool:
     """Whether a message is waiting (cheaper than a receive that raises zmq.Again)."""
-    return bool(sock.getsockopt(_EVENTS) & _POLLIN)
+    return bool(int(sock.getsockopt(_EVENTS)) & _POLLIN)
 
 
 def send_frames(sock: zmq.Socket[Any], frames: list[Any], *, block: bool = True) -> None:

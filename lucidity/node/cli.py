@@ -163,7 +163,7 @@ def _request(context: zmq.Context[Any], address: str, timeout: float, secret: Op
     try:
         sock.connect(address)
         sock.send_multipart(protocol.encode(protocol.Kind.STATUS, {}))
-        if not sock.poll(timeout * 1000):
+        if not sock.poll(int(timeout * 1000)):
             raise ClusterUnavailable(f"no answer from {address} within {timeout:g} s")
         try:
             return protocol.decode(sock.recv_multipart(), frozenset({protocol.Kind.STATUS_REPLY})).meta

@@ -135,7 +135,7 @@ class ControlDaemon:
                     logger.error("control: the authenticator died; exiting rather than serving unguarded")
                     return 1
                 timeout = min(self._expire(time.monotonic()), 1.0)
-                events = dict(poller.poll(timeout * 1000))
+                events = dict(poller.poll(int(timeout * 1000)))
                 if self._waker.read_fd in events:
                     self._waker.drain()
                 if self._parent_fd is not None and self._parent_fd in events:

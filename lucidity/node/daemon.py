@@ -300,7 +300,7 @@ class NodeDaemon:
             if stderr is not None and not stderr.closed:
                 poller.register(stderr.fileno(), zmq.POLLIN)
                 handlers[stderr.fileno()] = lambda w=worker: self._on_worker_stderr(w)  # type: ignore[misc]
-        events = dict(poller.poll(timeout * 1000))
+        events = dict(poller.poll(int(timeout * 1000)))
         if self._waker.read_fd in events:
             self._waker.drain()
         if self._router in events:
@@ -457,7 +457,7 @@ class NodeDaemon:
         self._slots.reset(index)
         read_fd, write_fd = os.pipe()
         argv = [sys.executable, "-m", "lucidity.node.worker", "--slots", self._slots.path,
-                "--count", str(self.processes), "--index", str(index), "--bind", self._worker_bind(index),
+                "--slot-count", str(self.processes), "--slot-index", str(index), "--bind", self._worker_bind(index),
                 "--ready-fd", str(write_fd), "--parent", str(os.getpid())]
         argv += self._worker_options
         try:
@@ -629,7 +629,8 @@ class NodeDaemon:
         return {"role": "node", "name": self.name, "address": self.address, "instance": self.instance,
                 "memory_limit": self.memory_limit,
                 "processes": self.processes, "workers": workers, "clients": len(self._clients),
-                "tasks_done": self._tasks_done_by_exited + sum(w["tasks_done"] for w in workers), "tasks_crashed": self._tasks_failed,
+                "tasks_done": self._tasks_done_by_exited + sum(int(w["tasks_done"]) for w in workers),  # type: ignore[call-overload]
+                "tasks_crashed": self._tasks_failed,
                 "running": sum(1 for w in workers if w["state"] == "busy")}
 
 

@@ -194,7 +194,7 @@ class Worker:
         deadline = time.monotonic() + FETCH_TIMEOUT
         while name not in self._module_replies:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._sock.poll(remaining * 1000):
+            if remaining <= 0 or not self._sock.poll(int(remaining * 1000)):
                 return None, f"the client did not answer within {FETCH_TIMEOUT:.0f} s"
             self._receive(block=False)
         return self._module_replies.pop(name)
@@ -275,7 +275,7 @@ class Worker:
         try:
             return serialization.dumps(value, "result")
         except Exception as exc:
-            from multiprocessing.pool import MaybeEncodingError
+            from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 
             raise MaybeEncodingError(exc, value) from None
 
@@ -301,7 +301,7 @@ class Worker:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 break
-            events = dict(poller.poll(None if remaining is None else remaining * 1000))
+            events = dict(poller.poll(None if remaining is None else int(remaining * 1000)))
             if self._waker.read_fd in events:
                 self._waker.drain()
             if self._sock in events:
@@ -349,9 +349,9 @@ class Worker:
         limit = task.spec.get("max")
         if not limit:
             return False
-        pool = task.spec.get("pool", "")
+        pool = str(task.spec.get("pool", ""))
         self._pool_counts[pool] += 1
-        return self._pool_counts[pool] >= limit
+        return bool(self._pool_counts[pool] >= limit)
 
     # -- sending -----------------------------------------------------------------------------------------
 
@@ -454,8 +454,8 @@ def _apply_sys_path() -> None:
 
 class _Arguments(NamedTuple):
     slots: str
-    count: int
-    index: int
+    slot_count: int
+    slot_index: int
     bind: str
     ready_fd: int
     parent: int
@@ -476,6 +476,7 @@ def _parse(argv: list[str]) -> _Arguments:
         if text is None and "Optional" not in str(kind):
             raise SystemExit(f"lucidity worker: --{name.replace('_', '-')} is required")
         values[name] = None if text is None else (text if name in ("slots", "bind") else int(text))
+    # argparse-style names: --slot-count, --slot-index, ...
     return _Arguments(**values)
 
 
@@ -487,7 +488,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     faulthandler.enable()
     _die_with_parent(args.parent)
     _apply_sys_path()
-    slots = SlotTable(args.slots, args.count, create=False)
+    slots = SlotTable(args.slots, args.slot_count, create=False)
     context = transport.new_context()
     guard = None
     if os.environ.get("LUCIDITY_SECRET") or os.environ.get("LUCIDITY_SECRET_FILE"):
@@ -502,7 +503,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     # The pipe stays open: a byte on it tells the daemon a limited task started.
     options = WorkerOptions(args.memory_limit, args.max_tasks, args.recycle_memory, args.ready_fd)
     try:
-        Worker(sock, slots, args.index, options, guard).run()
+        Worker(sock, slots, args.slot_index, options, guard).run()
     finally:
         if guard is not None:
             guard.close()
