@@ -161,6 +161,7 @@ class Client:
         self._functions: collections.OrderedDict[int, tuple[Callable[[], Any], FunctionRef]] = collections.OrderedDict()
         self._closing = False
         self._abandon = False
+        self._wake_pending = False
         self._ready = threading.Event()
         self._worker_count = 0
         self._waker = transport.Waker()
@@ -222,7 +223,10 @@ class Client:
             for task in tasks:
                 self._tasks[task.id] = task
                 self._queue_of(task).append(task)
-        self._waker.wake()
+            # One wake-up per turn of the I/O thread, not one system call per task.
+            wake, self._wake_pending = not self._wake_pending, True
+        if wake:
+            self._waker.wake()
 
     def nodes(self) -> tuple["NodeInfo", ...]:
         """The nodes this client knows, with their workers and load, for placement decisions."""
@@ -277,6 +281,7 @@ class Client:
             while True:
                 with self._lock:
                     closing, abandon = self._closing, self._abandon
+                    self._wake_pending = False  # from here on, a new submit wakes this thread again
                 if closing and (abandon or not self._tasks):
                     break
                 now = time.monotonic()
@@ -556,8 +561,11 @@ class Client:
                     link.functions.add(ref.digest)
                     functions.append(ref)
             link.inflight[task.id] = task
-        meta: dict[str, Any] = {"client": self.id, "functions": [ref.digest for ref in functions],
-                                "tasks": [task.spec() for task in batch]}
+        layout, task_frames = protocol.pack_items([task.frames for task in batch])
+        specs = [task.spec() for task in batch]
+        for spec, entry in zip(specs, layout):
+            spec["n"] = entry
+        meta: dict[str, Any] = {"client": self.id, "functions": [ref.digest for ref in functions], "tasks": specs}
         payload: list[Any] = []
         if self._ship and not link.has_shipped:
             link.has_shipped = True
@@ -569,8 +577,7 @@ class Client:
             # A module whose file is gone keeps the copy the worker has.
             meta["modules"] = {name: digest for name, digest in digests.items() if digest is not None}
         payload.extend(ref.data for ref in functions)
-        for task in batch:
-            payload.extend(task.frames)
+        payload.extend(task_frames)
         self._send(link.sock, protocol.encode(protocol.Kind.TASKS, meta, payload))
 
     def _on_worker(self, link: _WorkerLink, frames: list[Any]) -> None:
@@ -593,12 +600,12 @@ class Client:
                     if task is not None and task.state is TaskState.SENT and task.worker == link.key:
                         self._requeue(task)
             return
-        offset = 0
-        payload = message.payload
-        for entry in message.meta["results"]:
-            count = entry["n"]
-            frames_of_task = payload[offset:offset + count]
-            offset += count
+        entries = message.meta["results"]
+        for entry in entries:
+            if type(entry) is not dict or type(entry.get("id")) is not int:
+                raise ProtocolError("malformed result entry")
+        items = protocol.unpack_items([entry.get("n") for entry in entries], message.payload)
+        for entry, frames_of_task in zip(entries, items):
             task = link.inflight.pop(entry["id"], None)
             if isinstance(entry.get("t"), float):
                 link.observe(entry["t"])
@@ -606,7 +613,7 @@ class Client:
                 continue  # a late duplicate of a task that was already resolved
             if entry["status"] == "ok":
                 try:
-                    value = serialization.loads([f.buffer for f in frames_of_task])
+                    value = serialization.loads(frames_of_task)
                 except Exception as exc:
                     self._finish(task, False, SerializationError(
                         f"the result of task {task.id} ({task.function.description}) could not be "
@@ -614,7 +621,7 @@ class Client:
                     continue
                 self._finish(task, True, value)
             else:
-                self._finish(task, False, serialization.loads_exception([f.buffer for f in frames_of_task]))
+                self._finish(task, False, serialization.loads_exception(frames_of_task))
 
     def _on_task_failed(self, node: _NodeLink, meta: dict[str, Any]) -> None:
         worker_id = meta.get("worker")

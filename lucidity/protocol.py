@@ -163,3 +163,59 @@ def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
     if client is not None and not (isinstance(client, str) and _CLIENT_ID.fullmatch(client)):
         raise ProtocolError(f"{kind.name} meta field 'client' is not a client id")
     return Message(kind, meta, frames[2:])
+
+
+#: Item frames up to this size travel packed together in one frame (one send instead of one per item).
+PACK_LIMIT = 16 * 1024
+
+
+def pack_items(items: Sequence[Sequence[Payload]]) -> tuple[list[Any], list[Payload]]:
+    """Lay out the frames of many items (tasks, results) for one message.
+
+    An item made of one small frame is packed with the others like it into a single leading frame and named
+    by ``[offset, length]`` in the layout; any other item keeps its frames (out-of-band buffers travel
+    untouched) and is named by their count. Batches of tiny tasks then cost a few frames, not one per task.
+    """
+    packed = bytearray()
+    layout: list[Any] = []
+    separate: list[Payload] = []
+    for frames in items:
+        if len(frames) == 1 and len(frames[0]) <= PACK_LIMIT:
+            layout.append([len(packed), len(frames[0])])
+            packed += frames[0]
+        else:
+            layout.append(len(frames))
+            separate.extend(frames)
+    return layout, ([bytes(packed)] if packed else []) + separate
+
+
+def unpack_items(layout: Sequence[Any], frames: Sequence[Frame]) -> list[list[Any]]:
+    """The buffers of each item laid out by `pack_items` (views, no copies); `ProtocolError` if they don't add up."""
+    has_pack = any(type(entry) is list for entry in layout)
+    packed = _frame_view(frames[0]) if has_pack and frames else memoryview(b"")
+    position = 1 if has_pack else 0
+    items: list[list[Any]] = []
+    for entry in layout:
+        if type(entry) is int and entry >= 1:
+            if position + entry > len(frames):
+                raise ProtocolError("message announces more frames than it carries")
+            items.append([_frame_view(f) for f in frames[position:position + entry]])
+            position += entry
+        elif type(entry) is list and len(entry) == 2 and all(type(v) is int and v >= 0 for v in entry):
+            start, length = entry
+            if start + length > len(packed):
+                raise ProtocolError("a packed item lies outside its frame")
+            items.append([packed[start:start + length]])
+        else:
+            raise ProtocolError(f"bad item layout entry {str(entry)[:40]}")
+    if position != len(frames):
+        raise ProtocolError(f"message carries {len(frames) - position} frame(s) more than announced")
+    return items
+
+
+def _frame_view(frame: Frame) -> memoryview:
+    if isinstance(frame, memoryview):
+        return frame
+    if isinstance(frame, (bytes, bytearray)):
+        return memoryview(frame)
+    return frame.buffer  # type: ignore[no-any-return]

@@ -27,6 +27,9 @@ class TaskState(enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+    # Enum's own __hash__ runs Python code; states are compared on every move of every task.
+    __hash__ = object.__hash__
+
 
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.PENDING: frozenset({TaskState.SENT, TaskState.CANCELLED, TaskState.FAILED}),
@@ -104,7 +107,7 @@ class Task:
 
     def spec(self) -> dict[str, Any]:
         """The task's entry in a TASKS message (everything but the payload frames)."""
-        spec: dict[str, Any] = {"id": self.id, "fn": self.function.digest, "mode": self.mode, "n": len(self.frames)}
+        spec: dict[str, Any] = {"id": self.id, "fn": self.function.digest, "mode": self.mode}
         if self.initializer is not None:
             spec["init"] = self.initializer.digest
         if self.max_tasks:

@@ -170,7 +170,9 @@ class Worker:
         modules = meta.get("modules", {})
         if not isinstance(shipped, list) or not isinstance(modules, dict):
             raise ProtocolError("TASKS 'ship' must be a list and 'modules' an object")
-        _check_batch(functions, meta["tasks"], len(payload) - len(shipped))
+        _check_batch(functions, meta["tasks"])
+        task_frames = protocol.unpack_items([spec["n"] for spec in meta["tasks"]],
+                                            payload[len(shipped) + len(functions):])
         received = []
         for position, entry in enumerate(shipped):
             received.append(_module_from(protocol.Message(protocol.Kind.MODULE, entry, [payload[position]]))[0])
@@ -182,10 +184,8 @@ class Worker:
             offset += 1
         while len(self._functions) > FUNCTION_CACHE_SIZE:
             self._functions.popitem(last=False)
-        for spec in meta["tasks"]:
-            count = spec["n"]
-            self._queue.append(_Task(identity, client, spec, payload[offset:offset + count], modules))
-            offset += count
+        for spec, frames in zip(meta["tasks"], task_frames):
+            self._queue.append(_Task(identity, client, spec, frames, modules))
 
     def _fetch_module(self, name: str) -> tuple[Optional[shipping.ModuleSource], str]:
         """Ask the current task's client for a module's source (called by the import hook)."""
@@ -245,9 +245,9 @@ class Worker:
         if task_limits.memory:
             limits.set_task_memory_cap(None)
         self._after_task()
-        results, buffers = self._outbox.setdefault(task.identity, ([], []))
-        results.append({"id": spec["id"], "status": status, "n": len(frames), "t": elapsed})
-        buffers.extend(frames)
+        results, items = self._outbox.setdefault(task.identity, ([], []))
+        results.append({"id": spec["id"], "status": status, "t": elapsed})
+        items.append(frames)
         if not self._outbox_count:
             self._outbox_since = time.monotonic()
         self._outbox_count += 1
@@ -261,7 +261,7 @@ class Worker:
         function = self._function(spec["fn"])
         if function is None:
             raise ProtocolError(f"function {spec['fn']} is not cached on this worker")
-        arguments = serialization.loads([f.buffer for f in frames])
+        arguments = serialization.loads(frames)
         mode = spec["mode"]
         if mode == "call":
             args, kwargs = arguments
@@ -356,8 +356,11 @@ class Worker:
     # -- sending -----------------------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        for identity, (results, buffers) in self._outbox.items():
-            self._send(identity, protocol.encode(protocol.Kind.RESULTS, {"results": results}, buffers))
+        for identity, (results, items) in self._outbox.items():
+            layout, frames = protocol.pack_items(items)
+            for result, entry in zip(results, layout):
+                result["n"] = entry
+            self._send(identity, protocol.encode(protocol.Kind.RESULTS, {"results": results}, frames))
         self._outbox.clear()
         self._outbox_count = 0
 
@@ -377,25 +380,20 @@ def _module_from(message: protocol.Message) -> tuple[Optional[shipping.ModuleSou
     return shipping.ModuleSource(meta["name"], bool(meta.get("package")), meta["filename"], meta["digest"], data), ""
 
 
-def _check_batch(functions: Any, tasks: list[Any], frame_count: int) -> None:
-    """Refuse a TASKS batch whose entries do not add up, before anything is queued."""
+def _check_batch(functions: Any, tasks: list[Any]) -> None:
+    """Refuse a TASKS batch with a malformed entry, before anything is queued (frames: `unpack_items`)."""
     if type(functions) is not list:
         raise ProtocolError("TASKS 'functions' must be a list of digests")
     for name in functions:
         if type(name) is not str:
             raise ProtocolError("TASKS 'functions' must be a list of digests")
-    needed = len(functions)
     for spec in tasks:
         if type(spec) is not dict or not _is_task_spec(spec):
             raise ProtocolError(f"malformed task entry {str(spec)[:80]}")
-        needed += spec["n"]
-    if needed != frame_count:
-        raise ProtocolError(f"TASKS batch announces {needed} payload frames but carries {frame_count}")
 
 
 def _is_task_spec(spec: dict[str, Any]) -> bool:
-    n, task_id = spec.get("n"), spec.get("id")
-    if type(task_id) is not int or type(n) is not int or n < 1 or type(spec.get("fn")) is not str:
+    if type(spec.get("id")) is not int or type(spec.get("fn")) is not str:
         return False
     if spec.get("mode") not in _MODES or type(spec.get("init", "")) is not str:
         return False
