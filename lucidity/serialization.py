@@ -19,10 +19,8 @@ messages.
 from __future__ import annotations
 
 import copyreg
-import hashlib
 import io
 import pickle
-import traceback
 import types
 from typing import Any, Callable, Sequence
 
@@ -52,6 +50,8 @@ def _dill() -> Any:
 
 def digest(data: bytes) -> str:
     """A short content hash naming a serialized function, for caches on both sides."""
+    import hashlib  # here, not at the top: workers only read digests
+
     return hashlib.blake2b(data, digest_size=12).hexdigest()
 
 
@@ -120,6 +120,8 @@ def dumps_exception(exc: BaseException) -> list[Buffer]:
     (an ``__init__`` taking two arguments, say). Anything that does not survive becomes a `RemoteError`
     holding the type name, the message and the formatted traceback.
     """
+    import traceback  # only when a task failed
+
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         data = _pickle_with_traceback(exc, text)
