@@ -232,3 +232,22 @@ def _send_garbage(addresses, rng):
             sock.close(linger=5000)
     finally:
         context.term()
+
+
+def environment_seen():
+    import sys
+
+    return os.getcwd(), os.environ.get("LUCIDITY_TEST_VARIABLE"), list(sys.path)
+
+
+def test_embedded_workers_inherit_cwd_sys_path_and_environment(tmp_path, monkeypatch):
+    extra = tmp_path / "on-the-path"
+    extra.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LUCIDITY_TEST_VARIABLE", "inherited")
+    monkeypatch.syspath_prepend(str(extra))
+    with lucidity.Pool(1) as pool:
+        cwd, variable, path = pool.apply(environment_seen)
+    assert cwd == str(tmp_path)
+    assert variable == "inherited"
+    assert str(extra) in path
