@@ -38,8 +38,8 @@ _HOMES = {
     "LocalCluster": "cluster",
     "current_node": "cluster",
     "Executor": "executor",
-    "job": "job",
-    "Job": "job",
+    "job": "jobs",
+    "Job": "jobs",
     "connect": "cluster",
     **{name: "errors" for name in __all__[__all__.index("LucidityError"):]},
 }
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
                          MemoryLimitExceeded, NodeLost, ProtocolError, RemoteError, SerializationError,
                          WorkerCrashed)
     from .executor import Executor
-    from .job import Job, job
+    from .jobs import Job, job
     from .pool import Pool
 
 

@@ -12,7 +12,7 @@ import os
 from typing import Optional
 
 from .cluster import LocalCluster, connect, current_node
-from .job import job
+from .jobs import job
 
 PAIRS = [(a, a + 1) for a in range(3, 10)]
 

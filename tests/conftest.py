@@ -24,7 +24,7 @@ REAP_GRACE = 10.0
 
 #: Every process a test session starts inherits this marker, so that orphans can be recognised as ours.
 SESSION_MARKER = "LUCIDITY_TEST_SESSION"
-os.environ[SESSION_MARKER] = uuid.uuid4().hex
+os.environ.setdefault(SESSION_MARKER, uuid.uuid4().hex)  # once: workers that import this keep the session's
 
 
 def _ours() -> dict[int, psutil.Process]:

@@ -187,6 +187,7 @@ class NodeDaemon:
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM, a LEAVE, or the owner's exit; then stop every worker. Returns 0."""
         self._install_signal_handlers()
+        limits.become_subreaper()  # what a killed worker's tasks leave behind is reparented here, and stopped
         if not check_exposure(self._bind_request, self._secret, self._insecure, f"node {self.name}"):
             self._close()
             return 2
@@ -501,6 +502,7 @@ class NodeDaemon:
         was_stopping = worker.state is WorkerState.STOPPING
         worker.move(WorkerState.EXITED)
         self._forget_fds(worker)
+        self._stop_orphans()
         slot = self._slots.read(worker.index)
         self._tasks_done_by_exited += slot.tasks_done
         if slot.state is SlotState.RUNNING:
@@ -518,6 +520,19 @@ class NodeDaemon:
             if self._restart_failures:
                 delay = min(RESTART_DELAY * 2 ** (self._restart_failures - 1), RESTART_DELAY_MAX)
             self._restart_at[worker.index] = time.monotonic() + delay
+
+    def _stop_orphans(self) -> None:
+        """Kill and reap processes a dead worker's tasks left behind (they were reparented to this daemon)."""
+        workers = {w.child.pid for w in self._workers.values() if w.state is not WorkerState.EXITED}
+        for pid in limits.children_of(os.getpid()):
+            if pid in workers:
+                continue
+            logger.info("node %s stops process %d, left behind by a worker that died", self.name, pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)  # SIGKILL cannot be ignored; the wait is short
+            except (ProcessLookupError, ChildProcessError):
+                pass
 
     def _restart_due(self, now: float) -> None:
         for index, when in list(self._restart_at.items()):
@@ -600,7 +615,7 @@ class NodeDaemon:
                 worker.last_memory = memory
                 worker.task_peak = max(worker.task_peak, memory)
                 data = limits.data_of(pid) or 0
-                pinned = data >= limits.rlimit_for(slot.limits.memory) - limits.PRESSURE_MARGIN
+                pinned = data > slot.limits.memory  # past the cap, into the rlimit's headroom
                 worker.pressure = worker.pressure + 1 if pinned else 0
             cpu = limits.cpu_seconds(pid) if slot.limits.cpu_time else None
             breach = limits.check(slot.limits, now - slot.started, memory,

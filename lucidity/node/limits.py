@@ -41,9 +41,8 @@ NEAR_CAP = 0.9
 #: The rlimit exceeds the cap by this fraction of it, and at least HEADROOM_MIN bytes.
 HEADROOM_FRACTION = 16
 HEADROOM_MIN = 16 * 2**20
-#: A data segment within this much of its rlimit counts as pinned there, in bytes ...
-PRESSURE_MARGIN = 8 * 2**20
-#: ... and this many such samples in a row (about 0.15 s) count as a breach.
+#: A data segment past the cap (in the rlimit's headroom) for this many samples in a row (about 0.15 s) is
+#: a breach: a task that swallows MemoryError stays there without its RSS ever passing the cap.
 PRESSURE_SAMPLES = 10
 #: Smallest cap a worker can start under (its interpreter, ZeroMQ and lucidity), in bytes.
 MIN_WORKER_MEMORY = 64 * 2**20
@@ -132,6 +131,11 @@ def check(limits: Limits, running_for: float, memory: Optional[int], cpu_used: O
     return None
 
 
+def thread_failed_for_memory(error: BaseException) -> bool:
+    """Whether an exception is a thread that could not start (its stack did not fit under the cap)."""
+    return isinstance(error, RuntimeError) and "can't start new thread" in str(error)
+
+
 def looks_like_memory_failure(stderr_tail: str, last_memory: int, cap: int) -> bool:
     """Whether a worker that died on its own most likely ran out of memory."""
     if cap and last_memory >= NEAR_CAP * cap:
@@ -144,7 +148,10 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def _rss(pid: int) -> int:
     with open(f"/proc/{pid}/statm", "rb") as statm:
-        return int(statm.read().split()[1]) * _PAGE
+        resident = int(statm.read().split()[1]) * _PAGE
+    if not resident:
+        raise ValueError("process is exiting")  # a dying process reads 0: not a sample
+    return resident
 
 
 def _children(pid: int) -> list[int]:
@@ -156,6 +163,24 @@ def _children(pid: int) -> list[int]:
     except OSError:
         pass
     return found
+
+
+def children_of(pid: int) -> list[int]:
+    """The direct children of a process (from /proc, no scan of every process)."""
+    return _children(pid)
+
+
+def become_subreaper() -> None:
+    """Make orphaned descendants of this process its children instead of init's (Linux; no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def memory_of(pid: int) -> Optional[int]:

@@ -42,6 +42,8 @@ ACCEPTED_BY_ROLE = {
 }
 #: How long a worker waits for a client to answer a module request, in seconds.
 FETCH_TIMEOUT = 10.0
+#: Stack size of the threads a task starts, in bytes (see main).
+THREAD_STACK_SIZE = 1024 * 1024
 #: Functions kept per worker, by digest; evicted ones are fetched again through a MISSING reply.
 FUNCTION_CACHE_SIZE = 512
 #: Send accumulated results once this many are waiting, even while more tasks are queued.
@@ -234,7 +236,8 @@ class Worker:
             frames = self._execute(spec, task.frames)
             status = "ok"
         except BaseException as exc:  # noqa: B036 - SystemExit and KeyboardInterrupt belong to the task
-            if isinstance(exc, MemoryError) and task_limits.memory and not isinstance(exc, MemoryLimitExceeded):
+            if task_limits.memory and not isinstance(exc, MemoryLimitExceeded) and (
+                    isinstance(exc, MemoryError) or limits.thread_failed_for_memory(exc)):
                 exc = self._memory_breach(spec["id"], task_limits.memory, exc)
             frames = serialization.dumps_exception(self._finder.explain(exc))
             status = "error"
@@ -315,7 +318,7 @@ class Worker:
             memory = min(memory, node_cap) if memory else node_cap
         return limits.Limits(int(memory), float(spec.get("timeout") or 0.0), float(spec.get("cpu") or 0.0))
 
-    def _memory_breach(self, task_id: int, cap: int, error: MemoryError) -> MemoryLimitExceeded:
+    def _memory_breach(self, task_id: int, cap: int, error: BaseException) -> MemoryLimitExceeded:
         """A MemoryError under a cap: report the breach, and retire (the heap may be fragmented or full)."""
         self._retiring = True
         peak = limits.memory_of(os.getpid()) or 0
@@ -484,6 +487,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.memory_limit:
         limits.set_hard_memory_cap(args.memory_limit)
     faulthandler.enable()
+    # Thread stacks count toward RLIMIT_DATA: 8 MiB each by default would make 16 idle threads cost a
+    # 200 MB cap 130 MiB. Python threads a task starts get this much instead (native pools keep theirs).
+    threading.stack_size(THREAD_STACK_SIZE)
     _die_with_parent(args.parent)
     _apply_sys_path()
     slots = SlotTable(args.slots, args.slot_count, create=False)

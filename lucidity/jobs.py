@@ -1,5 +1,8 @@
 """The @job decorator, its five ways to run, and Job (a Future with try_get / await_get).
 
+(The module is ``jobs``, not ``job``: importing a submodule named like the decorator would rebind
+``lucidity.job`` to the module, and ``from lucidity import job`` would then stop being the decorator.)
+
 As in the original crate, decorating a function gives it five ways to run::
 
     @job
