@@ -82,25 +82,7 @@ def pid_of(_: object = None) -> int:
     return os.getpid()
 
 
-class Boom(Exception):
-    """A custom exception whose constructor takes two arguments."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message, code)
-
-
-def raise_boom(message: str, code: int) -> None:
-    raise Boom(message, code)
-
-
-def fail_on_three(x: int) -> int:
-    if x == 3:
-        raise Boom("three", x)
-    return x
-
-
-def divide(a: int, b: int) -> float:
-    return a / b
+from tasks import Boom, divide, fail_on_three, raise_boom  # noqa: E402 - shared with other test modules
 
 
 def exit_hard(code: int) -> None:
