@@ -17,7 +17,6 @@ poller; every wait is bounded by the nearest deadline.
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import shutil
@@ -26,7 +25,7 @@ import socket
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import zmq
@@ -37,6 +36,7 @@ from ..security import Role, check_exposure
 from .processes import STOP_GRACE, Child, stop_children
 from . import limits
 from .slots import SlotState, SlotTable, SlotView
+from .workers import WorkerProcess, WorkerState, failure_report, peak_rss, watch
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,6 @@ STARTUP_TIMEOUT = 30.0
 #: Restart back-off for workers that die before becoming ready, in seconds (doubles up to the cap).
 RESTART_DELAY = 0.1
 RESTART_DELAY_MAX = 5.0
-#: Bytes of each worker's stderr kept for crash reports, and the part sent with a report.
-STDERR_TAIL = 8192
-STDERR_REPORT = 2000
 #: A loop that went this many heartbeat intervals without a turn was stalled (SIGSTOP, starved CPU).
 STALL_FACTOR = 3
 #: At most one "cannot join" line per this many seconds.
@@ -69,49 +66,6 @@ CLIENT_KINDS_BY_ROLE = {Role.CLIENT: CLIENT_KINDS, Role.NODE: frozenset({protoco
 #: Largest message a node daemon takes (its messages are all small), in bytes.
 MAX_MESSAGE = 1024 * 1024
 CONTROL_KINDS = frozenset({protocol.Kind.WELCOME})
-
-
-class WorkerState(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    STOPPING = "stopping"
-    EXITED = "exited"
-
-
-_WORKER_TRANSITIONS = {
-    WorkerState.STARTING: {WorkerState.READY, WorkerState.STOPPING, WorkerState.EXITED},
-    WorkerState.READY: {WorkerState.STOPPING, WorkerState.EXITED},
-    WorkerState.STOPPING: {WorkerState.EXITED},
-    WorkerState.EXITED: set(),
-}
-
-
-@dataclass
-class WorkerProcess:
-    """One supervised worker: its process, where it listens, what state it is in, what the watchdog saw."""
-
-    index: int
-    child: Child
-    ready_fd: Optional[int]
-    state: WorkerState = WorkerState.STARTING
-    address: str = ""
-    history: list[WorkerState] = field(default_factory=list)
-    stderr_tail: bytearray = field(default_factory=bytearray)
-    last_memory: int = 0
-    task_peak: int = 0
-    pressure: int = 0
-    breach: Optional[limits.Breach] = None
-    control: Optional[zmq.Socket[Any]] = None  # the daemon's line to the worker, for DROP
-
-    def move(self, new: WorkerState) -> None:
-        if new not in _WORKER_TRANSITIONS[self.state]:
-            raise RuntimeError(f"worker {self.child.pid}: illegal move {self.state.value} -> {new.value} "
-                               f"(history {[s.value for s in self.history]})")
-        self.history.append(self.state)
-        self.state = new
-
-    def describe(self) -> dict[str, Any]:
-        return {"id": str(self.child.pid), "pid": self.child.pid, "address": self.address}
 
 
 @dataclass
@@ -300,7 +254,7 @@ class NodeDaemon:
             stderr = worker.child.popen.stderr
             if stderr is not None and not stderr.closed:
                 poller.register(stderr.fileno(), zmq.POLLIN)
-                handlers[stderr.fileno()] = lambda w=worker: self._on_worker_stderr(w)  # type: ignore[misc]
+                handlers[stderr.fileno()] = worker.pump_stderr
         events = dict(poller.poll(int(timeout * 1000)))
         if self._waker.read_fd in events:
             self._waker.drain()
@@ -540,94 +494,25 @@ class NodeDaemon:
                 del self._restart_at[index]
                 self._spawn(index)
 
+    def _forget_fds(self, worker: WorkerProcess) -> None:
+        if worker.control is not None:
+            worker.control.close(linger=0)
+            worker.control = None
+        worker.close_pipes()
+
     def _report_failure(self, worker: WorkerProcess, slot: SlotView, code: int) -> None:
         """Tell the task's client why its task failed: a limit the watchdog enforced, or a crash."""
         self._tasks_failed += 1
-        pid, task_id = worker.child.pid, slot.task_id
-        tail = bytes(worker.stderr_tail).decode(errors="replace")
-        breach = worker.breach
-        if breach is None and limits.looks_like_memory_failure(tail, worker.last_memory, slot.limits.memory):
-            breach = limits.Breach(limits.LimitKind.MEMORY, slot.limits.memory, worker.task_peak)
-        meta: dict[str, Any] = {"task": task_id, "pid": pid, "node": self.name, "worker": str(pid)}
-        if breach is not None:
-            what = {"memory": "memory cap", "timeout": "wall-time limit", "cpu": "CPU-time limit"}[breach.kind.value]
-            meta.update(reason=breach.kind.value, limit=breach.limit, measured=breach.measured,
-                        peak=max(worker.task_peak, worker.last_memory))
-            meta["message"] = (f"task {task_id} went over its {what} of "
-                               f"{_measure(limits.Breach(breach.kind, breach.limit, breach.limit))} on node "
-                               f"{self.name} (worker {pid} reached {_measure(breach)}); the worker was stopped "
-                               f"and replaced")
-        else:
-            meta.update(reason="crashed", exit_code=code if code >= 0 else None, signal=-code if code < 0 else None,
-                        stderr=tail[-STDERR_REPORT:])
-            meta["message"] = f"worker {pid} on node {self.name} {describe_exit(code)} while running task {task_id}"
+        meta = failure_report(worker, slot, code, self.name)
         logger.warning("%s", meta["message"])
         frames = protocol.encode(protocol.Kind.TASK_FAILED, meta)
         for identity, record in self._clients.items():
             if record.client_id == slot.client.hex():
                 self._send(identity, frames)
 
-    def _forget_fds(self, worker: WorkerProcess) -> None:
-        if worker.control is not None:
-            worker.control.close(linger=0)
-            worker.control = None
-        if worker.ready_fd is not None:
-            os.close(worker.ready_fd)
-            worker.ready_fd = None
-        stderr = worker.child.popen.stderr
-        if stderr is not None and not stderr.closed:
-            self._on_worker_stderr(worker)
-            stderr.close()
-
-    def _on_worker_stderr(self, worker: WorkerProcess) -> None:
-        """Pass a worker's stderr through to ours, keeping its tail for crash reports."""
-        stderr = worker.child.popen.stderr
-        if stderr is None or stderr.closed:
-            return
-        try:
-            data = os.read(stderr.fileno(), 65536)
-        except BlockingIOError:
-            return
-        if not data:
-            stderr.close()
-            return
-        sys.stderr.buffer.write(data)
-        sys.stderr.buffer.flush()
-        worker.stderr_tail += data
-        del worker.stderr_tail[:-STDERR_TAIL]
-
-    # -- limits --------------------------------------------------------------------------------------------
-
     def _watch(self, now: float) -> bool:
-        """One watchdog round over the workers running limited tasks; True while any still runs."""
-        limited = False
-        for worker in self._workers.values():
-            if worker.state is not WorkerState.READY:
-                continue
-            slot = self._slots.read(worker.index)
-            if slot.state is not SlotState.RUNNING or not slot.limits.any:
-                worker.task_peak = worker.pressure = 0
-                continue
-            limited = True
-            pid = worker.child.pid
-            memory = limits.memory_of(pid) if slot.limits.memory else None
-            if memory is not None:
-                worker.last_memory = memory
-                worker.task_peak = max(worker.task_peak, memory)
-                data = limits.data_of(pid) or 0
-                pinned = data > slot.limits.memory  # past the cap, into the rlimit's headroom
-                worker.pressure = worker.pressure + 1 if pinned else 0
-            cpu = limits.cpu_seconds(pid) if slot.limits.cpu_time else None
-            breach = limits.check(slot.limits, now - slot.started, memory,
-                                  None if cpu is None else cpu - slot.cpu_start, worker.pressure)
-            if breach is not None:
-                worker.breach = breach
-                worker.move(WorkerState.STOPPING)
-                worker.child.signal_group(signal.SIGKILL)
-                logger.warning("node %s killed worker %d running task %d: %s %s over its limit of %s",
-                               self.name, pid, slot.task_id, breach.kind.value, _measure(breach),
-                               _measure(limits.Breach(breach.kind, breach.limit, breach.limit)))
-        return limited
+        return watch(self._workers.values(), self._slots, now, self.name)
+
 
     # -- status ------------------------------------------------------------------------------------------
 
@@ -639,7 +524,7 @@ class NodeDaemon:
             state = "busy" if slot.state is SlotState.RUNNING else worker.state.value
             running = slot.state is SlotState.RUNNING
             workers.append({"pid": worker.child.pid, "state": state, "rss": rss, "tasks_done": slot.tasks_done,
-                            "task": slot.task_id if running else None, "peak": _peak_rss(worker.child.pid),
+                            "task": slot.task_id if running else None, "peak": peak_rss(worker.child.pid),
                             "cap": (slot.limits.memory if running and slot.limits.memory else self.memory_limit)})
         return {"role": "node", "name": self.name, "address": self.address, "instance": self.instance,
                 "memory_limit": self.memory_limit,
@@ -647,21 +532,3 @@ class NodeDaemon:
                 "tasks_done": self._tasks_done_by_exited + sum(int(w["tasks_done"]) for w in workers),  # type: ignore[call-overload]
                 "tasks_crashed": self._tasks_failed,
                 "running": sum(1 for w in workers if w["state"] == "busy")}
-
-
-def _measure(breach: limits.Breach) -> str:
-    if breach.kind is limits.LimitKind.MEMORY:
-        return limits.format_size(int(breach.measured))
-    return f"{breach.measured:.2f} s"
-
-
-def _peak_rss(pid: int) -> int:
-    """The process's peak resident memory (VmHWM), in bytes; 0 if unknown."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
