@@ -19,6 +19,7 @@ through the task's ``on_done``, called on the I/O thread.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import inspect
 import itertools
 import os
@@ -154,6 +155,7 @@ class Client:
         # Tasks placed on a particular node wait here, by node name, until one of its workers has credit.
         self._pending_for: dict[str, collections.deque[Task]] = collections.defaultdict(collections.deque)
         self._membership: tuple[NodeInfo, ...] = ()
+        self._placed: collections.Counter[str] = collections.Counter()  # unfinished tasks placed per node
         self._known_nodes: frozenset[str] = frozenset()
         self._tasks: dict[int, Task] = {}
         self._ids = itertools.count(1)
@@ -223,14 +225,21 @@ class Client:
             for task in tasks:
                 self._tasks[task.id] = task
                 self._queue_of(task).append(task)
+                if task.node is not None:
+                    self._placed[task.node] += 1
             # One wake-up per turn of the I/O thread, not one system call per task.
             wake, self._wake_pending = not self._wake_pending, True
         if wake:
             self._waker.wake()
 
     def nodes(self) -> tuple["NodeInfo", ...]:
-        """The nodes this client knows, with their workers and load, for placement decisions."""
-        return self._membership
+        """The nodes this client knows, with their workers and load, for placement decisions.
+
+        ``ours`` counts this client's unfinished tasks placed on the node, up to this moment, so that a burst
+        of placements sees the ones before it (the nodes' own counts arrive once a second).
+        """
+        with self._lock:
+            return tuple(dataclasses.replace(info, ours=self._placed[info.name]) for info in self._membership)
 
     def cancel(self, task: Task) -> bool:
         """Cancel a task that has not been sent to a worker yet; False if it is already on its way."""
@@ -239,6 +248,8 @@ class Client:
                 return False
             task.move(TaskState.CANCELLED)
             del self._tasks[task.id]
+            if task.node is not None:
+                self._placed[task.node] -= 1
             if not self._tasks:
                 self._idle.notify_all()
             return True
@@ -375,9 +386,10 @@ class Client:
         now = time.monotonic()
         if message.meta["instance"] != self._control_instance:
             # A new control node (a restart) knows no node until they heartbeat again: while it relearns
-            # the cluster, a node missing from its list is not a node lost.
+            # the cluster, a node missing from its list is not a node lost. (The first list is not a restart.)
+            if self._control_instance:
+                self._control_changed_at = now
             self._control_instance = message.meta["instance"]
-            self._control_changed_at = now
         relearning = now - self._control_changed_at < self._node_timeout and bool(self._nodes)
         listed: dict[str, dict[str, Any]] = {}
         for entry in message.meta["nodes"]:
@@ -631,6 +643,8 @@ class Client:
         if task is None or task.worker != key or task.is_final:
             return
         reason = meta["reason"]
+        if reason == "crashed":
+            task.failures.append(str(meta["message"]))
         if reason == "crashed" and task.retries > 0:
             task.retries -= 1
             logger.warning("lucidity client: %s; retrying task %d (%d retries left)", meta["message"], task.id,
@@ -646,6 +660,8 @@ class Client:
                 return
             task.move(TaskState.DONE if succeeded else TaskState.FAILED)
             self._tasks.pop(task.id, None)
+            if task.node is not None:
+                self._placed[task.node] -= 1
             if not self._tasks:
                 self._idle.notify_all()
         try:
@@ -705,6 +721,8 @@ def _failure_error(task: Task, node: str, meta: dict[str, Any]) -> LucidityError
         return JobTimeout(message, limit=meta.get("limit"), **facts)
     if reason == "cpu":
         return CpuLimitExceeded(message, limit=meta.get("limit"), used=meta.get("measured"), **facts)
+    if len(task.failures) > 1:
+        message += f"\nit was run {len(task.failures)} times, crashing each time:\n  " + "\n  ".join(task.failures)
     stderr = meta.get("stderr")
     if isinstance(stderr, str) and stderr.strip():
         message += "\nlast lines of the worker's stderr:\n" + stderr.rstrip()

@@ -39,6 +39,7 @@ import itertools
 import logging
 import threading
 import time
+import uuid
 import weakref
 import sys
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
@@ -138,6 +139,10 @@ class TaskFuture(concurrent.futures.Future[T]):
         """
         waiting.wait(self._settled, timeout)
         return super().result(timeout=0)
+
+    def wait_settled(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the future is done or cancelled (through `lucidity.waiting`); False on timeout."""
+        return waiting.wait(self._settled, timeout)
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
         """The task's exception, or None if it returned; raises as `result` on timeout or cancellation."""
@@ -285,6 +290,10 @@ class Executor(concurrent.futures.Executor):
         max_workers: worker processes of the embedded cluster (default: the CPU count). With ``address``,
             at most this many of this executor's tasks run at once (default: as many as the cluster has
             workers).
+        mp_context: accepted for compatibility and ignored (workers are started by node daemons).
+        initializer, initargs: ``initializer(*initargs)`` runs on a worker before its first task of this
+            executor.
+        max_tasks_per_child: a worker is replaced after running this many tasks of this executor.
         address: a running cluster's control address (default: ``$LUCIDITY_ADDRESS``; else an embedded
             cluster is started, and stopped when the executor shuts down).
         connect_timeout: seconds to wait for a cluster with a worker before `lucidity.ClusterUnavailable`.
@@ -300,11 +309,17 @@ class Executor(concurrent.futures.Executor):
     remaining work is waited for first, as the stdlib does.
     """
 
-    def __init__(self, max_workers: Optional[int] = None, *, address: Optional[str] = None,
+    def __init__(self, max_workers: Optional[int] = None, mp_context: Any = None,
+                 initializer: Optional[Callable[..., object]] = None, initargs: Iterable[Any] = (), *,
+                 max_tasks_per_child: Optional[int] = None, address: Optional[str] = None,
                  connect_timeout: float = 30.0, memory_limit: Union[int, str, None] = None,
                  secret: Union[str, bytes, None] = None, ship: Sequence[str] = ()) -> None:
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None and (not isinstance(max_tasks_per_child, int) or max_tasks_per_child < 1):
+            raise ValueError("max_tasks_per_child must be >= 1")
         self._lock = threading.Lock()
         self._is_shut_down = False
         self._outstanding = _Outstanding()
@@ -315,6 +330,11 @@ class Executor(concurrent.futures.Executor):
         self._client, self._cluster = open_client(address, max_workers, memory_limit=self._memory_limit,
                                                   secret=secret, ship=ship, connect_timeout=connect_timeout)
         self._max_workers = max_workers or self._client.worker_count
+        self._task_options: dict[str, Any] = {"memory": self._memory_limit}
+        if initializer is not None:
+            self._task_options["initializer"] = self._client.function((initializer, tuple(initargs)))
+        if max_tasks_per_child is not None:
+            self._task_options.update(max_tasks=max_tasks_per_child, pool=uuid.uuid4().hex)
         self._finalizer = weakref.finalize(self, _teardown, self._client, self._cluster)
 
     # -- submitting --------------------------------------------------------------------------------------
@@ -336,7 +356,7 @@ class Executor(concurrent.futures.Executor):
         function = self._client.function(fn)
         frames = serialization.dumps((args, kwargs), f"arguments of {function.description}")
         future: TaskFuture[T] = TaskFuture(self._client, function, "call", frames, owner=self,
-                                                memory=self._memory_limit)
+                                                **self._task_options)
         with self._lock:
             # Checked again under the lock: a submit that passes is one that shutdown() waits for.
             self._check_open()
@@ -352,7 +372,7 @@ class Executor(concurrent.futures.Executor):
         # No shutdown check: the input of a map started before shutdown() was accepted with the map.
         frames = serialization.dumps(chunk, f"items {start}..{start + len(chunk) - 1} of map({function.description})")
         future: TaskFuture[list[Any]] = TaskFuture(self._client, function, "starmap", frames, owner=self,
-                                                      memory=self._memory_limit)
+                                                      **self._task_options)
         self._send(future)
         return future
 

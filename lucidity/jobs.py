@@ -28,14 +28,13 @@ import itertools
 import random
 import socket
 import sys
-import threading
-from concurrent.futures import Future
 from typing import Any, Callable, Generator, Generic, Iterable, Optional, Sequence, TypeVar, Union, overload
 
-from . import serialization, waiting
+from . import serialization
 from .client import Client
 from .cluster import current_node, default_client
 from .errors import ClusterUnavailable
+from .executor import TaskFuture
 from .node.limits import parse_size
 
 __all__ = ["job", "Job", "JobFunction", "FANOUT_SCHEMES"]
@@ -45,16 +44,12 @@ FANOUT_SCHEMES = ("roundrobin", "random", "least_loaded")
 _MISSING = object()
 
 
-class Job(Future, Generic[T]):  # type: ignore[type-arg]
+class Job(TaskFuture[T]):
     """A task's future: a real `concurrent.futures.Future`, with the crate's `try_get` and `await_get`.
 
+    ``cancel()`` withdraws a job still queued in the client (it never runs), as for the Executor's futures.
     Blocking waits go through `lucidity.waiting`, so a task that awaits jobs keeps its worker useful.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._finished = threading.Event()
-        self.add_done_callback(lambda _: self._finished.set())
 
     def try_get(self, default: Any = None) -> Any:
         """The result if the job is done (raising its exception if it failed), else `default`."""
@@ -66,24 +61,8 @@ class Job(Future, Generic[T]):  # type: ignore[type-arg]
         """Block until the job is done (at most `timeout` seconds) and return its result or raise."""
         return self.result(timeout)
 
-    def result(self, timeout: Optional[float] = None) -> T:
-        waiting.wait(self._finished, timeout)
-        return super().result(timeout=0 if self._finished.is_set() else timeout)  # type: ignore[no-any-return]
-
-    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
-        waiting.wait(self._finished, timeout)
-        return super().exception(timeout=0 if self._finished.is_set() else timeout)
-
     def __await__(self) -> Generator[Any, None, T]:
         return asyncio.wrap_future(self).__await__()
-
-    def _resolve(self, succeeded: bool, value: Any) -> None:
-        if self.set_running_or_notify_cancel() is False:
-            return
-        if succeeded:
-            self.set_result(value)
-        else:
-            self.set_exception(value)
 
 
 class JobFunction(Generic[T]):
@@ -159,7 +138,7 @@ class JobFunction(Generic[T]):
         client = default_client()
         jobs = self._submit(client, calls, self._place(client, len(calls)))
         for one in jobs:
-            waiting.wait(one._finished)
+            one.wait_settled()
         return [one.result() for one in jobs]
 
     # -- placement and submission ----------------------------------------------------------------------
@@ -203,9 +182,9 @@ class JobFunction(Generic[T]):
         tasks = []
         for (args, kwargs), node in zip(calls, nodes):
             frames = serialization.dumps((args, kwargs), f"arguments of {function.description}")
-            one: Job[T] = Job()
-            tasks.append(client.new_task(function, "call", frames, one._resolve, node=node, retries=self.retries,
-                                         memory=self.memory, timeout=self.timeout, cpu_time=self.cpu_time))
+            one: Job[T] = Job(client, function, "call", frames, node=node, retries=self.retries,
+                              memory=self.memory, timeout=self.timeout, cpu_time=self.cpu_time)
+            tasks.append(one.task)
             jobs.append(one)
         client.submit(tasks)
         return jobs

@@ -24,7 +24,8 @@ from .errors import ProtocolError
 
 __all__ = ["VERSION", "Kind", "Message", "encode", "decode"]
 
-VERSION = 1
+#: 2: small item payloads packed into one frame (`pack_items`).
+VERSION = 2
 
 #: Largest JSON meta frame a peer may send, in bytes.
 MAX_META_BYTES = 4 * 1024 * 1024

@@ -152,10 +152,11 @@ class ShippedFinder:
         if reason is None:
             return error
         top = (error.name or "").split(".")[0]
+        shippable = not any(word in reason for word in ("compiled", "namespace", "built-in", "not Python source"))
+        fix = f"Install it on the node, or ship it with ship=[{top!r}]." if shippable else "Install it on the node."
         explained = ModuleNotFoundError(
             f"No module named {error.name!r} on node {self._node} (worker {os.getpid()}): it is not installed "
-            f"there, and the client could not ship it: {reason}. Install it on the node, or ship it with "
-            f"ship=[{top!r}].", name=error.name)
+            f"there, and the client could not ship it: {reason}. {fix}", name=error.name)
         explained.__cause__ = error
         return explained
 

@@ -85,6 +85,7 @@ class Task:
     memory: Optional[int] = None
     timeout: Optional[float] = None
     cpu_time: Optional[float] = None
+    failures: list[str] = field(default_factory=list)  # what each crashed attempt said
     state: TaskState = TaskState.PENDING
     worker: Optional[str] = None
     sends: int = 0

@@ -22,3 +22,17 @@ def fail_on_three(x: int) -> int:
 
 def divide(a: int, b: int) -> float:
     return a / b
+
+
+INITIALIZED: list[object] = []
+
+
+def remember(value: object) -> None:
+    """An initializer: leaves `value` where tasks of this worker can see it."""
+    INITIALIZED.append(value)
+
+
+def initialized() -> tuple[list[object], int]:
+    import os
+
+    return list(INITIALIZED), os.getpid()

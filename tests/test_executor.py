@@ -874,3 +874,16 @@ def workload(ex: concurrent.futures.Executor) -> dict[str, Any]:
 def test_same_outcomes_as_process_pool_executor(make_executor: Callable[..., Executor]) -> None:
     expected = workload(ProcessPoolExecutor(max_workers=WORKERS, mp_context=multiprocessing.get_context("fork")))
     assert workload(make_executor()) == expected
+
+
+def test_initializer_and_max_tasks_per_child_as_the_stdlib() -> None:
+    from tasks import initialized, remember
+
+    with Executor(2, initializer=remember, initargs=("set",), max_tasks_per_child=1) as ex:
+        results = [ex.submit(initialized).result(timeout=60) for _ in range(4)]
+    assert all(values == ["set"] for values, _ in results)  # every worker ran the initializer, once
+    assert len({pid for _, pid in results}) == 4  # one task per worker, as max_tasks_per_child=1 asks
+    with pytest.raises(TypeError):
+        Executor(initializer="not callable")
+    with pytest.raises(ValueError):
+        Executor(max_tasks_per_child=0)

@@ -450,3 +450,45 @@ def test_without_retries_a_crash_raises_worker_crashed(on_embedded: str, tmp_pat
         assert len(file.read()) == 1
     # The worker was replaced and the job runs again.
     assert crash_once.remote(counter) == 2
+
+
+@job(retries=2)
+def always_crash() -> None:
+    os._exit(5)
+
+
+def test_out_of_retries_the_error_lists_every_attempt(on_embedded: str) -> None:
+    with pytest.raises(lucidity.WorkerCrashed) as caught:
+        always_crash.remote()
+    assert "run 3 times" in str(caught.value)
+    assert str(caught.value).count("exited with code 5") == 4  # the last one, then all three listed
+
+
+@job
+def write_after(path: str, seconds: float) -> str:
+    time.sleep(seconds)
+    with open(path, "w") as marker:
+        marker.write("ran")
+    return path
+
+
+def test_cancelling_a_queued_job_means_it_never_runs(on_embedded: str, tmp_path) -> None:
+    busy = [write_after.remote_async(str(tmp_path / f"busy-{i}"), 0.5) for i in range(6)]
+    last = write_after.remote_async(str(tmp_path / "cancelled"), 0.0)
+    assert last.cancel() is True and last.cancelled()
+    for one in busy:
+        one.await_get(30)
+    time.sleep(0.3)  # give a wrongly sent task the time it would need to write its marker
+    assert not (tmp_path / "cancelled").exists()
+
+
+@job(fanout="least_loaded")
+def least_loaded_sleep(seconds: float) -> Optional[str]:
+    time.sleep(seconds)
+    return lucidity.current_node()
+
+
+def test_least_loaded_spreads_a_burst(on_cli: CliCluster) -> None:
+    jobs = [least_loaded_sleep.remote_async(0.3) for _ in range(4)]
+    nodes = [one.await_get(30) for one in jobs]
+    assert sorted(nodes) == ["n1", "n1", "n2", "n2"]

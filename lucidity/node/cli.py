@@ -17,7 +17,7 @@ import zmq
 
 from .. import protocol, transport
 from .._version import __version__
-from ..errors import ClusterUnavailable, ProtocolError
+from ..errors import AuthenticationError, ClusterUnavailable, ProtocolError
 
 DEFAULT_CONTROL = "tcp://127.0.0.1:3030"
 #: How long `lucidity status` waits for each daemon's answer, in seconds.
@@ -151,7 +151,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _secret(args: argparse.Namespace) -> Optional[bytes]:
     from ..security import load_secret
 
-    return load_secret(secret_file=args.secret_file)
+    try:
+        return load_secret(secret_file=args.secret_file)
+    except (AuthenticationError, ValueError, OSError) as exc:  # a bad secret file: say why, no traceback
+        print(f"lucidity {args.command}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _request(context: zmq.Context[Any], address: str, timeout: float, secret: Optional[bytes]) -> dict[str, Any]:

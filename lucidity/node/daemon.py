@@ -356,6 +356,7 @@ class NodeDaemon:
                 logger.info("node %s stops worker %d: its task %d belongs to client %s, which abandoned it",
                             self.name, worker.child.pid, slot.task_id, client_id)
                 worker.move(WorkerState.STOPPING)
+                worker.abandoned = True
                 worker.child.signal_group(signal.SIGKILL)
 
     # -- control -----------------------------------------------------------------------------------------
@@ -459,7 +460,10 @@ class NodeDaemon:
         self._stop_orphans()
         slot = self._slots.read(worker.index)
         self._tasks_done_by_exited += slot.tasks_done
-        if slot.state is SlotState.RUNNING:
+        if slot.state is SlotState.RUNNING and worker.abandoned:
+            logger.info("node %s stopped worker %d: task %d's client went away", self.name, worker.child.pid,
+                        slot.task_id)
+        elif slot.state is SlotState.RUNNING:
             self._report_failure(worker, slot, code)
         elif not was_ready and not was_stopping:
             self._restart_failures += 1

@@ -162,6 +162,8 @@ class Worker:
             self._queue = collections.deque(t for t in self._queue if t.client != gone)
             return
         if message.kind is protocol.Kind.MODULE:
+            if identity != self._identity:
+                raise ProtocolError("a module arrived from a client this worker did not ask")
             self._module_replies[message.meta["name"]] = _module_from(message)
             return
         meta = message.meta
@@ -178,7 +180,8 @@ class Worker:
         received = []
         for position, entry in enumerate(shipped):
             received.append(_module_from(protocol.Message(protocol.Kind.MODULE, entry, [payload[position]]))[0])
-        self._finder.receive(client, [m for m in received if m is not None])
+        # Shipped modules are kept per connection: a client cannot file code under another client's id.
+        self._finder.receive(identity, [m for m in received if m is not None])
         offset = len(shipped)
         for name in functions:
             self._functions[name] = [payload[offset], None]  # loaded lazily, on first use
@@ -229,7 +232,7 @@ class Worker:
             self._slots.begin(self._index, spec["id"], task.client, self._tasks_done)
         started = time.perf_counter()
         self._identity = task.identity
-        if self._finder.prepare(task.client, task.modules):
+        if self._finder.prepare(task.identity, task.modules):
             for entry in self._functions.values():
                 entry[1] = None  # functions of forgotten modules must be looked up again
         try:

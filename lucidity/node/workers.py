@@ -62,6 +62,7 @@ class WorkerProcess:
     task_peak: int = 0
     pressure: int = 0
     breach: Optional[limits.Breach] = None
+    abandoned: bool = False  # stopped because the client of its task went away: not a failure to report
     control: Optional[zmq.Socket[Any]] = None  # the daemon's line to the worker, for DROP
 
     def move(self, new: WorkerState) -> None:
