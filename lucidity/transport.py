@@ -57,9 +57,12 @@ def bind(sock: zmq.Socket[Any], address: str) -> str:
 
 
 def is_loopback(address: str) -> bool:
-    """True for ipc:// and inproc:// addresses and for tcp:// on 127.0.0.0/8, ::1 or localhost."""
-    if not address.startswith("tcp://"):
+    """True for ipc:// and inproc:// addresses and for tcp:// on 127.0.0.0/8, ::1 or localhost; False for
+    anything else (other hosts, interface names, wildcards and other transports)."""
+    if address.startswith(("ipc://", "inproc://")):
         return True
+    if not address.startswith("tcp://"):
+        return False
     host = address[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
     return host == "localhost" or host == "::1" or host.startswith("127.")
 

@@ -141,8 +141,9 @@ def test_an_impostor_control_node_cannot_reach_the_client(tmp_path):
 
 
 def test_no_listening_beyond_loopback_without_a_secret():
-    # 192.0.2.1 (TEST-NET-1) is not an address of this machine: even a broken check could not bind it.
-    done = subprocess.run([sys.executable, "-m", "lucidity", "control", "--bind", "tcp://192.0.2.1:3999"],
+    # A name that resolves nowhere: even a broken check could not bind it, so no test ever listens beyond
+    # loopback (a literal address might belong to the machine running the tests).
+    done = subprocess.run([sys.executable, "-m", "lucidity", "control", "--bind", "tcp://unbindable.invalid:3999"],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "without a cluster secret" in done.stderr and "--insecure" in done.stderr
@@ -185,3 +186,14 @@ def test_garbage_and_wrong_mechanisms_at_a_secure_port(secret_cluster):
     assert secret_cluster.processes["control"].poll() is None
     with lucidity.Pool(address=secret_cluster.address, secret=SECRET) as pool:
         assert pool.apply(identity, (3,)) == 3
+
+
+def test_what_counts_as_loopback():
+    from lucidity.transport import is_loopback
+
+    for address in ["ipc:///tmp/x", "inproc://x", "tcp://127.0.0.1:1", "tcp://127.1.2.3:1", "tcp://[::1]:1",
+                    "tcp://localhost:1"]:
+        assert is_loopback(address), address
+    for address in ["tcp://0.0.0.0:1", "tcp://*:1", "tcp://10.0.0.1:1", "tcp://eth0:1", "tcp://[::]:1",
+                    "ws://127.0.0.1:1", "udp://127.0.0.1:1", "tcp://example.com:1"]:
+        assert not is_loopback(address), address
