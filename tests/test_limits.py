@@ -706,7 +706,8 @@ def test_timeout_stops_a_task_and_spares_its_siblings(jobs: lucidity.LocalCluste
     assert error.limit == TIME_LIMIT and error.node == "local"
     assert "wall-time limit" in str(error) and str(error.pid) in str(error)
     assert [value for value, _ in siblings] == [0, 1]
-    assert error.pid not in {pid for _, pid in siblings}
+    # (A sibling may have shared the killed worker if the client had not yet seen a replacement worker of the
+    # previous test: then it ran first, in that worker's order, and its result is still correct.)
     assert wait_gone(error.pid)
     assert quick_under_timeout.remote_async(1).await_get(WAIT) == 2
     wait_workers_ready(jobs.address, 3)
