@@ -28,19 +28,18 @@ import threading
 import time
 import uuid
 import weakref
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import zmq
 
 from . import protocol, security, serialization, shipping, transport, waiting
-from .errors import (AuthenticationError, ClusterUnavailable, CpuLimitExceeded, JobTimeout, LucidityError, MemoryLimitExceeded,
-                     NodeLost, ProtocolError, SerializationError, WorkerCrashed)
+from .errors import AuthenticationError, ClusterUnavailable, NodeLost, ProtocolError, SerializationError
+from .links import NodeInfo, NodeLink, WorkerLink, failure_error
 from .task import FunctionRef, Task, TaskState
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Client", "NodeInfo"]
+__all__ = ["Client", "NodeInfo"]  # NodeInfo is defined in lucidity.links
 
 #: Seconds between WATCH to control and HEARTBEAT to nodes.
 HEARTBEAT_INTERVAL = 1.0
@@ -52,71 +51,12 @@ NO_WORKER_TIMEOUT = 60.0
 NODE_TIMEOUT = 5.0
 #: How many times a task is resent after the node running it was lost, before it fails with NodeLost.
 NODE_LOSS_RETRIES = 3
-#: Window of tasks in flight per worker: the bounds, and the queueing time it aims for, in seconds.
-WINDOW_MIN = 2
-WINDOW_MAX = 256
-WINDOW_TARGET = 0.005
 #: Functions remembered per client (serialized once, then sent by digest).
 FUNCTION_CACHE_SIZE = 256
 
 CONTROL_KINDS = frozenset({protocol.Kind.NODES})
 NODE_KINDS = frozenset({protocol.Kind.WORKERS, protocol.Kind.TASK_FAILED, protocol.Kind.HEARTBEAT})
 WORKER_KINDS = frozenset({protocol.Kind.RESULTS, protocol.Kind.MISSING, protocol.Kind.FETCH})
-
-
-class _WorkerLink:
-    """The client's end of one worker: its socket, its tasks in flight, what it already has."""
-
-    def __init__(self, node: str, worker_id: str, pid: int, sock: zmq.Socket[Any]) -> None:
-        self.key = f"{node}/{worker_id}"
-        self.node = node
-        self.worker_id = worker_id
-        self.pid = pid
-        self.sock = sock
-        self.inflight: dict[int, Task] = {}
-        self.functions: set[str] = set()
-        self.modules: set[str] = set()  # names of modules shipped to this worker
-        self.has_shipped = False
-        self.mean_time = 0.0
-
-    def credit(self) -> int:
-        if self.mean_time <= 0:
-            window = WINDOW_MIN
-        else:
-            window = max(WINDOW_MIN, min(WINDOW_MAX, int(WINDOW_TARGET / self.mean_time)))
-        return window - len(self.inflight)
-
-    def observe(self, seconds: float) -> None:
-        self.mean_time = seconds if self.mean_time <= 0 else 0.8 * self.mean_time + 0.2 * seconds
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """What a client knows of a node, for placement: its host, workers, and tasks running or queued there."""
-
-    name: str
-    host: str
-    workers: int
-    running: int
-    ours: int
-
-    @property
-    def load(self) -> float:
-        """Tasks per worker: those the node last reported running, plus ours in flight there."""
-        return (self.running + self.ours) / max(1, self.workers)
-
-
-class _NodeLink:
-    def __init__(self, name: str, address: str, instance: str, host: str, sock: zmq.Socket[Any]) -> None:
-        self.name = name
-        self.address = address
-        self.instance = instance
-        self.host = host
-        self.sock = sock
-        self.has_reported = False
-        self.running = 0
-        self.last_seen = time.monotonic()
-        self.workers: dict[str, _WorkerLink] = {}
 
 
 class Client:
@@ -278,8 +218,8 @@ class Client:
         # reconnect loop (ipc:// clusters have no secret to get wrong).
         self._handshake = security.HandshakeWatch(self._control) if self.address.startswith("tcp://") else None
         self._control.connect(self.address)
-        self._nodes: dict[str, _NodeLink] = {}
-        self._links: dict[str, _WorkerLink] = {}
+        self._nodes: dict[str, NodeLink] = {}
+        self._links: dict[str, WorkerLink] = {}
         self._by_socket: dict[zmq.Socket[Any], Callable[[list[Any]], None]] = {}
         self._poller = zmq.Poller()
         self._poller.register(self._waker.read_fd, zmq.POLLIN)
@@ -408,13 +348,13 @@ class Client:
             if name not in self._nodes:
                 sock = self._new_socket()
                 sock.connect(entry["address"])
-                node = _NodeLink(name, entry["address"], str(entry.get("instance")), str(entry.get("host", "")), sock)
+                node = NodeLink(name, entry["address"], str(entry.get("instance")), str(entry.get("host", "")), sock)
                 self._nodes[name] = node
                 self._watch(sock, lambda f, n=node: self._on_node(n, f))  # type: ignore[misc]
                 self._send(sock, protocol.encode(protocol.Kind.HELLO, {"client": self.id}))
         self._update_ready()
 
-    def _on_node(self, node: _NodeLink, frames: list[Any]) -> None:
+    def _on_node(self, node: NodeLink, frames: list[Any]) -> None:
         message = protocol.decode(frames, NODE_KINDS)
         node.last_seen = time.monotonic()
         if message.kind is protocol.Kind.WORKERS:
@@ -422,7 +362,7 @@ class Client:
         elif message.kind is protocol.Kind.TASK_FAILED:
             self._on_task_failed(node, message.meta)
 
-    def _update_workers(self, node: _NodeLink, workers: list[Any]) -> None:
+    def _update_workers(self, node: NodeLink, workers: list[Any]) -> None:
         node.has_reported = True
         listed = {w["id"]: w for w in workers if isinstance(w, dict) and isinstance(w.get("id"), str)
                   and isinstance(w.get("address"), str) and isinstance(w.get("pid"), int)}
@@ -433,7 +373,7 @@ class Client:
             if worker_id not in node.workers:
                 sock = self._new_socket()
                 sock.connect(entry["address"])
-                link = _WorkerLink(node.name, worker_id, entry["pid"], sock)
+                link = WorkerLink(node.name, worker_id, entry["pid"], sock)
                 node.workers[worker_id] = link
                 self._links[link.key] = link
                 self._watch(sock, lambda f, w=link: self._on_worker(w, f))  # type: ignore[misc]
@@ -453,7 +393,7 @@ class Client:
         if self._links and all(n.has_reported for n in self._nodes.values()):
             self._ready.set()
 
-    def _drop_node(self, node: _NodeLink, why: str, *, lost: bool) -> None:
+    def _drop_node(self, node: NodeLink, why: str, *, lost: bool) -> None:
         logger.warning("lucidity client: node %s %s", node.name, why)
         for link in list(node.workers.values()):
             self._drop_worker(node, link, lost=lost)
@@ -465,7 +405,7 @@ class Client:
             if stranded:
                 self._pending.extendleft(reversed(stranded))
 
-    def _drop_worker(self, node: _NodeLink, link: _WorkerLink, *, lost: bool = False) -> None:
+    def _drop_worker(self, node: NodeLink, link: WorkerLink, *, lost: bool = False) -> None:
         """The worker is gone: send its unfinished tasks to other workers.
 
         A worker that its node saw exit had not started them (the one it was running was reported on its
@@ -547,7 +487,7 @@ class Client:
                 return
             self._send_tasks(link, batch)
 
-    def _choose_worker(self, node: Optional[str]) -> tuple[Optional[_WorkerLink], int]:
+    def _choose_worker(self, node: Optional[str]) -> tuple[Optional[WorkerLink], int]:
         """The worker with the fewest of our tasks in flight that still has credit (round robin on ties),
         and how many workers could take work now."""
         links = self._links.values() if node is None else self._nodes[node].workers.values()
@@ -565,7 +505,7 @@ class Client:
         self._links[best.key] = best
         return best, len(candidates)
 
-    def _send_tasks(self, link: _WorkerLink, batch: list[Task]) -> None:
+    def _send_tasks(self, link: WorkerLink, batch: list[Task]) -> None:
         functions: list[FunctionRef] = []
         for task in batch:
             for ref in (task.function, task.initializer):
@@ -592,7 +532,7 @@ class Client:
         payload.extend(task_frames)
         self._send(link.sock, protocol.encode(protocol.Kind.TASKS, meta, payload))
 
-    def _on_worker(self, link: _WorkerLink, frames: list[Any]) -> None:
+    def _on_worker(self, link: WorkerLink, frames: list[Any]) -> None:
         message = protocol.decode(frames, WORKER_KINDS)
         if message.kind is protocol.Kind.FETCH:
             name = message.meta["module"]
@@ -635,7 +575,7 @@ class Client:
             else:
                 self._finish(task, False, serialization.loads_exception(frames_of_task))
 
-    def _on_task_failed(self, node: _NodeLink, meta: dict[str, Any]) -> None:
+    def _on_task_failed(self, node: NodeLink, meta: dict[str, Any]) -> None:
         worker_id = meta.get("worker")
         link = node.workers.get(worker_id) if isinstance(worker_id, str) else None
         key = f"{node.name}/{worker_id}"
@@ -652,7 +592,7 @@ class Client:
             with self._lock:
                 self._requeue(task)
             return
-        self._finish(task, False, _failure_error(task, node.name, meta))
+        self._finish(task, False, failure_error(task, node.name, meta))
 
     def _finish(self, task: Task, succeeded: bool, value: Any) -> None:
         with self._lock:
@@ -709,21 +649,3 @@ def _module_meta(source: shipping.ModuleSource) -> dict[str, Any]:
     return {"name": source.name, "found": True, "package": source.is_package, "filename": source.filename,
             "digest": source.digest}
 
-
-def _failure_error(task: Task, node: str, meta: dict[str, Any]) -> LucidityError:
-    """The exception for a task its node reported failed: a limit it broke, or its worker's crash."""
-    reason = meta.get("reason")
-    message = f"{meta.get('message')} ({task.function.description})"
-    facts = {"pid": meta.get("pid"), "node": node, "task": task.id}
-    if reason == "memory":
-        return MemoryLimitExceeded(message, limit=meta.get("limit"), peak=meta.get("peak"), **facts)
-    if reason == "timeout":
-        return JobTimeout(message, limit=meta.get("limit"), **facts)
-    if reason == "cpu":
-        return CpuLimitExceeded(message, limit=meta.get("limit"), used=meta.get("measured"), **facts)
-    if len(task.failures) > 1:
-        message += f"\nit was run {len(task.failures)} times, crashing each time:\n  " + "\n  ".join(task.failures)
-    stderr = meta.get("stderr")
-    if isinstance(stderr, str) and stderr.strip():
-        message += "\nlast lines of the worker's stderr:\n" + stderr.rstrip()
-    return WorkerCrashed(message, exit_code=meta.get("exit_code"), signal=meta.get("signal"), **facts)

@@ -1,0 +1,99 @@
+"""The client's view of the cluster: its links to node daemons and workers, and what their reports mean.
+
+Owns the per-worker window of tasks in flight (small for slow tasks so that work spreads, larger for tiny
+ones so that they travel in batches, adapting to the durations a worker reports), what a client knows of
+a node for placement (`NodeInfo`), and the exception for a task a node reported failed. The I/O thread of
+`lucidity.client` alone creates and uses these objects; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from .errors import CpuLimitExceeded, JobTimeout, LucidityError, MemoryLimitExceeded, WorkerCrashed
+from .task import Task
+
+__all__ = ["WorkerLink", "NodeLink", "NodeInfo", "failure_error"]
+
+#: Window of tasks in flight per worker: the bounds, and the queueing time it aims for, in seconds.
+WINDOW_MIN = 2
+WINDOW_MAX = 256
+WINDOW_TARGET = 0.005
+
+class WorkerLink:
+    """The client's end of one worker: its socket, its tasks in flight, what it already has."""
+
+    def __init__(self, node: str, worker_id: str, pid: int, sock: zmq.Socket[Any]) -> None:
+        self.key = f"{node}/{worker_id}"
+        self.node = node
+        self.worker_id = worker_id
+        self.pid = pid
+        self.sock = sock
+        self.inflight: dict[int, Task] = {}
+        self.functions: set[str] = set()
+        self.modules: set[str] = set()  # names of modules shipped to this worker
+        self.has_shipped = False
+        self.mean_time = 0.0
+
+    def credit(self) -> int:
+        if self.mean_time <= 0:
+            window = WINDOW_MIN
+        else:
+            window = max(WINDOW_MIN, min(WINDOW_MAX, int(WINDOW_TARGET / self.mean_time)))
+        return window - len(self.inflight)
+
+    def observe(self, seconds: float) -> None:
+        self.mean_time = seconds if self.mean_time <= 0 else 0.8 * self.mean_time + 0.2 * seconds
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a client knows of a node, for placement: its host, workers, and tasks running or queued there."""
+
+    name: str
+    host: str
+    workers: int
+    running: int
+    ours: int
+
+    @property
+    def load(self) -> float:
+        """Tasks per worker: those the node last reported running, plus ours in flight there."""
+        return (self.running + self.ours) / max(1, self.workers)
+
+
+class NodeLink:
+    """The client's end of one node daemon: its socket, what it reported, and its workers."""
+
+    def __init__(self, name: str, address: str, instance: str, host: str, sock: zmq.Socket[Any]) -> None:
+        self.name = name
+        self.address = address
+        self.instance = instance
+        self.host = host
+        self.sock = sock
+        self.has_reported = False
+        self.running = 0
+        self.last_seen = time.monotonic()
+        self.workers: dict[str, WorkerLink] = {}
+
+def failure_error(task: Task, node: str, meta: dict[str, Any]) -> LucidityError:
+    """The exception for a task its node reported failed: a limit it broke, or its worker's crash."""
+    reason = meta.get("reason")
+    message = f"{meta.get('message')} ({task.function.description})"
+    facts = {"pid": meta.get("pid"), "node": node, "task": task.id}
+    if reason == "memory":
+        return MemoryLimitExceeded(message, limit=meta.get("limit"), peak=meta.get("peak"), **facts)
+    if reason == "timeout":
+        return JobTimeout(message, limit=meta.get("limit"), **facts)
+    if reason == "cpu":
+        return CpuLimitExceeded(message, limit=meta.get("limit"), used=meta.get("measured"), **facts)
+    if len(task.failures) > 1:
+        message += f"\nit was run {len(task.failures)} times, crashing each time:\n  " + "\n  ".join(task.failures)
+    stderr = meta.get("stderr")
+    if isinstance(stderr, str) and stderr.strip():
+        message += "\nlast lines of the worker's stderr:\n" + stderr.rstrip()
+    return WorkerCrashed(message, exit_code=meta.get("exit_code"), signal=meta.get("signal"), **facts)
