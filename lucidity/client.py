@@ -33,7 +33,8 @@ from typing import Any, Callable, Optional, Sequence
 import zmq
 
 from . import protocol, security, serialization, shipping, transport, waiting
-from .errors import AuthenticationError, ClusterUnavailable, NodeLost, ProtocolError, SerializationError
+from .errors import (AuthenticationError, ClusterUnavailable, NodeLost, ProtocolError, SerializationError,
+                     VersionMismatch)
 from .links import NodeInfo, NodeLink, WorkerLink, failure_error
 from .task import FunctionRef, Task, TaskState
 
@@ -277,6 +278,14 @@ class Client:
             frames = sock.recv_multipart(copy=False)
             try:
                 handler(frames)
+            except VersionMismatch as exc:
+                if not self._ready.is_set():
+                    # A cluster of another release: say so now, rather than time out without a reason.
+                    self._failure = ClusterUnavailable(
+                        f"the cluster at {self.address} speaks protocol version {exc.version}, and this lucidity "
+                        f"{protocol.VERSION}; install the same lucidity release on the client and the nodes")
+                    self._ready.set()
+                logger.warning("lucidity client dropped a message: %s", exc)
             except (ProtocolError, KeyError, TypeError, ValueError) as exc:
                 logger.warning("lucidity client dropped a malformed message: %s: %s", type(exc).__name__, exc)
 

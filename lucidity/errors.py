@@ -52,6 +52,15 @@ class ProtocolError(LucidityError):
     """A message broke the wire format: wrong version, kind, frame count, size or fields."""
 
 
+class VersionMismatch(ProtocolError):
+    """The peer speaks another version of the wire protocol (a cluster and a client of different releases).
+
+    Attribute: ``version``, the peer's protocol version.
+    """
+
+    version: int
+
+
 class SerializationError(LucidityError, pickle.PicklingError):
     """An object could not be serialized (or deserialized); nothing was sent."""
 

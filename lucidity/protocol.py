@@ -20,7 +20,7 @@ import enum
 import json
 from typing import Any, Iterable, NamedTuple, Sequence, Union
 
-from .errors import ProtocolError
+from .errors import ProtocolError, VersionMismatch
 
 __all__ = ["VERSION", "Kind", "Message", "encode", "decode"]
 
@@ -141,7 +141,8 @@ def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
         raise ProtocolError(f"header frame is {len(header)} bytes; 2 are required")
     version, kind_number = header[0], header[1]
     if version != VERSION:
-        raise ProtocolError(f"protocol version {version} is not supported (this is version {VERSION})")
+        raise VersionMismatch(f"protocol version {version} is not supported (this is version {VERSION})",
+                              version=version)
     kind = _KINDS.get(kind_number)
     if kind is None:
         raise ProtocolError(f"unknown message kind {kind_number}")

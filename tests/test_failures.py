@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -251,3 +252,30 @@ def test_embedded_workers_inherit_cwd_sys_path_and_environment(tmp_path, monkeyp
     assert cwd == str(tmp_path)
     assert variable == "inherited"
     assert str(extra) in path
+
+
+def test_a_cluster_of_another_protocol_version_is_named_at_once():
+    """A client meeting a control node of another release fails with the reason, not a bare timeout."""
+    context = zmq.Context()
+    fake = context.socket(zmq.ROUTER)
+    port = fake.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+
+    def answer_with_version_99():
+        while not stop.is_set():
+            if fake.poll(50):
+                identity, *_ = fake.recv_multipart()
+                fake.send_multipart([identity, bytes((99, protocol.Kind.NODES)), b'{"nodes": [], "instance": "x"}'])
+
+    thread = threading.Thread(target=answer_with_version_99, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(lucidity.ClusterUnavailable, match="protocol version 99"):
+            lucidity.Pool(address=f"tcp://127.0.0.1:{port}", connect_timeout=20)
+        assert time.monotonic() - started < 10
+    finally:
+        stop.set()
+        thread.join(5)
+        fake.close(0)
+        context.term()
