@@ -57,7 +57,8 @@ FUNCTION_CACHE_SIZE = 256
 
 CONTROL_KINDS = frozenset({protocol.Kind.NODES})
 NODE_KINDS = frozenset({protocol.Kind.WORKERS, protocol.Kind.TASK_FAILED, protocol.Kind.HEARTBEAT})
-WORKER_KINDS = frozenset({protocol.Kind.RESULTS, protocol.Kind.MISSING, protocol.Kind.FETCH})
+WORKER_KINDS = frozenset({protocol.Kind.RESULTS, protocol.Kind.MISSING, protocol.Kind.FETCH,
+                          protocol.Kind.REFUSED})
 
 
 class Client:
@@ -552,6 +553,14 @@ class Client:
                 link.modules.add(name)
                 reply = protocol.encode(protocol.Kind.MODULE, _module_meta(source), [source.source])
             self._send(link.sock, reply)
+            return
+        if message.kind is protocol.Kind.REFUSED:
+            # The worker could not read a batch of ours; which tasks it held is unknown, so fail all we sent it.
+            error = ProtocolError(f"worker {link.pid} on node {link.node} refused a batch of tasks: "
+                                  f"{message.meta['reason']}")
+            for refused in list(link.inflight.values()):
+                del link.inflight[refused.id]
+                self._finish(refused, False, error)
             return
         if message.kind is protocol.Kind.MISSING:
             link.functions.difference_update(d for d in message.meta["digests"] if isinstance(d, str))

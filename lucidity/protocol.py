@@ -67,6 +67,8 @@ class Kind(enum.IntEnum):
     MODULE = 45
     # node daemon -> worker
     DROP = 46
+    # worker -> client: a batch of tasks it could not accept
+    REFUSED = 47
 
 
 _KINDS = {kind.value: kind for kind in Kind}
@@ -93,6 +95,7 @@ SCHEMA: dict[Kind, dict[str, Union[type, tuple[type, ...]]]] = {
     Kind.FETCH: {"module": str},
     Kind.MODULE: {"name": str, "found": bool},
     Kind.DROP: {"client": str},
+    Kind.REFUSED: {"reason": str},
 }
 
 

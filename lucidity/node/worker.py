@@ -172,11 +172,16 @@ class Worker:
         functions = meta.get("functions", [])
         shipped = meta.get("ship", [])
         modules = meta.get("modules", {})
-        if not isinstance(shipped, list) or not isinstance(modules, dict):
-            raise ProtocolError("TASKS 'ship' must be a list and 'modules' an object")
-        _check_batch(functions, meta["tasks"])
-        task_frames = protocol.unpack_items([spec["n"] for spec in meta["tasks"]],
-                                            payload[len(shipped) + len(functions):])
+        try:
+            if not isinstance(shipped, list) or not isinstance(modules, dict):
+                raise ProtocolError("TASKS 'ship' must be a list and 'modules' an object")
+            _check_batch(functions, meta["tasks"])
+            task_frames = protocol.unpack_items([spec["n"] for spec in meta["tasks"]],
+                                                payload[len(shipped) + len(functions):])
+        except ProtocolError as exc:
+            # Tell the sender, whose tasks would otherwise wait for results that never come.
+            self._send(identity, protocol.encode(protocol.Kind.REFUSED, {"reason": str(exc)}))
+            raise
         received = []
         for position, entry in enumerate(shipped):
             received.append(_module_from(protocol.Message(protocol.Kind.MODULE, entry, [payload[position]]))[0])
