@@ -24,6 +24,7 @@ import inspect
 import itertools
 import os
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -32,7 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import zmq
 
-from . import protocol, security, serialization, shipping, transport, waiting
+from . import mainscript, protocol, security, serialization, shipping, transport, waiting
 from .errors import (AuthenticationError, ClusterUnavailable, NodeLost, ProtocolError, SerializationError,
                      VersionMismatch)
 from .links import NodeInfo, NodeLink, WorkerLink, failure_error
@@ -79,7 +80,16 @@ class Client:
                  connect_timeout: float = CONNECT_TIMEOUT, ship: Sequence[str] = (),
                  node_timeout: Optional[float] = None, wait_for_nodes: Optional[float] = None,
                  secret: Optional[bytes] = None) -> None:
+        if mainscript.is_importing():
+            # As multiprocessing's spawn: a script that starts pools outside its __main__ block would start
+            # them again in every worker that imports it.
+            raise RuntimeError(
+                "a pool was started while a lucidity worker imported the caller's main script as __mp_main__; "
+                "put the code that starts pools under `if __name__ == \"__main__\":`")
         self.address = address
+        self._main = mainscript.describe()
+        # Results name classes of the caller's script by the module name workers give it, as multiprocessing's.
+        sys.modules.setdefault(mainscript.MAIN_NAME, sys.modules["__main__"])
         self._keys = security.ClusterKeys.derive(secret) if secret is not None else None
         self._failure: Optional[BaseException] = None
         self._node_timeout = node_timeout or float(os.environ.get("LUCIDITY_NODE_TIMEOUT", NODE_TIMEOUT))
@@ -103,6 +113,7 @@ class Client:
         self._ids = itertools.count(1)
         # id(function) -> (a way back to the function, its serialized form); weak where possible
         self._functions: collections.OrderedDict[int, tuple[Callable[[], Any], FunctionRef]] = collections.OrderedDict()
+        self._main_sent: set[str] = set()  # keys of the worker links that have this client's main entry
         self._closing = False
         self._abandon = False
         self._wake_pending = False
@@ -139,7 +150,7 @@ class Client:
             if cached is not None and cached[0]() is function:
                 self._functions.move_to_end(key)
                 return cached[1]
-        data = serialization.dumps_function(function)
+        data = serialization.dumps_function(function, self._main.defined)
         ref = FunctionRef(serialization.digest(data), data, serialization.call_repr(function)
                           if callable(function) else "initializer")
         if inspect.ismethod(function):
@@ -153,6 +164,10 @@ class Client:
             while len(self._functions) > FUNCTION_CACHE_SIZE:
                 self._functions.popitem(last=False)
         return ref
+
+    def dumps(self, obj: Any, what: str) -> list[Any]:
+        """Serialize a task's data; names of the caller's main script travel as `lucidity.mainscript` decided."""
+        return serialization.dumps(obj, what, self._main.defined)
 
     def new_task(self, function: FunctionRef, mode: str, frames: list[Any],
                  on_done: Callable[[bool, Any], None], **options: Any) -> Task:
@@ -424,6 +439,7 @@ class Client:
         """
         del node.workers[link.worker_id]
         del self._links[link.key]
+        self._main_sent.discard(link.key)
         self._unwatch(link.sock)
         out_of_retries = []
         with self._lock:
@@ -534,6 +550,12 @@ class Client:
             meta["ship"] = [_module_meta(m) for m in self._ship]
             payload.extend(m.source for m in self._ship)
             link.modules.update(m.name for m in self._ship)
+        if link.key not in self._main_sent:
+            # Each worker learns once how to give this client's tasks the caller's __main__ and argv.
+            self._main_sent.add(link.key)
+            meta["main"] = self._main.to_meta()
+            if self._main.source is not None:
+                payload.append(self._main.source.source)
         if link.modules:
             digests = {name: self._modules.digest(name) for name in link.modules}
             # A module whose file is gone keeps the copy the worker has.

@@ -817,13 +817,13 @@ def test_serialization_error_raises_at_submit_and_nothing_is_sent(executor: Exec
             lambda: executor.map(UnpicklableCallable(), [1, 2]),
         ]
         for submit in submissions:
-            with pytest.raises(lucidity.SerializationError) as raised:
+            # The pickler's own exception, as ProcessPoolExecutor raises it (from the future there).
+            with pytest.raises(TypeError):
                 submit()
-            assert isinstance(raised.value, pickle.PicklingError)
     # An item of a map that cannot travel fails at its position.
     iterator = executor.map(identity, [1, Unpicklable(), 3])
     assert next(iterator) == 1
-    with pytest.raises(lucidity.SerializationError):
+    with pytest.raises(TypeError):
         next(iterator)
     assert executor.submit(square, 4).result(timeout=RESULT_TIMEOUT) == 16
 

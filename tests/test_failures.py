@@ -139,11 +139,12 @@ def test_unpicklable_argument_fails_at_submit_and_nothing_is_sent(cluster, pool)
     done_before = sum(n["tasks_done"] for n in query_status(cluster.address)["nodes"])
     generator = (i for i in range(3))
     with socket.socket() as sock:
-        with pytest.raises(lucidity.SerializationError, match="socket"):
+        # The pickler's own exception (TypeError here, as multiprocessing raises), before anything is sent.
+        with pytest.raises(TypeError, match="socket"):
             pool.apply_async(identity, (sock,))
-        with pytest.raises(lucidity.SerializationError, match="generator"):
+        with pytest.raises(TypeError, match="generator"):
             pool.map(identity, [1, 2, generator, 4])
-        with pytest.raises(lucidity.SerializationError, match="generator"):
+        with pytest.raises(TypeError, match="generator"):
             pool.apply_async(lambda: generator)
     assert sum(n["tasks_done"] for n in query_status(cluster.address)["nodes"]) == done_before
     assert pool.apply(identity, (5,)) == 5

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sequence
 import zmq
 
 from .. import protocol, serialization, shipping, transport, waiting
+from .namespaces import MainNamespaces
 
 if TYPE_CHECKING:
     from ..security import Guard
@@ -96,8 +97,9 @@ class Worker:
         self._sock = sock
         self._slots = slots
         self._index = index
-        # digest -> [serialized function, loaded function or None]
+        # digest -> [serialized function, loaded function or None, the connection it was loaded for]
         self._functions: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
+        self._mains = MainNamespaces()
         self._initialized: set[str] = set()
         self._queue: collections.deque[_Task] = collections.deque()
         self._outbox: dict[bytes, tuple[list[dict[str, Any]], list[Any]]] = {}
@@ -160,6 +162,7 @@ class Worker:
         if message.kind is protocol.Kind.DROP:
             gone = bytes.fromhex(message.meta["client"])
             self._queue = collections.deque(t for t in self._queue if t.client != gone)
+            self._mains.drop(message.meta["client"])
             return
         if message.kind is protocol.Kind.MODULE:
             if identity != self._identity:
@@ -172,12 +175,16 @@ class Worker:
         functions = meta.get("functions", [])
         shipped = meta.get("ship", [])
         modules = meta.get("modules", {})
+        main = meta.get("main")
+        main_frames = 1 if isinstance(main, dict) and "filename" in main else 0
         try:
             if not isinstance(shipped, list) or not isinstance(modules, dict):
                 raise ProtocolError("TASKS 'ship' must be a list and 'modules' an object")
+            if main is not None and (not isinstance(main, dict) or not isinstance(main.get("argv", []), list)):
+                raise ProtocolError("TASKS 'main' must be an object with an 'argv' list")
             _check_batch(functions, meta["tasks"])
             task_frames = protocol.unpack_items([spec["n"] for spec in meta["tasks"]],
-                                                payload[len(shipped) + len(functions):])
+                                                payload[len(shipped) + main_frames + len(functions):])
         except ProtocolError as exc:
             # Tell the sender, whose tasks would otherwise wait for results that never come.
             self._send(identity, protocol.encode(protocol.Kind.REFUSED, {"reason": str(exc)}))
@@ -188,8 +195,12 @@ class Worker:
         # Shipped modules are kept per connection: a client cannot file code under another client's id.
         self._finder.receive(identity, [m for m in received if m is not None])
         offset = len(shipped)
+        if main is not None:
+            source = payload[offset].bytes if main_frames else None
+            self._mains.receive(identity, meta["client"], main, source)
+            offset += main_frames
         for name in functions:
-            self._functions[name] = [payload[offset], None]  # loaded lazily, on first use
+            self._functions[name] = [payload[offset], None, b""]  # loaded lazily, on first use
             self._functions.move_to_end(name)
             offset += 1
         while len(self._functions) > FUNCTION_CACHE_SIZE:
@@ -215,8 +226,10 @@ class Worker:
         entry = self._functions.get(name)
         if entry is None:
             return None
-        if entry[1] is None:
+        if entry[1] is None or entry[2] != self._identity:
+            # Loaded for this connection: names of the caller's __main__ resolve in its own namespace.
             entry[1] = serialization.loads_function(entry[0].buffer)
+            entry[2] = self._identity
         self._functions.move_to_end(name)
         return entry[1]  # type: ignore[no-any-return]
 
@@ -237,6 +250,9 @@ class Worker:
             self._slots.begin(self._index, spec["id"], task.client, self._tasks_done)
         started = time.perf_counter()
         self._identity = task.identity
+        start_method = self._mains.activate(task.identity)
+        if start_method is not None:
+            _name_process(self._index, start_method)
         if self._finder.prepare(task.identity, task.modules):
             for entry in self._functions.values():
                 entry[1] = None  # functions of forgotten modules must be looked up again
@@ -247,12 +263,13 @@ class Worker:
             if task_limits.memory and not isinstance(exc, MemoryLimitExceeded) and (
                     isinstance(exc, MemoryError) or limits.thread_failed_for_memory(exc)):
                 exc = self._memory_breach(spec["id"], task_limits.memory, exc)
-            frames = serialization.dumps_exception(self._finder.explain(exc))
+            frames = serialization.dumps_exception(self._finder.explain(exc), skip_frames_of=__file__)
             status = "error"
         elapsed = time.perf_counter() - started
         self._mean_task_time = 0.8 * self._mean_task_time + 0.2 * elapsed
         self._tasks_done += 1
         self._slots.end(self._index, self._tasks_done)
+        _flush_output()
         if task_limits.memory:
             limits.set_task_memory_cap(None)
         self._after_task()
@@ -284,7 +301,7 @@ class Worker:
         else:
             raise ProtocolError(f"unknown task mode {mode!r}")
         try:
-            return serialization.dumps(value, "result")
+            return serialization.dumps(value, "result", serialization.EVERYTHING)
         except Exception as exc:
             from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 
@@ -307,6 +324,7 @@ class Worker:
                 self._run(self._queue.popleft())
                 self._flush()
                 self._identity, self._finder.client = identity, client
+                self._mains.activate(identity)
                 self._slots.restore(self._index, waiting_slot)
                 continue
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -416,6 +434,29 @@ def _is_task_spec(spec: dict[str, Any]) -> bool:
         if type(value) not in (int, float) or value < 0:
             return False
     return True
+
+
+def _flush_output() -> None:
+    """Write out what the task printed: stdout to a file or a pipe is block-buffered, and a worker may be
+    stopped at any moment after its task (multiprocessing's workers flush when they exit)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass  # closed or replaced by the task: nothing of ours to write
+
+
+def _name_process(index: int, start_method: str) -> None:
+    """Name this worker as multiprocessing names a pool's workers ("ForkPoolWorker-3"), with its identity."""
+    import multiprocessing
+    from multiprocessing import process
+
+    start_method = start_method or multiprocessing.get_all_start_methods()[0]
+    prefix = {"fork": "ForkPoolWorker", "spawn": "SpawnPoolWorker", "forkserver": "ForkServerPoolWorker"}
+    current = process.current_process()
+    current.name = f"{prefix.get(start_method, 'PoolWorker')}-{index + 1}"
+    current._identity = (index + 1,)  # type: ignore[attr-defined]
 
 
 def _kill_descendants() -> None:

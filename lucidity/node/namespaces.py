@@ -1,0 +1,127 @@
+"""A worker's ``__main__`` per client: the caller's script imported as ``__mp_main__``, or a namespace by value.
+
+See `lucidity.mainscript` for the client's side and why. Here, each client connection has a `ClientMain`
+module; `MainNamespaces.activate` makes it ``sys.modules["__main__"]`` (and ``"__mp_main__"``) and sets
+``sys.argv`` to the caller's before each of its tasks, which costs two dictionary stores. The script itself
+runs the first time a task needs a name of it (`lucidity.serialization` calls `ClientMain._lucidity_load`),
+so a client whose tasks live in importable modules never pays for its script.
+"""
+
+from __future__ import annotations
+
+import builtins
+import enum
+import sys
+import types
+from typing import Any, Optional
+
+from ..shipping import ModuleSource
+
+__all__ = ["ClientMain", "MainNamespaces"]
+
+#: The module name of a caller's main script in a worker, as multiprocessing's spawn gives it.
+MAIN_NAME = "__mp_main__"
+
+
+class _LoadState(enum.Enum):
+    EMPTY = "empty"  # a script not run yet
+    LOADING = "loading"
+    LOADED = "loaded"  # run, or a namespace filled by value (no script)
+    FAILED = "failed"
+
+
+class ClientMain(types.ModuleType):
+    """One client's ``__main__`` in a worker: its script, run on first use, or a namespace filled by value.
+
+    The bookkeeping lives in slots, outside the script's namespace; `_lucidity_load` is looked up on the
+    type by `lucidity.serialization`, so that no global of the script can shadow it.
+    """
+
+    __slots__ = ("_lucidity_client", "_lucidity_argv", "_lucidity_start", "_lucidity_source", "_lucidity_state",
+                 "_lucidity_error")
+
+    def __init__(self, client: str, argv: list[str], source: Optional[ModuleSource], package: str,
+                 start_method: str = "") -> None:
+        super().__init__(MAIN_NAME)
+        self.__dict__["__builtins__"] = builtins
+        if source is not None:
+            self.__dict__.update(__file__=source.filename, __package__=package or None)
+        self._lucidity_client = client
+        self._lucidity_argv = argv
+        self._lucidity_start = start_method
+        self._lucidity_source = source
+        self._lucidity_state = _LoadState.EMPTY if source is not None else _LoadState.LOADED
+        self._lucidity_error: Optional[BaseException] = None
+
+    @property
+    def _lucidity_is_loading(self) -> bool:
+        return self._lucidity_state is _LoadState.LOADING
+
+    def _lucidity_load(self) -> None:
+        """Run the script as ``__mp_main__`` the first time a task needs it; a failure is kept and re-raised."""
+        state = self._lucidity_state
+        if state is _LoadState.LOADED or state is _LoadState.LOADING:
+            return
+        source = self._lucidity_source
+        if source is None:
+            return
+        if state is _LoadState.FAILED:
+            raise ImportError(f"the main script {source.filename} could not be imported as {MAIN_NAME} in this "
+                              "worker; the cause is the error it raised the first time") from self._lucidity_error
+        self._lucidity_state = _LoadState.LOADING
+        try:
+            exec(compile(source.source, source.filename, "exec"), self.__dict__)
+        except BaseException as exc:
+            self._lucidity_state = _LoadState.FAILED
+            self._lucidity_error = exc
+            add_note = getattr(exc, "add_note", None)  # Python 3.11+
+            if add_note is not None:
+                add_note(f"(raised while a lucidity worker imported the main script {source.filename} as "
+                         f"{MAIN_NAME}, as multiprocessing's spawn start method does; code that must not run "
+                         "in workers belongs under `if __name__ == \"__main__\":`)")
+            raise
+        self._lucidity_state = _LoadState.LOADED
+
+
+class MainNamespaces:
+    """A worker's ``__main__`` per client connection, swapped into ``sys.modules`` before each task."""
+
+    def __init__(self) -> None:
+        self._by_identity: dict[bytes, ClientMain] = {}
+        self._active: Optional[ClientMain] = None
+        self._own_main = sys.modules.get("__main__")  # the worker's entry module, kept alive
+
+    def receive(self, identity: bytes, client: str, meta: dict[str, Any], source: Optional[bytes]) -> None:
+        """A client's ``main`` entry (`lucidity.mainscript.MainScript.to_meta`) and the script, if sent."""
+        argv = [str(a) for a in meta.get("argv", [])]
+        module = None
+        if source is not None:
+            module = ModuleSource(MAIN_NAME, False, str(meta.get("filename", "")), str(meta.get("digest", "")), source)
+        previous = self._by_identity.get(identity)
+        if previous is not None and previous._lucidity_source == module and previous._lucidity_argv == argv:
+            return  # the same script again: keep its namespace
+        self._by_identity[identity] = ClientMain(client, argv, module, str(meta.get("package") or ""),
+                                                 str(meta.get("start") or ""))
+        if previous is not None and previous is self._active:
+            self._active = None
+
+    def activate(self, identity: bytes) -> Optional[str]:
+        """Make this connection's ``__main__`` and ``sys.argv`` current; if they changed, the caller's start
+        method (which names the worker), else None."""
+        main = self._by_identity.get(identity)
+        if main is None:  # a client that sent no main entry: an empty namespace of its own
+            main = self._by_identity[identity] = ClientMain("", list(sys.argv), None, "")
+        if main is self._active:
+            return None
+        self._active = main
+        sys.modules["__main__"] = sys.modules[MAIN_NAME] = main
+        sys.argv[:] = main._lucidity_argv
+        return main._lucidity_start
+
+    def drop(self, client: str) -> None:
+        """Forget the namespaces of a client that went away."""
+        for identity, main in list(self._by_identity.items()):
+            if main._lucidity_client == client:
+                del self._by_identity[identity]
+                if main is self._active:
+                    self._active = None
