@@ -6,10 +6,15 @@ authentication, at no cost per message). The daemons are separate processes in t
 
 - they inherit this process's working directory, environment and ``sys.path`` (through
   ``LUCIDITY_SYS_PATH``), so module-level functions of the caller's project import on the workers;
+- they import the lucidity this process imported: when it was found through a ``sys.path`` entry that a
+  fresh interpreter would not have (``sys.path.insert(0, checkout)``), that entry leads their PYTHONPATH;
 - they hold the read end of a pipe whose write end only this process holds; when this process exits for
   any reason, SIGKILL included, the pipe closes and the daemons stop, taking their workers with them;
+- the control daemon is told the private directory and removes it when it exits, so that a caller killed
+  with SIGKILL leaves no sockets behind (nothing recreates the directory, so removing it while node
+  daemons are still stopping is harmless: their sockets there are already bound, or fail to bind);
 - `LocalCluster.close` (also run by a finalizer at interpreter exit) stops them with the bounded,
-  escalating shutdown of `lucidity.node.processes`.
+  escalating shutdown of `lucidity.node.processes`, then removes the directory if it is still there.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import logging
 import os
 import select
 import shutil
+import site
 import sys
+import sysconfig
 import threading
 import time
 import weakref
@@ -101,6 +108,9 @@ class LocalCluster:
         self.address = f"ipc://{self._runtime}/control"
         parent_read, self._parent_write = os.pipe()
         env = dict(os.environ, LUCIDITY_SYS_PATH=os.pathsep.join(p for p in sys.path if p))
+        root = _import_root()
+        if root is not None:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         for variable in (ADDRESS_VARIABLE, "LUCIDITY_SECRET", "LUCIDITY_SECRET_FILE"):
             env.pop(variable, None)
         self.secret = resolve_secret(secret, embedded=True)
@@ -111,7 +121,7 @@ class LocalCluster:
         ready: dict[int, Child] = {}
         self._finalizer = weakref.finalize(self, _stop, children, self._runtime, self._parent_write)
         try:
-            commands = [[*base, "control", "--bind", self.address]]
+            commands = [[*base, "control", "--bind", self.address, "--runtime-dir", self._runtime]]
             for index in range(1, nodes + 1):
                 name = "local" if nodes == 1 else f"local-{index}"
                 commands.append([*base, "node", self.address, "--bind", f"ipc://{self._runtime}/node-{index}",
@@ -147,6 +157,29 @@ class LocalCluster:
     def __repr__(self) -> str:
         state = "running" if self._finalizer.alive else "closed"
         return f"<LocalCluster {self.address} nodes={self.nodes} processes={self.processes} {state}>"
+
+
+def _import_root() -> Optional[str]:
+    """The sys.path entry lucidity was imported through, if a fresh interpreter would not search it.
+
+    A caller that found lucidity through an entry set in code (``sys.path.insert(0, checkout)``, lucidity not
+    installed) must hand that entry to its daemons, or they die with "No module named lucidity"; their
+    workers inherit it from them. An installed lucidity (site-packages, an editable install's finder) is
+    found by a fresh interpreter already, and putting site-packages on PYTHONPATH would move it ahead of the
+    standard library, so it is left alone. The workers still resolve the caller's own modules in the
+    caller's order: they put the caller's whole ``sys.path`` first (``LUCIDITY_SYS_PATH``).
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the directory holding lucidity/
+    if root not in {os.path.abspath(entry or os.curdir) for entry in sys.path if isinstance(entry, str)}:
+        return None  # found by a finder, not a path entry: an editable install, which the daemons have too
+    searched = [sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    try:
+        searched += [*site.getsitepackages(), site.getusersitepackages()]
+    except AttributeError:  # site without these functions (old virtualenvs)
+        pass
+    if os.path.realpath(root) in {os.path.realpath(path) for path in searched}:
+        return None
+    return root
 
 
 def _wait_ready(ready: dict[int, Child], timeout: float) -> None:

@@ -6,8 +6,8 @@ replacement in a trailing marker comment, which is the whole of the switch a use
     from multiprocessing import Pool  # lucidity: from lucidity import Pool
 
 `run_script` writes the script into a directory, runs it with ``python script.py`` and stdout redirected
-to a file (as in a log or CI: block-buffered, PYTHONUNBUFFERED unset), and returns what the file and stderr
-hold. Flavours:
+to a file (as in a log or CI: block-buffered, PYTHONUNBUFFERED unset), or to a pipe (``stdout="pipe"``,
+as in ``python script.py | tee log``), and returns what the file or pipe and stderr hold. Flavours:
 
 - ``"lucidity"``: marker lines replaced by their lucidity form;
 - ``"fork"``, ``"spawn"``, ``"forkserver"``: the script unchanged, under that multiprocessing start method
@@ -68,8 +68,8 @@ def _stdlib_form(source: str, method: str) -> str:
 
 def run_script(source: str, directory: Path, flavour: str, *, name: str = "main_script.py",
                args: Sequence[str] = (), timeout: float = 90.0, env: Optional[dict[str, str]] = None,
-               stdin: Optional[str] = None) -> ScriptRun:
-    """Run `source` as ``python name`` in `directory` under `flavour`; stdout goes to a file.
+               stdin: Optional[str] = None, stdout: str = "file", executable: Optional[str] = None) -> ScriptRun:
+    """Run `source` as ``python name`` in `directory` under `flavour`; stdout goes to a file or a pipe.
 
     Args:
         source: the script as written for the stdlib (dedented here).
@@ -77,7 +77,11 @@ def run_script(source: str, directory: Path, flavour: str, *, name: str = "main_
         flavour: "lucidity", or a multiprocessing start method.
         args: the script's command-line arguments.
         env: extra environment variables.
+        stdout: "file" (a regular file), or "pipe" (read until every writer, daemons included, closed it).
+        executable: the interpreter (default: this one).
     """
+    if stdout not in ("file", "pipe"):
+        raise ValueError(f"stdout must be 'file' or 'pipe', not {stdout!r}")
     source = textwrap.dedent(source)
     if flavour == "lucidity":
         text = lucidity_form(source)
@@ -93,15 +97,18 @@ def run_script(source: str, directory: Path, flavour: str, *, name: str = "main_
     for variable in ("PYTHONUNBUFFERED", "LUCIDITY_ADDRESS", "PYTHONPATH"):
         environment.pop(variable, None)
     environment.update(env or {})
-    with open(out, "wb") as stdout:
-        proc = subprocess.Popen([sys.executable, script.name, *args], cwd=directory, stdout=stdout,
+    with open(out, "wb") as file:
+        proc = subprocess.Popen([executable or sys.executable, script.name, *args], cwd=directory,
+                                stdout=file if stdout == "file" else subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                 env=environment, start_new_session=True)
         try:
-            _, stderr = proc.communicate(None if stdin is None else stdin.encode(), timeout=timeout)
+            piped, stderr = proc.communicate(None if stdin is None else stdin.encode(), timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             _, stderr = proc.communicate()
             raise AssertionError(f"{flavour} run of {name} did not finish in {timeout} s; stderr:\n"
                                  f"{stderr.decode(errors='replace')}") from None
+        if piped is not None:
+            file.write(piped)  # kept beside the other runs' output, for a failing test's reader
     return ScriptRun(flavour, proc.returncode, out.read_text(errors="replace"), stderr.decode(errors="replace"))

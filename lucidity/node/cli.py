@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     control.add_argument("--bind", default=DEFAULT_CONTROL, help=f"listening address (default {DEFAULT_CONTROL})")
     control.add_argument("--node-timeout", type=float, default=5.0,
                          help="seconds of silence after which a node is declared lost (default 5)")
+    # Embedded clusters only: the private directory of the ipc:// address, removed when the daemon exits.
+    control.add_argument("--runtime-dir", default=None, help=argparse.SUPPRESS)
     daemon_options(control)
 
     node = commands.add_parser("node", help="run a node daemon that joins a control node")
@@ -98,8 +100,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         from .control import ControlDaemon
 
         secret = _secret(args)
-        return ControlDaemon(args.bind, parent_fd=args.parent_fd, ready_fd=args.ready_fd,
-                             node_timeout=args.node_timeout, secret=secret, insecure=args.insecure).run()
+        try:
+            control = ControlDaemon(args.bind, parent_fd=args.parent_fd, ready_fd=args.ready_fd,
+                                    node_timeout=args.node_timeout, secret=secret, insecure=args.insecure,
+                                    runtime_dir=args.runtime_dir)
+        except ValueError as exc:
+            print(f"lucidity control: {exc}", file=sys.stderr)
+            return 2
+        return control.run()
     if args.command == "node":
         from .daemon import NodeDaemon
 

@@ -9,12 +9,17 @@ results never pass through here, so adding nodes never makes this process the bo
     anyone --STATUS------>  control --STATUS_REPLY--> anyone
 
 One thread owns the socket; expiry runs on the poll timeout, never on a sleep.
+
+The control daemon of an embedded cluster (`lucidity.cluster.LocalCluster`) is also told the cluster's
+private socket directory, and removes it when it exits: its owner may have been killed with SIGKILL, and
+then no one else would. A control node started by an operator is never told one and removes nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import time
 import uuid
@@ -75,11 +80,20 @@ class ControlDaemon:
         bind: listening address, ``tcp://127.0.0.1:3030`` by default.
         parent_fd: a pipe whose closing means the owner is gone (embedded clusters).
         ready_fd: a pipe to which the bound address is written once listening (embedded clusters).
+        runtime_dir: the embedded cluster's private directory, which must hold the ipc:// socket at `bind`;
+            removed when this daemon exits, however its owner ended (embedded clusters).
+
+    Raises:
+        ValueError: `runtime_dir` is not the directory of an ipc:// `bind` address.
     """
 
     def __init__(self, bind: str = "tcp://127.0.0.1:3030", *, parent_fd: Optional[int] = None,
                  ready_fd: Optional[int] = None, node_timeout: float = NODE_TIMEOUT,
-                 secret: Optional[bytes] = None, insecure: bool = False) -> None:
+                 secret: Optional[bytes] = None, insecure: bool = False, runtime_dir: Optional[str] = None) -> None:
+        if runtime_dir is not None and not _holds_socket(runtime_dir, bind):
+            # Removing a whole tree is only safe for the directory made for this cluster's sockets.
+            raise ValueError(f"--runtime-dir {runtime_dir} is not the directory of the ipc:// address {bind}")
+        self._runtime_dir = runtime_dir
         self._node_timeout = node_timeout
         self._secret = secret
         self._insecure = insecure
@@ -99,6 +113,16 @@ class ControlDaemon:
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM or the owner's exit. Returns the exit status."""
+        try:
+            return self._serve()
+        finally:
+            if self._runtime_dir is not None:
+                # After our own socket is closed. Node daemons may still be stopping; they never need the
+                # directory again, and nothing recreates it.
+                shutil.rmtree(self._runtime_dir, ignore_errors=True)
+                logger.info("control removed the embedded cluster's directory %s", self._runtime_dir)
+
+    def _serve(self) -> int:
         def on_signal(signum: int, frame: Any) -> None:
             self._stopping = True
 
@@ -247,3 +271,9 @@ class ControlDaemon:
         except zmq.ZMQError as exc:
             logger.debug("control could not reach a peer: %s", exc)
 
+
+def _holds_socket(directory: str, bind: str) -> bool:
+    """Whether `bind` is an ipc:// socket directly inside `directory`."""
+    if not bind.startswith("ipc://"):
+        return False
+    return os.path.dirname(os.path.abspath(bind[len("ipc://"):])) == os.path.abspath(directory)
