@@ -134,7 +134,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     totals = [f"{sum(verdicts[f].ok for _, verdicts in rows)}/{len(rows)} same" for f in flavours]
     print(f"| **total** | | " + " | ".join(totals) + " |")
     print(f"\nReference: each program's {PROGRAMS[0].reference} run unless its manifest entry names another; "
-          f"rules in tests/corpus/__init__.py. {time.monotonic() - started:.0f} s.")
+          "the rules are in tests/corpus/__init__.py. Where the reference itself fails (a program that fails "
+          "under the stdlib), \"same\" means failing with the same exception line. "
+          f"{time.monotonic() - started:.0f} s.")
     return 0
 
 
