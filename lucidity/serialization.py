@@ -366,6 +366,7 @@ def loads_exception(frames: Sequence[Buffer]) -> BaseException:
             type_name="unknown",
             traceback_text="",
         )
+    exc = exc.with_traceback(None)  # tblib restored the remote frames; they are in the text already
     exc.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
     return exc  # type: ignore[no-any-return]
 
