@@ -456,7 +456,7 @@ def _name_process(index: int, start_method: str) -> None:
     prefix = {"fork": "ForkPoolWorker", "spawn": "SpawnPoolWorker", "forkserver": "ForkServerPoolWorker"}
     current = process.current_process()
     current.name = f"{prefix.get(start_method, 'PoolWorker')}-{index + 1}"
-    current._identity = (index + 1,)  # type: ignore[attr-defined]
+    current._identity = (index + 1,)
 
 
 def _kill_descendants() -> None:
