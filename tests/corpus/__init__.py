@@ -192,8 +192,10 @@ def _pi_estimates(text: str) -> Optional[str]:
         return "no list of estimates printed"
     if len(estimates) != 5:
         return f"{len(estimates)} estimates, expected 5"
-    if len(set(estimates)) != 5:
-        return f"estimates not distinct: {estimates}"
+    # Two independent estimates of 100,000 points coincide about once in 50 runs (they are multiples of
+    # 4e-5, spread about 5e-3); shared streams make all five equal.
+    if len(set(estimates)) < 4:
+        return f"estimates repeat: {estimates}"
     far = [e for e in estimates if abs(e - math.pi) > 0.1]
     return f"estimates far from pi: {far}" if far else None
 
@@ -299,7 +301,7 @@ PROGRAMS: list[Program] = [
             Rule("each task names a pool worker whose _identity matches", _worker_identity_facts,
                  _worker_identity), suite=("fork", "spawn")),
     Program("so_monte_carlo_pi", "Monte Carlo pi with `from random import random` (SuperFastPython et al.)",
-            Rule("5 distinct estimates, each within 0.1 of pi", lambda text: None, _pi_estimates)),
+            Rule("5 estimates, at least 4 distinct, each within 0.1 of pi", lambda text: None, _pi_estimates)),
     Program("sfp_random_values", "SuperFastPython, ProcessPoolExecutor guide: random() in tasks",
             Rule("10 distinct values in [0, 1)", lambda text: None, _random_values)),
     Program("so_dice_randint", "Stack Overflow: same random numbers in every process",

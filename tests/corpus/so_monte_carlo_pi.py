@@ -6,7 +6,7 @@ counting the points inside the quarter circle); here with multiprocessing.Pool.m
 points.
 Exercises: the shared `random.Random` instance behind `random.random`, which every worker process must
 draw from independently (multiprocessing reseeds it in each child).
-Compare: a property of each run: 5 distinct estimates, each within 0.1 of pi.
+Compare: a property of each run: 5 estimates, at least 4 distinct (two may coincide by chance), each within 0.1 of pi.
 """
 from multiprocessing import Pool  # lucidity: from lucidity import Pool
 from random import random
