@@ -586,6 +586,8 @@ class Client:
             return
         if message.kind is protocol.Kind.MISSING:
             link.functions.difference_update(d for d in message.meta["digests"] if isinstance(d, str))
+            if message.meta.get("main"):
+                self._main_sent.discard(link.key)
             with self._lock:
                 for task_id in message.meta["tasks"]:
                     task = link.inflight.pop(task_id, None)

@@ -416,3 +416,44 @@ def test_a_tasks_traceback_shows_the_remote_frames_once(tmp_path: Path, flavour:
     assert run.returncode == 1
     assert run.stderr.count("# the remote line") == 1, run.stderr
     assert "RemoteTraceback" in run.stderr and run.stderr.rstrip().endswith("ValueError: boom 1")
+
+
+SHARED_WORKER = """
+    from multiprocessing import Pool  # lucidity: from lucidity import Pool
+
+    def init(value):
+        global tag
+        tag = value
+
+    def read(_):
+        return tag
+
+    if __name__ == "__main__":
+        first = Pool(1, initializer=init, initargs=("first",))
+        print(first.apply(read, (0,)))
+        others = [Pool(1, initializer=init, initargs=(f"other {i}",)) for i in range(20)]
+        print(sorted(set(pool.apply(read, (0,)) for pool in others)) == sorted(f"other {i}" for i in range(20)))
+        twin = Pool(1, initializer=init, initargs=("first",))  # the same initializer as `first`: its own run
+        print(twin.apply(read, (0,)), first.apply(read, (0,)))
+        for pool in [first, twin, *others]:
+            pool.close()
+            pool.join()
+"""
+
+
+def test_pools_sharing_one_worker_each_have_their_namespace_and_initializer(tmp_path: Path) -> None:
+    # One worker serves 22 pools, more than it keeps namespaces for: a forgotten one is sent again, and its
+    # initializer runs again there, so that every pool sees what its own initializer set.
+    from conftest import CliCluster
+
+    cluster = CliCluster()
+    try:
+        cluster.start_control()
+        cluster.start_node("solo", 1)
+        cluster.wait_for(1, workers_per_node=1)
+        fork = run_script(SHARED_WORKER, tmp_path / "fork", "fork").check().stdout
+        got = run_script(SHARED_WORKER, tmp_path / "lucidity", "lucidity",
+                         env={"LUCIDITY_ADDRESS": cluster.address}).check().stdout
+    finally:
+        cluster.close()
+    assert got == fork == "first\nTrue\nfirst first\n"

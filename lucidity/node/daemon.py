@@ -308,7 +308,9 @@ class NodeDaemon:
                 record.last_seen = now
                 self._send(identity, protocol.encode(protocol.Kind.HEARTBEAT, {}))
         elif kind is protocol.Kind.BYE:
-            self._clients.pop(identity, None)
+            record = self._clients.pop(identity, None)
+            if record is not None:
+                self._drop_at_workers(record.client_id)  # its main namespace and anything still queued
         elif kind is protocol.Kind.ABANDON:
             self._abandon(meta["client"])
         elif kind is protocol.Kind.STATUS:
@@ -343,13 +345,7 @@ class NodeDaemon:
     def _abandon(self, client_id: str) -> None:
         """Drop the client's queued tasks and stop every worker running one (it terminated or went away)."""
         wanted = bytes.fromhex(client_id)
-        drop = protocol.encode(protocol.Kind.DROP, {"client": client_id})
-        for worker in self._workers.values():
-            if worker.control is not None:
-                try:
-                    worker.control.send_multipart(drop, zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
+        self._drop_at_workers(client_id)
         for worker in self._workers.values():
             slot = self._slots.read(worker.index)
             if slot.state is SlotState.RUNNING and slot.client == wanted and worker.state is WorkerState.READY:
@@ -358,6 +354,16 @@ class NodeDaemon:
                 worker.move(WorkerState.STOPPING)
                 worker.abandoned = True
                 worker.child.signal_group(signal.SIGKILL)
+
+    def _drop_at_workers(self, client_id: str) -> None:
+        """Tell every worker to forget a client: its queued tasks and its main namespace."""
+        drop = protocol.encode(protocol.Kind.DROP, {"client": client_id})
+        for worker in self._workers.values():
+            if worker.control is not None:
+                try:
+                    worker.control.send_multipart(drop, zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
 
     # -- control -----------------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ so a client whose tasks live in importable modules never pays for its script.
 from __future__ import annotations
 
 import builtins
+import collections
 import enum
 import sys
 import types
@@ -21,6 +22,9 @@ __all__ = ["ClientMain", "MainNamespaces"]
 
 #: The module name of a caller's main script in a worker, as multiprocessing's spawn gives it.
 MAIN_NAME = "__mp_main__"
+#: Clients whose namespaces a worker keeps; the least recently active is forgotten first, and its client
+#: sends its main entry again when the worker asks (MISSING).
+MAX_CLIENTS = 16
 
 
 class _LoadState(enum.Enum):
@@ -38,7 +42,7 @@ class ClientMain(types.ModuleType):
     """
 
     __slots__ = ("_lucidity_client", "_lucidity_argv", "_lucidity_start", "_lucidity_source", "_lucidity_state",
-                 "_lucidity_error")
+                 "_lucidity_error", "_lucidity_initialized")
 
     def __init__(self, client: str, argv: list[str], source: Optional[ModuleSource], package: str,
                  start_method: str = "") -> None:
@@ -52,6 +56,8 @@ class ClientMain(types.ModuleType):
         self._lucidity_source = source
         self._lucidity_state = _LoadState.EMPTY if source is not None else _LoadState.LOADED
         self._lucidity_error: Optional[BaseException] = None
+        # Digests of the initializers that ran for this client here: once per worker and pool, as the stdlib.
+        self._lucidity_initialized: set[str] = set()
 
     @property
     def _lucidity_is_loading(self) -> bool:
@@ -87,7 +93,7 @@ class MainNamespaces:
     """A worker's ``__main__`` per client connection, swapped into ``sys.modules`` before each task."""
 
     def __init__(self) -> None:
-        self._by_identity: dict[bytes, ClientMain] = {}
+        self._by_identity: collections.OrderedDict[bytes, ClientMain] = collections.OrderedDict()
         self._active: Optional[ClientMain] = None
         self._own_main = sys.modules.get("__main__")  # the worker's entry module, kept alive
 
@@ -104,15 +110,26 @@ class MainNamespaces:
                                                  str(meta.get("start") or ""))
         if previous is not None and previous is self._active:
             self._active = None
+        while len(self._by_identity) > MAX_CLIENTS:
+            _, forgotten = self._by_identity.popitem(last=False)
+            if forgotten is self._active:
+                self._active = None
+
+    def initialized(self, identity: bytes) -> set[str]:
+        """The initializers that ran for this connection's client (a new namespace runs them again)."""
+        return self._by_identity[identity]._lucidity_initialized
+
+    def knows(self, identity: bytes) -> bool:
+        """Whether this connection's main entry is here (else the worker asks its client to send it again)."""
+        return identity in self._by_identity
 
     def activate(self, identity: bytes) -> Optional[str]:
         """Make this connection's ``__main__`` and ``sys.argv`` current; if they changed, the caller's start
         method (which names the worker), else None."""
-        main = self._by_identity.get(identity)
-        if main is None:  # a client that sent no main entry: an empty namespace of its own
-            main = self._by_identity[identity] = ClientMain("", list(sys.argv), None, "")
+        main = self._by_identity[identity]
         if main is self._active:
             return None
+        self._by_identity.move_to_end(identity)
         self._active = main
         sys.modules["__main__"] = sys.modules[MAIN_NAME] = main
         sys.argv[:] = main._lucidity_argv

@@ -100,7 +100,6 @@ class Worker:
         # digest -> [serialized function, loaded function or None, the connection it was loaded for]
         self._functions: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
         self._mains = MainNamespaces()
-        self._initialized: set[str] = set()
         self._queue: collections.deque[_Task] = collections.deque()
         self._outbox: dict[bytes, tuple[list[dict[str, Any]], list[Any]]] = {}
         self._outbox_count = 0
@@ -235,6 +234,11 @@ class Worker:
 
     def _run(self, task: _Task) -> None:
         spec = task.spec
+        if not self._mains.knows(task.identity):
+            # Forgotten (DROP, or too many clients): the client sends its main entry again with the task.
+            self._send(task.identity, protocol.encode(protocol.Kind.MISSING, {"tasks": [spec["id"]], "digests": [],
+                                                                             "main": True}))
+            return
         missing = [name for name in (spec["fn"], spec.get("init")) if name and name not in self._functions]
         if missing:
             self._send(task.identity, protocol.encode(protocol.Kind.MISSING, {"tasks": [spec["id"]], "digests": missing}))
@@ -282,10 +286,11 @@ class Worker:
 
     def _execute(self, spec: dict[str, Any], frames: Sequence[Any]) -> list[Any]:
         init = spec.get("init")
-        if init and init not in self._initialized:
+        initialized = self._mains.initialized(self._identity)
+        if init and init not in initialized:
             initializer, initargs = self._function(init)  # type: ignore[misc]
             initializer(*initargs)
-            self._initialized.add(init)
+            initialized.add(init)
         function = self._function(spec["fn"])
         if function is None:
             raise ProtocolError(f"function {spec['fn']} is not cached on this worker")
