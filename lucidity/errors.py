@@ -6,7 +6,10 @@ would raise a particular type, the matching error subclasses it too (`MemoryLimi
 `except` clauses written for multiprocessing keep working.
 
 Errors carry their facts as attributes and in their text. They pickle by keyword so that they survive a
-trip between processes unchanged.
+trip between processes unchanged. An error a node reports about one task (`WorkerCrashed` and the limit
+errors) says what the task carried, for a map chunk the items that were running ("while running items
+40..49 of map(f, defined in app.py:12) (task 17)"), and has the attributes ``task`` (the task's number
+within its client) and ``items`` (the ``range`` of input positions of a map chunk, None for a single call).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ class WorkerCrashed(LucidityError):
     """The worker process died while running the task (segfault, os._exit, abort, a signal).
 
     Attributes: ``pid``, ``node``, ``exit_code`` (None if killed by a signal), ``signal`` (None if it
-    exited), ``task`` (a description of the task).
+    exited), ``task`` (the task's number), ``items`` (a map chunk's input positions, or None).
     """
 
 

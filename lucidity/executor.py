@@ -14,8 +14,9 @@ Deliberate differences from ProcessPoolExecutor (each one keeps a failure local 
 - A worker that dies fails only the future of the task it was running, with `lucidity.WorkerCrashed`; the
   executor keeps serving. The stdlib marks the whole pool broken and fails every pending future with
   ``BrokenProcessPool``.
-- A function or argument that cannot be serialized raises `lucidity.SerializationError` (a
-  ``pickle.PicklingError``) from ``submit`` and nothing is sent; the stdlib reports it through the future.
+- A function or argument that cannot be serialized raises the pickler's own exception (``TypeError``,
+  ``pickle.PicklingError``...), with lucidity's explanation as a note, from ``submit``, and nothing is sent;
+  the stdlib sets the same exception on the future.
 - Functions travel by value where needed (dill): lambdas, closures and functions of ``__main__`` work.
 - ``map`` reads its input lazily, a bounded window of tasks ahead of the consumer, so a long or endless
   generator is not materialized. The first window is submitted by the ``map`` call itself, so work starts
@@ -54,7 +55,6 @@ if sys.version_info >= (3, 10):
 else:  # Python 3.9: typing_extensions is not a dependency; the signature is then untyped
     def ParamSpec(name: str) -> Any:  # noqa: N802
         return TypeVar(name)
-from .errors import SerializationError
 from .task import FunctionRef, Task, TaskState
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ class _MapFeed:
         self._read += len(chunk)
         try:
             return self._submit_chunk(chunk, start)
-        except SerializationError as exc:
+        except Exception as exc:  # the pickler's own exception (or a client shut down under the map)
             self._exhausted = True
             return _failed(exc)
 
@@ -278,7 +278,10 @@ def _map_results(feed: _MapFeed, end_time: Optional[float]) -> Iterator[Any]:
             finally:
                 future.cancel()  # timed out: it will not be consumed (a no-op once done), as the stdlib
                 del future  # do not keep a raised exception's traceback alive through this frame
-            yield from chunk
+            # Popped, not iterated: a result yielded is referenced by the consumer alone (CPython issue 14406).
+            chunk.reverse()
+            while chunk:
+                yield chunk.pop()
     finally:
         feed.close()
 
@@ -350,13 +353,14 @@ class Executor(concurrent.futures.Executor):
 
         Raises:
             RuntimeError: the executor is shut down.
-            lucidity.SerializationError: the function or an argument cannot be serialized; nothing was sent.
+            The pickler's own exception (TypeError, pickle.PicklingError...): the function or an argument
+            cannot be serialized; nothing was sent.
         """
         self._check_open()
         function = self._client.function(fn)
         frames = serialization.dumps((args, kwargs), f"arguments of {function.description}")
-        future: TaskFuture[T] = TaskFuture(self._client, function, "call", frames, owner=self,
-                                                **self._task_options)
+        future: TaskFuture[T] = TaskFuture(self._client, function, "call", frames, owner=self, made_by="submit",
+                                           **self._task_options)
         with self._lock:
             # Checked again under the lock: a submit that passes is one that shutdown() waits for.
             self._check_open()
@@ -372,7 +376,8 @@ class Executor(concurrent.futures.Executor):
         # No shutdown check: the input of a map started before shutdown() was accepted with the map.
         frames = serialization.dumps(chunk, f"items {start}..{start + len(chunk) - 1} of map({function.description})")
         future: TaskFuture[list[Any]] = TaskFuture(self._client, function, "starmap", frames, owner=self,
-                                                      **self._task_options)
+                                                   made_by="map", items=range(start, start + len(chunk)),
+                                                   **self._task_options)
         self._send(future)
         return future
 
@@ -391,7 +396,7 @@ class Executor(concurrent.futures.Executor):
         Raises:
             RuntimeError: the executor is shut down.
             ValueError: chunksize < 1.
-            lucidity.SerializationError: ``fn`` cannot be serialized.
+            The pickler's own exception: ``fn`` cannot be serialized.
             From ``next()``: TimeoutError, or the exception of a call, at its position; the calls not yet
             consumed are then cancelled where they have not started.
         """

@@ -120,12 +120,12 @@ class JobFunction(Generic[T]):
     def local_async(self, *args: Any, **kwargs: Any) -> "Job[T]":
         """Start in a worker process on this machine; returns a `Job` at once."""
         client = default_client()
-        return self._submit(client, [(args, kwargs)], [self._local_node(client)])[0]
+        return self._submit(client, [(args, kwargs)], [self._local_node(client)], "local_async")[0]
 
     def remote_async(self, *args: Any, **kwargs: Any) -> "Job[T]":
         """Start on a node chosen by the fanout scheme; returns a `Job` at once."""
         client = default_client()
-        return self._submit(client, [(args, kwargs)], self._place(client, 1))[0]
+        return self._submit(client, [(args, kwargs)], self._place(client, 1), "remote_async")[0]
 
     def remote_fanout(self, items: Iterable[Any]) -> list[T]:
         """Run once per item — a tuple is unpacked as the arguments, anything else is the one argument —
@@ -136,7 +136,7 @@ class JobFunction(Generic[T]):
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             ((tuple(item) if isinstance(item, tuple) else (item,)), {}) for item in items]
         client = default_client()
-        jobs = self._submit(client, calls, self._place(client, len(calls)))
+        jobs = self._submit(client, calls, self._place(client, len(calls)), "remote_fanout", fanned=True)
         for one in jobs:
             one.wait_settled()
         return [one.result() for one in jobs]
@@ -176,14 +176,16 @@ class JobFunction(Generic[T]):
         return placed
 
     def _submit(self, client: Client, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-                nodes: Sequence[Optional[str]]) -> list["Job[T]"]:
+                nodes: Sequence[Optional[str]], made_by: str, fanned: bool = False) -> list["Job[T]"]:
+        """Submit one task per call; `made_by` and, for a fanout, each call's position name it in errors."""
         function = client.function(self)
         jobs: list[Job[T]] = []
         tasks = []
-        for (args, kwargs), node in zip(calls, nodes):
+        for index, ((args, kwargs), node) in enumerate(zip(calls, nodes)):
             frames = serialization.dumps((args, kwargs), f"arguments of {function.description}")
             one: Job[T] = Job(client, function, "call", frames, node=node, retries=self.retries,
-                              memory=self.memory, timeout=self.timeout, cpu_time=self.cpu_time)
+                              memory=self.memory, timeout=self.timeout, cpu_time=self.cpu_time, made_by=made_by,
+                              items=range(index, index + 1) if fanned else None)
             tasks.append(one.task)
             jobs.append(one)
         client.submit(tasks)

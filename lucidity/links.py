@@ -8,6 +8,7 @@ a node for placement (`NodeInfo`), and the exception for a task a node reported 
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -80,11 +81,16 @@ class NodeLink:
         self.last_seen = time.monotonic()
         self.workers: dict[str, WorkerLink] = {}
 
+
 def failure_error(task: Task, node: str, meta: dict[str, Any]) -> LucidityError:
-    """The exception for a task its node reported failed: a limit it broke, or its worker's crash."""
+    """The exception for a task its node reported failed: a limit it broke, or its worker's crash.
+
+    The node knows a task by its number only; the message names what the task carried instead (for a map
+    chunk, the items that were running), and the error keeps both as ``task`` and ``items``.
+    """
     reason = meta.get("reason")
-    message = f"{meta.get('message')} ({task.function.description})"
-    facts = {"pid": meta.get("pid"), "node": node, "task": task.id}
+    message = _name_task(str(meta.get("message")), task)
+    facts = {"pid": meta.get("pid"), "node": node, "task": task.id, "items": task.items}
     if reason == "memory":
         return MemoryLimitExceeded(message, limit=meta.get("limit"), peak=meta.get("peak"), **facts)
     if reason == "timeout":
@@ -97,3 +103,9 @@ def failure_error(task: Task, node: str, meta: dict[str, Any]) -> LucidityError:
     if isinstance(stderr, str) and stderr.strip():
         message += "\nlast lines of the worker's stderr:\n" + stderr.rstrip()
     return WorkerCrashed(message, exit_code=meta.get("exit_code"), signal=meta.get("signal"), **facts)
+
+
+def _name_task(message: str, task: Task) -> str:
+    """A node's message with "task N" replaced by what the task carried (appended if the node did not name it)."""
+    described, found = re.subn(rf"\btask {task.id}\b", lambda _: task.description, message, count=1)
+    return described if found else f"{message} ({task.description})"

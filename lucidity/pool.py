@@ -7,9 +7,10 @@ by node daemons — an embedded local cluster by default, a running cluster with
 
 Deliberate differences from multiprocessing.Pool (each one makes a failure visible instead of silent):
 
-- A function or argument that cannot be serialized raises `lucidity.SerializationError` (a
-  ``pickle.PicklingError``) from the submitting call, and nothing is sent; the stdlib reports it later,
-  through the result.
+- A function or argument that cannot be serialized raises the pickler's own exception (``TypeError``,
+  ``pickle.PicklingError``...), with lucidity's explanation as a note, from the submitting call, and nothing
+  is sent; the stdlib raises the same exception later, from the result's ``get()``. An item of ``imap`` that
+  cannot be serialized fails in its place, since imap reads its input after returning.
 - Functions travel by value where needed (dill): lambdas, closures and functions of ``__main__`` work.
 - ``terminate()`` fails every unfinished result with an error instead of leaving ``get()`` to hang.
 - A worker that dies fails its task with `lucidity.WorkerCrashed` instead of hanging the pool.
@@ -17,6 +18,15 @@ Deliberate differences from multiprocessing.Pool (each one makes a failure visib
   endless generator works; after ``close()`` they read the rest eagerly, as the stdlib does.
 - ``initializer`` runs once per worker and pool before the worker's first task for that pool; workers of a
   shared cluster may serve several pools.
+- The private attributes that widely copied recipes read exist with the stdlib's meaning: ``_processes``,
+  ``_cache`` (the results not ready yet, by job number; empty after ``close()`` and ``join()``),
+  ``MapResult._number_left`` (chunks not done yet) and ``len(_pool)``. The entries of ``_pool`` stand for
+  workers that belong to node daemons, maybe on other machines: their ``pid`` is None and they cannot be
+  terminated or joined from here.
+- A result's ``callback`` that raises is logged, and the result is ready all the same (the stdlib's result
+  handler thread dies, and the pool hangs).
+- Once yielded by ``imap`` or ``imap_unordered``, chunked or not, a result is referenced by the caller alone
+  (CPython issue 14406; the stdlib's chunked ``imap`` keeps the rest of a chunk's list).
 """
 
 from __future__ import annotations
@@ -37,7 +47,6 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional
 from . import serialization, waiting
 from .client import Client
 from .cluster import LocalCluster, open_client
-from .errors import SerializationError
 from .node.limits import parse_size
 from .task import FunctionRef, Task
 
@@ -61,16 +70,76 @@ _POOL_TRANSITIONS = {
 }
 
 
+class _ResultCache(dict[int, Any]):
+    """`Pool._cache`, as the stdlib's: the pool's results that are not ready yet, by job number.
+
+    Recipes count outstanding work with ``len(pool._cache)`` and look results up by ``result._job``.
+    `Pool.join` waits here for the last results to settle, as the stdlib's join waits for its result
+    handler thread: a result's callbacks run on the client's thread after its task has ended.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._jobs = itertools.count()
+        self._emptied = threading.Condition(threading.Lock())
+
+    def new_job(self) -> int:
+        return next(self._jobs)
+
+    def add(self, result: "Union[ApplyResult[Any], IMapIterator[Any]]") -> None:
+        """Count `result` as outstanding; done before its tasks are submitted, so before it can settle."""
+        self[result._job] = result
+
+    def discard(self, job: int) -> None:
+        with self._emptied:
+            self.pop(job, None)
+            if not self:
+                self._emptied.notify_all()
+
+    def wait_empty(self) -> None:
+        with self._emptied:
+            self._emptied.wait_for(lambda: not self)
+
+
+class _WorkerPlaceholder:
+    """An entry of `Pool._pool`, for recipes that count or inspect the pool's processes.
+
+    The workers belong to node daemons (maybe on other machines, and shared with other clients), and the
+    client keeps no list of them that a pool could hand out: ``pid`` is None, and there is no ``terminate``
+    or ``join``. ``_identity`` is ``(n,)`` for the n-th, as a pool worker's, and ``is_alive()`` is True
+    until the pool is terminated or joined.
+    """
+
+    pid: Optional[int] = None
+
+    def __init__(self, number: int, finalizer: "weakref.finalize[..., Any]") -> None:
+        self._identity = (number,)
+        self._finalizer = finalizer
+
+    def is_alive(self) -> bool:
+        return self._finalizer.alive
+
+    def __repr__(self) -> str:
+        state = "started" if self.is_alive() else "stopped"
+        return f"<lucidity pool worker {self._identity[0]} {state} (runs on a node daemon)>"
+
+
 class ApplyResult(Generic[T]):
-    """The result of `Pool.apply_async`; also the base of `MapResult`. As multiprocessing.pool.ApplyResult."""
+    """The result of `Pool.apply_async`; also the base of `MapResult`. As multiprocessing.pool.ApplyResult.
+
+    ``_job`` is the key of the result in its pool's ``_cache`` while it is not ready, as in the stdlib.
+    """
 
     def __init__(self, callback: Optional[Callable[[T], object]] = None,
-                 error_callback: Optional[Callable[[BaseException], object]] = None) -> None:
+                 error_callback: Optional[Callable[[BaseException], object]] = None,
+                 cache: Optional[_ResultCache] = None) -> None:
         self._event = threading.Event()
         self._callback = callback
         self._error_callback = error_callback
         self._success = False
         self._value: Any = None
+        self._cache = cache
+        self._job = -1 if cache is None else cache.new_job()
 
     def ready(self) -> bool:
         return self._event.is_set()
@@ -97,10 +166,17 @@ class ApplyResult(Generic[T]):
 
     def _set(self, index: int, succeeded: bool, value: Any) -> None:
         self._success, self._value = succeeded, value
-        if self._callback and succeeded:
-            self._callback(value)
-        if self._error_callback and not succeeded:
-            self._error_callback(value)
+        try:
+            if self._callback and succeeded:
+                self._callback(value)
+            if self._error_callback and not succeeded:
+                self._error_callback(value)
+        finally:  # a callback that raised is logged by the client; the result is ready all the same
+            self._settle()
+
+    def _settle(self) -> None:
+        if self._cache is not None:
+            self._cache.discard(self._job)
         self._event.set()
 
     __class_getitem__: Any = classmethod(types.GenericAlias)
@@ -110,11 +186,16 @@ AsyncResult = ApplyResult
 
 
 class MapResult(ApplyResult[list[T]]):
-    """The result of `Pool.map_async`: ready once every chunk is done; the first error wins."""
+    """The result of `Pool.map_async`: ready once every chunk is done; the first error wins.
+
+    ``_number_left`` counts the chunks not done yet (succeeded or failed), as in the stdlib; recipes show
+    progress with it.
+    """
 
     def __init__(self, chunksize: int, length: int, callback: Optional[Callable[[list[T]], object]],
-                 error_callback: Optional[Callable[[BaseException], object]]) -> None:
-        super().__init__(callback, error_callback)
+                 error_callback: Optional[Callable[[BaseException], object]],
+                 cache: Optional[_ResultCache] = None) -> None:
+        super().__init__(callback, error_callback, cache)
         self._success = True
         self._value = [None] * length
         self._chunksize = chunksize
@@ -134,11 +215,13 @@ class MapResult(ApplyResult[list[T]]):
                 self._success, self._value = False, value
             if self._number_left:
                 return
-        if self._success and self._callback:
-            self._callback(self._value)
-        elif not self._success and self._error_callback:
-            self._error_callback(self._value)
-        self._event.set()
+        try:
+            if self._success and self._callback:
+                self._callback(self._value)
+            elif not self._success and self._error_callback:
+                self._error_callback(self._value)
+        finally:
+            self._settle()
 
 
 class _Window:
@@ -170,7 +253,9 @@ class IMapIterator(Generic[T]):
 
     _ordered = True
 
-    def __init__(self, window: _Window) -> None:
+    def __init__(self, window: _Window, cache: Optional[_ResultCache] = None) -> None:
+        self._cache = cache
+        self._job = -1 if cache is None else cache.new_job()
         self._cond = threading.Condition(threading.Lock())
         self._window = window
         self._items: collections.deque[tuple[bool, Any]] = collections.deque()
@@ -219,11 +304,18 @@ class IMapIterator(Generic[T]):
                 self._unsorted[index] = (succeeded, value)
             if self._items:
                 self._arrived.set()
+            self._settle_if_complete()
 
     def _set_length(self, length: int) -> None:
         with self._cond:
             self._length = length
             self._arrived.set()
+            self._settle_if_complete()
+
+    def _settle_if_complete(self) -> None:
+        # As the stdlib: the iterator leaves the pool's cache once every result has arrived (consumed or not).
+        if self._index == self._length and self._cache is not None:
+            self._cache.discard(self._job)
 
 
 class IMapUnorderedIterator(IMapIterator[T]):
@@ -263,6 +355,8 @@ class Pool:
                  *, address: Optional[str] = None, connect_timeout: float = 30.0, ship: Sequence[str] = (),
                  memory_limit: Union[int, str, None] = None, secret: Union[str, bytes, None] = None) -> None:
         self._state = PoolState.RUN
+        self._cache = _ResultCache()
+        self._pool: list[_WorkerPlaceholder] = []
         self._cluster: Optional[LocalCluster] = None
         self._feeders: list[threading.Thread] = []
         self._windows: "weakref.WeakSet[_Window]" = weakref.WeakSet()
@@ -282,6 +376,7 @@ class Pool:
         if initializer is not None:
             self._initializer = self._client.function((initializer, tuple(initargs)))
         self._finalizer = weakref.finalize(self, _teardown, self._client, self._cluster)
+        self._pool = [_WorkerPlaceholder(number, self._finalizer) for number in range(1, self._processes + 1)]
 
     # -- submitting --------------------------------------------------------------------------------------
 
@@ -289,47 +384,65 @@ class Pool:
         if self._state is not PoolState.RUN:
             raise ValueError("Pool not running")
 
-    def _task(self, function: FunctionRef, mode: str, frames: list[Any], on_done: Callable[[bool, Any], None]) -> Task:
+    def _task(self, function: FunctionRef, mode: str, frames: list[Any], on_done: Callable[[bool, Any], None],
+              made_by: str, items: Optional[range] = None) -> Task:
         return self._client.new_task(function, mode, frames, on_done, pool=self._id, initializer=self._initializer,
-                                     max_tasks=self._maxtasksperchild, memory=self._memory_limit)
+                                     max_tasks=self._maxtasksperchild, memory=self._memory_limit, made_by=made_by,
+                                     items=items)
+
+    def _submit(self, tasks: list[Task], result: Union[ApplyResult[Any], IMapIterator[Any]]) -> None:
+        """Submit the tasks of `result`, counting it in ``_cache`` until it is ready."""
+        self._cache.add(result)
+        try:
+            self._client.submit(tasks)
+        except BaseException:
+            self._cache.discard(result._job)
+            raise
 
     def apply(self, func: Callable[..., T], args: Sequence[Any] = (), kwds: Mapping[str, Any] = {}) -> T:
         """Call ``func(*args, **kwds)`` on a worker and return its result."""
-        return self.apply_async(func, args, kwds).get()
+        return self._apply_async(func, args, kwds, None, None, "apply").get()
 
     def apply_async(self, func: Callable[..., T], args: Sequence[Any] = (), kwds: Mapping[str, Any] = {},
                     callback: Optional[Callable[[T], object]] = None,
                     error_callback: Optional[Callable[[BaseException], object]] = None) -> ApplyResult[T]:
         """Submit ``func(*args, **kwds)``; the function and arguments are serialized here, before returning."""
+        return self._apply_async(func, args, kwds, callback, error_callback, "apply_async")
+
+    def _apply_async(self, func: Callable[..., T], args: Sequence[Any], kwds: Mapping[str, Any],
+                     callback: Optional[Callable[[T], object]],
+                     error_callback: Optional[Callable[[BaseException], object]], made_by: str) -> ApplyResult[T]:
         self._check_running()
         function = self._client.function(func)
         frames = serialization.dumps((tuple(args), dict(kwds)), f"arguments of {function.description}")
-        result: ApplyResult[T] = ApplyResult(callback, error_callback)
-        self._client.submit([self._task(function, "call", frames, lambda ok, value: result._set(0, ok, value))])
+        result: ApplyResult[T] = ApplyResult(callback, error_callback, self._cache)
+        self._submit([self._task(function, "call", frames, lambda ok, value: result._set(0, ok, value), made_by)],
+                     result)
         return result
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None) -> list[T]:
         """``list(map(func, iterable))`` computed on the workers, in chunks."""
-        return self._map_async(func, iterable, "map", chunksize).get()
+        return self._map_async(func, iterable, "map", chunksize, made_by="map").get()
 
     def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                 chunksize: Optional[int] = None) -> list[T]:
         """Like `map`, with each item unpacked as the arguments: ``func(*item)``."""
-        return self._map_async(func, iterable, "starmap", chunksize).get()
+        return self._map_async(func, iterable, "starmap", chunksize, made_by="starmap").get()
 
     def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None,
                   callback: Optional[Callable[[list[T]], object]] = None,
                   error_callback: Optional[Callable[[BaseException], object]] = None) -> MapResult[T]:
-        return self._map_async(func, iterable, "map", chunksize, callback, error_callback)
+        return self._map_async(func, iterable, "map", chunksize, callback, error_callback, "map_async")
 
     def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                       chunksize: Optional[int] = None, callback: Optional[Callable[[list[T]], object]] = None,
                       error_callback: Optional[Callable[[BaseException], object]] = None) -> MapResult[T]:
-        return self._map_async(func, iterable, "starmap", chunksize, callback, error_callback)
+        return self._map_async(func, iterable, "starmap", chunksize, callback, error_callback, "starmap_async")
 
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], mode: str,
                    chunksize: Optional[int] = None, callback: Optional[Callable[[list[Any]], object]] = None,
-                   error_callback: Optional[Callable[[BaseException], object]] = None) -> MapResult[Any]:
+                   error_callback: Optional[Callable[[BaseException], object]] = None,
+                   made_by: str = "map") -> MapResult[Any]:
         self._check_running()
         items = iterable if hasattr(iterable, "__len__") else list(iterable)
         length = len(items)  # type: ignore[arg-type]
@@ -340,7 +453,7 @@ class Pool:
         if length == 0:
             chunksize = 0
         function = self._client.function(func)
-        result: MapResult[Any] = MapResult(chunksize, length, callback, error_callback)
+        result: MapResult[Any] = MapResult(chunksize, length, callback, error_callback, self._cache)
         if chunksize <= 0:
             return result
         iterator = iter(items)
@@ -349,38 +462,41 @@ class Pool:
             chunk = list(itertools.islice(iterator, chunksize))
             if not chunk:
                 break
-            frames = serialization.dumps(chunk, f"items {index * chunksize}..{index * chunksize + len(chunk) - 1}")
-            tasks.append(self._task(function, mode, frames, functools.partial(result._set, index)))
-        self._client.submit(tasks)
+            start = index * chunksize
+            frames = serialization.dumps(chunk, f"items {start}..{start + len(chunk) - 1}")
+            tasks.append(self._task(function, mode, frames, functools.partial(result._set, index), made_by,
+                                    range(start, start + len(chunk))))
+        self._submit(tasks, result)
         return result
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[T]:
         """Like `map`, yielding results in order as they become available; reads the input lazily."""
-        return self._imap(IMapIterator, func, iterable, chunksize)
+        return self._imap(IMapIterator, func, iterable, chunksize, "imap")
 
     def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[T]:
         """Like `imap`, yielding results in the order they finish."""
-        return self._imap(IMapUnorderedIterator, func, iterable, chunksize)
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, "imap_unordered")
 
     def _imap(self, kind: type[IMapIterator[Any]], func: Callable[[Any], Any], iterable: Iterable[Any],
-              chunksize: int) -> Iterator[Any]:
+              chunksize: int, made_by: str) -> Iterator[Any]:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         function = self._client.function(func)
         window = _Window(IMAP_WINDOW)
         self._windows.add(window)
-        result = kind(window)
-        feeder = threading.Thread(target=self._feed, args=(function, iterable, chunksize, result, window),
+        result = kind(window, self._cache)
+        self._cache.add(result)  # until the feeder has read the input and every result has arrived
+        feeder = threading.Thread(target=self._feed, args=(function, iterable, chunksize, result, window, made_by),
                                   name="lucidity-imap-feeder", daemon=True)
         self._feeders.append(feeder)
         feeder.start()
         if chunksize == 1:
             return _unwrap_single(result)
-        return (item for chunk in result for item in chunk)
+        return _flatten(result)
 
     def _feed(self, function: FunctionRef, iterable: Iterable[Any], chunksize: int, result: IMapIterator[Any],
-              window: _Window) -> None:
+              window: _Window, made_by: str) -> None:
         """Submit chunks of the input as the window allows (a thread per imap)."""
         index = 0
         try:
@@ -390,12 +506,14 @@ class Pool:
                 chunk = list(itertools.islice(iterator, chunksize))
                 if not chunk:
                     break
+                start = index * chunksize
                 try:
-                    frames = serialization.dumps(chunk, f"items {index * chunksize}..{index * chunksize + len(chunk) - 1}")
-                except SerializationError as exc:
+                    frames = serialization.dumps(chunk, f"items {start}..{start + len(chunk) - 1}")
+                except Exception as exc:  # the pickler's own exception: it takes the chunk's place, as the stdlib
                     result._set(index, False, exc)
                 else:
-                    self._client.submit([self._task(function, "map", frames, functools.partial(result._set, index))])
+                    self._client.submit([self._task(function, "map", frames, functools.partial(result._set, index),
+                                                    made_by, range(start, start + len(chunk)))])
                 index += 1
         except Exception as exc:  # the input iterable raised: fail at that position and stop, as the stdlib
             result._set(index, False, exc)
@@ -431,6 +549,7 @@ class Pool:
             feeder.join()
         if self._state is PoolState.CLOSE:
             self._client.wait_idle()
+            self._cache.wait_empty()  # the last results settle on the client's thread after their tasks end
         self._finalizer()
 
     def __enter__(self) -> "Pool":
@@ -452,6 +571,14 @@ class Pool:
         # The defaults keep what the check needs: at interpreter exit this module's globals may be gone already.
         if getattr(self, "_state", None) is _running and hasattr(self, "_finalizer"):
             _warn(f"unclosed running lucidity pool {self!r}", ResourceWarning, source=self)
+
+
+def _flatten(chunks: IMapIterator[list[T]]) -> Iterator[T]:
+    """Yield the items of each chunk in order, keeping no reference to an item once yielded (CPython issue 14406)."""
+    for chunk in chunks:
+        chunk.reverse()
+        while chunk:
+            yield chunk.pop()
 
 
 def _unwrap_single(result: IMapIterator[Any]) -> Iterator[Any]:

@@ -69,6 +69,8 @@ class Task:
         retries: how many more times to run the task if its worker crashes (crash retries are opt-in).
         lost_retries: how many more times to resend the task if the node running it is lost.
         memory, timeout, cpu_time: the task's limits in bytes and seconds, enforced on its node.
+        made_by: the public call that made the task ("map", "submit", ...), for error messages.
+        items: the input positions a map chunk carries (None for a single call), for error messages.
     """
 
     id: int
@@ -85,6 +87,8 @@ class Task:
     memory: Optional[int] = None
     timeout: Optional[float] = None
     cpu_time: Optional[float] = None
+    made_by: str = ""
+    items: Optional[range] = None
     failures: list[str] = field(default_factory=list)  # what each crashed attempt said
     state: TaskState = TaskState.PENDING
     worker: Optional[str] = None
@@ -105,6 +109,21 @@ class Task:
     @property
     def is_final(self) -> bool:
         return self.state in FINAL
+
+    @property
+    def description(self) -> str:
+        """What the task carries, for error messages, e.g. "items 40..49 of map(f, defined in app.py:12) (task 17)".
+
+        Formatted here, when an error needs it, so that making a task costs no string work.
+        """
+        function = self.function.description
+        if self.items:
+            first, last = self.items[0], self.items[-1]
+            where = f"item {first}" if first == last else f"items {first}..{last}"
+            return f"{where} of {self.made_by or 'map'}({function}) (task {self.id})"
+        if self.made_by:
+            return f"{self.made_by}({function}) (task {self.id})"
+        return f"task {self.id} ({function})"
 
     def spec(self) -> dict[str, Any]:
         """The task's entry in a TASKS message (everything but the payload frames)."""
