@@ -246,3 +246,22 @@ def test_executor_map_holds_no_reference_to_a_yielded_result(any_executor: concu
     seen = [assert_collected_once_dropped(lambda: next(iterator)) for _ in range(5)]
     seen += [payload.n for payload in iterator]
     assert seen == list(range(9))
+
+
+def refuse(value: object) -> None:
+    raise RuntimeError(f"callback refused {value!r}")
+
+
+def test_lucidity_a_raising_callback_leaves_its_result_ready_and_join_returns() -> None:
+    # The stdlib's result handler thread dies here and the pool hangs; lucidity logs the callback's error.
+    pool = lucidity.Pool(WORKERS)
+    try:
+        single = pool.apply_async(square, (3,), callback=refuse)
+        mapped = pool.map_async(square, range(4), callback=refuse)
+        assert single.get(timeout=RESULT_TIMEOUT) == 9
+        assert mapped.get(timeout=RESULT_TIMEOUT) == [0, 1, 4, 9]
+        pool.close()
+        pool.join()
+        assert pool._cache == {}
+    finally:
+        pool.terminate()
