@@ -456,8 +456,8 @@ class Client:
                         len(unfinished) - len(out_of_retries))
         for task in out_of_retries:
             self._finish(task, False, NodeLost(
-                f"task {task.id} ({task.function.description}) was on node {node.name}, which was lost, and has "
-                f"no retries left", node=node.name, task=task.id))
+                f"{task.description} was on node {node.name}, which was lost, and has no retries left",
+                node=node.name, task=task.id, items=task.items))
         self._update_ready()
 
     def _check_starved(self, now: float) -> None:

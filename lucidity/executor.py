@@ -45,7 +45,7 @@ import weakref
 import sys
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
-from . import serialization, waiting
+from . import waiting
 from .client import Client
 from .cluster import LocalCluster, open_client
 from .node.limits import parse_size
@@ -358,7 +358,7 @@ class Executor(concurrent.futures.Executor):
         """
         self._check_open()
         function = self._client.function(fn)
-        frames = serialization.dumps((args, kwargs), f"arguments of {function.description}")
+        frames = self._client.dumps((args, kwargs), f"arguments of {function.description}")
         future: TaskFuture[T] = TaskFuture(self._client, function, "call", frames, owner=self, made_by="submit",
                                            **self._task_options)
         with self._lock:
@@ -374,7 +374,7 @@ class Executor(concurrent.futures.Executor):
     def _submit_chunk(self, function: FunctionRef, chunk: list[tuple[Any, ...]],
                       start: int) -> concurrent.futures.Future[list[Any]]:
         # No shutdown check: the input of a map started before shutdown() was accepted with the map.
-        frames = serialization.dumps(chunk, f"items {start}..{start + len(chunk) - 1} of map({function.description})")
+        frames = self._client.dumps(chunk, f"items {start}..{start + len(chunk) - 1} of map({function.description})")
         future: TaskFuture[list[Any]] = TaskFuture(self._client, function, "starmap", frames, owner=self,
                                                    made_by="map", items=range(start, start + len(chunk)),
                                                    **self._task_options)

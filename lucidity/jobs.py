@@ -30,7 +30,6 @@ import socket
 import sys
 from typing import Any, Callable, Generator, Generic, Iterable, Optional, Sequence, TypeVar, Union, overload
 
-from . import serialization
 from .client import Client
 from .cluster import current_node, default_client
 from .errors import ClusterUnavailable
@@ -182,7 +181,7 @@ class JobFunction(Generic[T]):
         jobs: list[Job[T]] = []
         tasks = []
         for index, ((args, kwargs), node) in enumerate(zip(calls, nodes)):
-            frames = serialization.dumps((args, kwargs), f"arguments of {function.description}")
+            frames = client.dumps((args, kwargs), f"arguments of {function.description}")
             one: Job[T] = Job(client, function, "call", frames, node=node, retries=self.retries,
                               memory=self.memory, timeout=self.timeout, cpu_time=self.cpu_time, made_by=made_by,
                               items=range(index, index + 1) if fanned else None)

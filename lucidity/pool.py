@@ -44,7 +44,7 @@ import weakref
 from multiprocessing import TimeoutError
 from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional, Sequence, TypeVar, Union
 
-from . import serialization, waiting
+from . import waiting
 from .client import Client
 from .cluster import LocalCluster, open_client
 from .node.limits import parse_size
@@ -414,7 +414,7 @@ class Pool:
                      error_callback: Optional[Callable[[BaseException], object]], made_by: str) -> ApplyResult[T]:
         self._check_running()
         function = self._client.function(func)
-        frames = serialization.dumps((tuple(args), dict(kwds)), f"arguments of {function.description}")
+        frames = self._client.dumps((tuple(args), dict(kwds)), f"arguments of {function.description}")
         result: ApplyResult[T] = ApplyResult(callback, error_callback, self._cache)
         self._submit([self._task(function, "call", frames, lambda ok, value: result._set(0, ok, value), made_by)],
                      result)
@@ -463,7 +463,7 @@ class Pool:
             if not chunk:
                 break
             start = index * chunksize
-            frames = serialization.dumps(chunk, f"items {start}..{start + len(chunk) - 1}")
+            frames = self._client.dumps(chunk, f"items {start}..{start + len(chunk) - 1}")
             tasks.append(self._task(function, mode, frames, functools.partial(result._set, index), made_by,
                                     range(start, start + len(chunk))))
         self._submit(tasks, result)
@@ -508,7 +508,7 @@ class Pool:
                     break
                 start = index * chunksize
                 try:
-                    frames = serialization.dumps(chunk, f"items {start}..{start + len(chunk) - 1}")
+                    frames = self._client.dumps(chunk, f"items {start}..{start + len(chunk) - 1}")
                 except Exception as exc:  # the pickler's own exception: it takes the chunk's place, as the stdlib
                     result._set(index, False, exc)
                 else:
