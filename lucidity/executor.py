@@ -17,7 +17,10 @@ Deliberate differences from ProcessPoolExecutor (each one keeps a failure local 
 - A function or argument that cannot be serialized raises the pickler's own exception (``TypeError``,
   ``pickle.PicklingError``...), with lucidity's explanation as a note, from ``submit``, and nothing is sent;
   the stdlib sets the same exception on the future.
-- Functions travel by value where needed (dill): lambdas, closures and functions of ``__main__`` work.
+- Lambdas and closures travel by value (dill). The caller's main script reaches workers as under spawn
+  (imported as ``__mp_main__``, its ``__main__`` block not run), except that names bound only in that block
+  travel with the tasks that read them and a script without the guard runs as under fork
+  (`lucidity.mainscript`).
 - ``map`` reads its input lazily, a bounded window of tasks ahead of the consumer, so a long or endless
   generator is not materialized. The first window is submitted by the ``map`` call itself, so work starts
   before iteration, as in the stdlib. An error raised by the input iterable, or by serializing one of its

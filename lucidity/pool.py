@@ -11,7 +11,10 @@ Deliberate differences from multiprocessing.Pool (each one makes a failure visib
   ``pickle.PicklingError``...), with lucidity's explanation as a note, from the submitting call, and nothing
   is sent; the stdlib raises the same exception later, from the result's ``get()``. An item of ``imap`` that
   cannot be serialized fails in its place, since imap reads its input after returning.
-- Functions travel by value where needed (dill): lambdas, closures and functions of ``__main__`` work.
+- Lambdas and closures travel by value (dill). The caller's main script reaches workers as under spawn
+  (imported as ``__mp_main__``, its ``__main__`` block not run), except that names bound only in that block
+  travel with the tasks that read them and a script without the guard runs as under fork
+  (`lucidity.mainscript`).
 - ``terminate()`` fails every unfinished result with an error instead of leaving ``get()`` to hang.
 - A worker that dies fails its task with `lucidity.WorkerCrashed` instead of hanging the pool.
 - ``imap``/``imap_unordered`` read their input lazily, a bounded window ahead of the consumer, so an
