@@ -273,7 +273,6 @@ class Worker:
         self._mean_task_time = 0.8 * self._mean_task_time + 0.2 * elapsed
         self._tasks_done += 1
         self._slots.end(self._index, self._tasks_done)
-        _flush_output()
         if task_limits.memory:
             limits.set_task_memory_cap(None)
         self._after_task()
@@ -390,6 +389,8 @@ class Worker:
     # -- sending -----------------------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        if self._outbox:
+            _flush_output()  # what the tasks printed is written before their results leave
         for identity, (results, items) in self._outbox.items():
             layout, frames = protocol.pack_items(items)
             for result, entry in zip(results, layout):
@@ -442,8 +443,8 @@ def _is_task_spec(spec: dict[str, Any]) -> bool:
 
 
 def _flush_output() -> None:
-    """Write out what the task printed: stdout to a file or a pipe is block-buffered, and a worker may be
-    stopped at any moment after its task (multiprocessing's workers flush when they exit)."""
+    """Write out what tasks printed: stdout to a file or a pipe is block-buffered, and a worker may be
+    stopped at any moment once its results are sent (multiprocessing's workers flush when they exit)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
