@@ -139,8 +139,8 @@ def test_task_and_initializer_prints_reach_stdout(tmp_path: Path, shape: str, st
 def interpreter_without_lucidity(directory: Path) -> str:
     """A virtual environment that sees this one's dependencies (pyzmq, dill, psutil, tblib) but not lucidity.
 
-    Its one .pth line puts this environment's site-packages on sys.path as a plain entry, so the .pth files
-    in it, which install lucidity's editable finder, are not run.
+    Its one .pth line puts a directory on sys.path that mirrors this environment's site-packages, by
+    symbolic links, without lucidity (installed there, or its editable finder) and without .pth files.
     """
     import zmq
 
@@ -148,8 +148,15 @@ def interpreter_without_lucidity(directory: Path) -> str:
     python = str(directory / "bin" / "python")
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True, timeout=READY_TIMEOUT).stdout.strip()
-    dependencies = os.path.dirname(os.path.dirname(os.path.abspath(zmq.__file__)))
-    Path(purelib, "dependencies.pth").write_text(dependencies + "\n")
+    site_packages = Path(zmq.__file__).resolve().parent.parent
+    mirror = directory / "dependencies"
+    mirror.mkdir()
+    for entry in site_packages.iterdir():
+        name = entry.name.lower()
+        if name.startswith(("lucidity", "__editable__")) or name.endswith(".pth"):
+            continue
+        (mirror / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    Path(purelib, "dependencies.pth").write_text(f"{mirror}\n")
     return python
 
 
