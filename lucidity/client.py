@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import zmq
 
-from . import mainscript, protocol, security, serialization, shipping, transport, waiting
+from . import addresses, mainscript, protocol, security, serialization, shipping, transport, waiting
 from .errors import (AuthenticationError, ClusterUnavailable, NodeLost, ProtocolError, SerializationError,
                      VersionMismatch)
 from .links import NodeInfo, NodeLink, WorkerLink, failure_error
@@ -53,13 +53,18 @@ NO_WORKER_TIMEOUT = 60.0
 NODE_TIMEOUT = 5.0
 #: How many times a task is resent after the node running it was lost, before it fails with NodeLost.
 NODE_LOSS_RETRIES = 3
+#: Silence from the control node after which the client dials its other addresses (or resolves its name
+#: again), and after which its first list is read as a relearning one (nodes it lacks are not lost yet).
+CONTROL_SILENCE = 3.0
+#: Once one worker answered, how long the client waits for the others it was told of before it is ready.
+READY_GRACE = 0.5
 #: Functions remembered per client (serialized once, then sent by digest).
 FUNCTION_CACHE_SIZE = 256
 
 CONTROL_KINDS = frozenset({protocol.Kind.NODES})
 NODE_KINDS = frozenset({protocol.Kind.WORKERS, protocol.Kind.TASK_FAILED, protocol.Kind.HEARTBEAT})
 WORKER_KINDS = frozenset({protocol.Kind.RESULTS, protocol.Kind.MISSING, protocol.Kind.FETCH,
-                          protocol.Kind.REFUSED})
+                          protocol.Kind.REFUSED, protocol.Kind.HEARTBEAT})
 
 
 class Client:
@@ -86,6 +91,7 @@ class Client:
             raise RuntimeError(
                 "a pool was started while a lucidity worker imported the caller's main script as __mp_main__; "
                 "put the code that starts pools under `if __name__ == \"__main__\":`")
+        self._endpoint = addresses.parse(address)  # ValueError now, in the caller's thread
         self.address = address
         self._main = mainscript.describe()
         # Results name classes of the caller's script by the module name workers give it, as multiprocessing's.
@@ -119,6 +125,7 @@ class Client:
         self._wake_pending = False
         self._ready = threading.Event()
         self._worker_count = 0
+        self._unreachable: tuple[str, ...] = ()
         self._waker = transport.Waker()
         # Callers may still wake a client that has shut down; the pipe lives as long as the client object.
         weakref.finalize(self, self._waker.close)
@@ -141,6 +148,11 @@ class Client:
         """Workers this client may use at once (all known workers, or `max_running` if smaller)."""
         count = self._worker_count
         return min(count, self._max_running) if self._max_running else count
+
+    @property
+    def unreachable(self) -> tuple[str, ...]:
+        """Nodes and workers of the cluster that this client has not reached yet (it keeps trying)."""
+        return self._unreachable
 
     def function(self, function: Any) -> FunctionRef:
         """Serialize a function once per client; raises `SerializationError` if it cannot travel."""
@@ -233,8 +245,10 @@ class Client:
         self._control = self._new_socket()
         # Watch the handshake with the control node: a wrong or missing secret is otherwise a silent
         # reconnect loop (ipc:// clusters have no secret to get wrong).
-        self._handshake = security.HandshakeWatch(self._control) if self.address.startswith("tcp://") else None
-        self._control.connect(self.address)
+        self._handshake = security.HandshakeWatch(self._control) if self._endpoint.scheme == "tcp" else None
+        self._dialer = transport.Dialer(self._control, self.address)
+        self._control_heard = 0.0
+        self._first_answer = 0.0
         self._nodes: dict[str, NodeLink] = {}
         self._links: dict[str, WorkerLink] = {}
         self._by_socket: dict[zmq.Socket[Any], Callable[[list[Any]], None]] = {}
@@ -258,7 +272,12 @@ class Client:
                     next_heartbeat = now + HEARTBEAT_INTERVAL
                 self._dispatch()
                 self._check_starved(now)
-                self._poll(max(0.0, next_heartbeat - time.monotonic()))
+                wake_at = next_heartbeat
+                if self._first_answer and not self._ready.is_set():
+                    wake_at = min(wake_at, self._first_answer + READY_GRACE)
+                    if now >= self._first_answer + READY_GRACE:
+                        self._ready.set()  # the workers still silent are not waited for
+                self._poll(max(0.0, wake_at - time.monotonic()))
         except Exception:
             logger.exception("lucidity client %s: the I/O thread failed", self.id[:8])
             self._fail_all(RuntimeError("the lucidity client's I/O thread failed; see the log"))
@@ -331,12 +350,30 @@ class Client:
     def _heartbeat(self) -> None:
         """Watch the membership, ping every node, and drop nodes that stopped answering."""
         now = time.monotonic()
+        if self._control_heard and now - self._control_heard > CONTROL_SILENCE and self._dialer.may_move:
+            self._dialer.retry()  # another of its addresses, or its name resolved again: it may have moved
         self._send(self._control, protocol.encode(protocol.Kind.WATCH, {}))
         for node in list(self._nodes.values()):
+            if not node.has_reported:
+                # Never reached (a firewall, a route): not lost, and not waited for; ZeroMQ keeps trying.
+                if now - node.last_seen > self._node_timeout and not node.unreachable:
+                    node.unreachable = True
+                    logger.warning("lucidity client: node %s at %s is unreachable from this client (no answer in "
+                                   "%.0f s); using the other nodes and still trying it", node.name, node.address,
+                                   now - node.last_seen)
+                continue
             if now - node.last_seen > self._node_timeout:
                 self._drop_node(node, f"stopped answering for {now - node.last_seen:.1f} s", lost=True)
                 continue
             self._send(node.sock, protocol.encode(protocol.Kind.HEARTBEAT, {"client": self.id}))
+            for link in node.workers.values():
+                if not link.answered and now - link.created > self._node_timeout and not link.unreachable:
+                    link.unreachable = True
+                    logger.warning("lucidity client: worker %d of node %s at %s is unreachable from this client; "
+                                   "using the other workers and still trying it", link.pid, node.name, link.address)
+        self._unreachable = tuple(sorted(
+            [n.name for n in self._nodes.values() if n.unreachable]
+            + [w.key for w in self._links.values() if w.unreachable]))
 
     def _send(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
         try:
@@ -349,6 +386,11 @@ class Client:
     def _on_control(self, frames: list[Any]) -> None:
         message = protocol.decode(frames, CONTROL_KINDS)
         now = time.monotonic()
+        if self._control_heard and now - self._control_heard > CONTROL_SILENCE:
+            # Cut off from the control node for a while: it may have lost our nodes' heartbeats too, and
+            # lists them again only once they reach it. Until then a node missing from its list is not lost.
+            self._control_changed_at = now
+        self._control_heard = now
         if message.meta["instance"] != self._control_instance:
             # A new control node (a restart) knows no node until they heartbeat again: while it relearns
             # the cluster, a node missing from its list is not a node lost. (The first list is not a restart.)
@@ -358,7 +400,7 @@ class Client:
         relearning = now - self._control_changed_at < self._node_timeout and bool(self._nodes)
         listed: dict[str, dict[str, Any]] = {}
         for entry in message.meta["nodes"]:
-            if isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("address"), str):
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str) and _dialable(entry.get("address")):
                 listed[entry["name"]] = entry
         for name, node in list(self._nodes.items()):
             entry = listed.get(name)
@@ -372,7 +414,7 @@ class Client:
                 self._nodes[name].running = running
             if name not in self._nodes:
                 sock = self._new_socket()
-                sock.connect(entry["address"])
+                sock.connect(addresses.parse(entry["address"]).zmq)
                 node = NodeLink(name, entry["address"], str(entry.get("instance")), str(entry.get("host", "")), sock)
                 self._nodes[name] = node
                 self._watch(sock, lambda f, n=node: self._on_node(n, f))  # type: ignore[misc]
@@ -389,33 +431,42 @@ class Client:
 
     def _update_workers(self, node: NodeLink, workers: list[Any]) -> None:
         node.has_reported = True
+        if node.unreachable:
+            node.unreachable = False
+            logger.warning("lucidity client: node %s answered; using it", node.name)
         listed = {w["id"]: w for w in workers if isinstance(w, dict) and isinstance(w.get("id"), str)
-                  and isinstance(w.get("address"), str) and isinstance(w.get("pid"), int)}
+                  and _dialable(w.get("address")) and isinstance(w.get("pid"), int)}
         for worker_id, link in list(node.workers.items()):
             if worker_id not in listed:
                 self._drop_worker(node, link)
         for worker_id, entry in listed.items():
             if worker_id not in node.workers:
                 sock = self._new_socket()
-                sock.connect(entry["address"])
-                link = WorkerLink(node.name, worker_id, entry["pid"], sock)
+                address = addresses.parse(entry["address"]).zmq
+                sock.connect(address)
+                link = WorkerLink(node.name, worker_id, entry["pid"], sock, address)
                 node.workers[worker_id] = link
                 self._links[link.key] = link
                 self._watch(sock, lambda f, w=link: self._on_worker(w, f))  # type: ignore[misc]
+                # Tasks go to a worker once it answers: one this client cannot reach never holds any.
+                self._send(sock, protocol.encode(protocol.Kind.HEARTBEAT, {}))
         self._update_ready()
 
     def _update_ready(self) -> None:
         with self._lock:
             self._known_nodes = frozenset(self._nodes)
+        answered = {n.name: sum(1 for w in n.workers.values() if w.answered) for n in self._nodes.values()}
         self._membership = tuple(
-            NodeInfo(n.name, n.host, len(n.workers), n.running, sum(len(w.inflight) for w in n.workers.values()))
-            for n in self._nodes.values() if n.workers)
-        self._worker_count = len(self._links)
-        if self._links:
+            NodeInfo(n.name, n.host, answered[n.name], n.running, sum(len(w.inflight) for w in n.workers.values()))
+            for n in self._nodes.values() if answered[n.name])
+        self._worker_count = sum(answered.values())
+        if self._worker_count:
             self._no_workers_since = 0.0
+            self._first_answer = self._first_answer or time.monotonic()
         elif not self._no_workers_since:
             self._no_workers_since = time.monotonic()
-        if self._links and all(n.has_reported for n in self._nodes.values()):
+        if self._worker_count and all(n.has_reported or n.unreachable for n in self._nodes.values()) and all(
+                w.answered or w.unreachable for w in self._links.values()):
             self._ready.set()
 
     def _drop_node(self, node: NodeLink, why: str, *, lost: bool) -> None:
@@ -461,7 +512,7 @@ class Client:
         self._update_ready()
 
     def _check_starved(self, now: float) -> None:
-        if self._links or not self._no_workers_since or now - self._no_workers_since < self._wait_for_nodes:
+        if self._worker_count or not self._no_workers_since or now - self._no_workers_since < self._wait_for_nodes:
             return
         with self._lock:
             waiting = bool(self._pending) or any(self._pending_for.values())
@@ -517,7 +568,7 @@ class Client:
         """The worker with the fewest of our tasks in flight that still has credit (round robin on ties),
         and how many workers could take work now."""
         links = self._links.values() if node is None else self._nodes[node].workers.values()
-        candidates = [w for w in links if w.credit() > 0]
+        candidates = [w for w in links if w.answered and w.credit() > 0]
         if self._max_running:
             # At most max_running workers hold our tasks: the busy ones, and idle ones up to the cap.
             free = self._max_running - sum(1 for w in self._links.values() if w.inflight)
@@ -566,6 +617,14 @@ class Client:
 
     def _on_worker(self, link: WorkerLink, frames: list[Any]) -> None:
         message = protocol.decode(frames, WORKER_KINDS)
+        if message.kind is protocol.Kind.HEARTBEAT:
+            if not link.answered:
+                link.answered = True
+                if link.unreachable:
+                    link.unreachable = False
+                    logger.warning("lucidity client: worker %s answered; using it", link.key)
+                self._update_ready()
+            return
         if message.kind is protocol.Kind.FETCH:
             name = message.meta["module"]
             source, reason = self._modules.lookup(name)
@@ -685,6 +744,14 @@ class Client:
             error = RuntimeError("the pool was terminated before this task finished")
             for task in unfinished:
                 self._finish(task, False, error)
+
+
+def _dialable(address: Any) -> bool:
+    """Whether an address a daemon sent can be connected to (never a wildcard, never malformed)."""
+    try:
+        return not addresses.parse(address).is_wildcard
+    except ValueError:
+        return False
 
 
 def _module_meta(source: shipping.ModuleSource) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
+from . import addresses
 from .errors import ClusterUnavailable
 from .node.limits import MIN_WORKER_MEMORY, format_size, parse_size
 from .node.processes import STOP_GRACE, Child, stop_children
@@ -52,8 +53,18 @@ ADDRESS_VARIABLE = "LUCIDITY_ADDRESS"
 
 
 def resolve_address(address: Optional[str]) -> Optional[str]:
-    """The cluster to use: the explicit address, else $LUCIDITY_ADDRESS, else None (start an embedded one)."""
-    return address or os.environ.get(ADDRESS_VARIABLE) or None
+    """The cluster to use: the explicit address, else $LUCIDITY_ADDRESS, else None (start an embedded one).
+
+    Raises:
+        ValueError: the address is none of the forms `lucidity.addresses.parse` accepts.
+    """
+    if address:
+        addresses.parse(address)
+        return address
+    variable = os.environ.get(ADDRESS_VARIABLE)
+    if variable:
+        addresses.parse(variable, what=f"${ADDRESS_VARIABLE}")
+    return variable or None
 
 
 def resolve_secret(secret: Union[str, bytes, None], embedded: bool) -> Optional[bytes]:
@@ -286,8 +297,13 @@ def connect(address: Optional[str] = None, secret: Union[str, bytes, None] = Non
         ship: names of packages to send to the nodes up front (code shipping).
 
     Inside a task, jobs reach the cluster running the task without any call to connect.
+
+    Raises:
+        ValueError: `address` is not an address (see `lucidity.addresses`).
     """
     global _default
+    if address is not None:
+        addresses.parse(address)
     with _default_lock:
         previous, _default = _default, _DefaultCluster(address, ship, secret)
     if previous is not None:

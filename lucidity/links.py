@@ -28,8 +28,12 @@ WINDOW_TARGET = 0.005
 class WorkerLink:
     """The client's end of one worker: its socket, its tasks in flight, what it already has."""
 
-    def __init__(self, node: str, worker_id: str, pid: int, sock: zmq.Socket[Any]) -> None:
+    def __init__(self, node: str, worker_id: str, pid: int, sock: zmq.Socket[Any], address: str = "") -> None:
         self.key = f"{node}/{worker_id}"
+        self.address = address
+        self.created = time.monotonic()
+        self.answered = False  # it answered our first message: tasks may go to it
+        self.unreachable = False  # silent for longer than the node timeout (warned once)
         self.node = node
         self.worker_id = worker_id
         self.pid = pid
@@ -77,6 +81,7 @@ class NodeLink:
         self.host = host
         self.sock = sock
         self.has_reported = False
+        self.unreachable = False  # never answered within the node timeout (warned once); still being tried
         self.running = 0
         self.last_seen = time.monotonic()
         self.workers: dict[str, WorkerLink] = {}

@@ -99,7 +99,8 @@ import zmq
 from zmq.utils import z85
 
 from .errors import AuthenticationError
-from .transport import Waker, is_loopback
+from .addresses import is_loopback, parse
+from .transport import Waker
 
 __all__ = [
     "Role",
@@ -660,7 +661,7 @@ def guard_from_environment(context: zmq.Context[Any], secret: Optional[bytes] = 
 
 def check_exposure(bind: str, secret: Optional[bytes], insecure: bool, who: str) -> bool:
     """Refuse to listen beyond loopback without a secret, unless the operator insists (--insecure)."""
-    if secret is not None or is_loopback(bind):
+    if secret is not None or is_loopback(parse(bind, allow_port_zero=True)):
         return True
     if insecure:
         logger.warning("%s: LISTENING ON %s WITHOUT A CLUSTER SECRET (--insecure): anyone who can reach this port "

@@ -9,13 +9,20 @@ touching its sockets.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from typing import Any, Optional
 
 import zmq
 
-__all__ = ["new_context", "new_socket", "bind", "Waker", "private_directory", "is_loopback", "has_input",
-           "send_frames"]
+from . import addresses
+from .addresses import Endpoint
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["new_context", "new_socket", "bind", "bind_in_range", "Dialer", "Waker", "private_directory",
+           "has_input", "send_frames"]
 
 #: How long a socket keeps unsent messages after close, in seconds.
 LINGER = 1.0
@@ -56,15 +63,69 @@ def bind(sock: zmq.Socket[Any], address: str) -> str:
     return bound.replace("[::ffff:", "").replace("]:", ":") if "[::ffff:" in bound else bound
 
 
-def is_loopback(address: str) -> bool:
-    """True for ipc:// and inproc:// addresses and for tcp:// on 127.0.0.0/8, ::1 or localhost; False for
-    anything else (other hosts, interface names, wildcards and other transports)."""
-    if address.startswith(("ipc://", "inproc://")):
-        return True
-    if not address.startswith("tcp://"):
-        return False
-    host = address[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-    return host == "localhost" or host == "::1" or host.startswith("127.")
+def bind_in_range(sock: zmq.Socket[Any], endpoint: Endpoint, ports: tuple[int, int]) -> str:
+    """Bind to the first free port of ``ports`` (inclusive), starting at a random one so that workers
+    starting together rarely collide; return the address bound. ZMQError EADDRINUSE when all are taken."""
+    import random
+
+    first, last = ports
+    count = last - first + 1
+    start = random.randrange(count)
+    for offset in range(count):
+        try:
+            return bind(sock, Endpoint("tcp", endpoint.host, first + (start + offset) % count).zmq)
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    raise zmq.ZMQError(errno.EADDRINUSE, f"every port of {first}-{last} is in use")
+
+
+class Dialer:
+    """Keeps a DEALER connected to one peer that a name may place at several addresses, or move.
+
+    A name stands for every A/AAAA record it resolves to. The dialer connects to one; when its owner
+    hears nothing from the peer for a while (`retry`), it moves to the next record, and once all were
+    tried it resolves the name again, so a control node that moved (a restarted pod, a fly machine with a
+    new address) is found. An IP address is left to ZeroMQ's own reconnecting: there is nothing to move to.
+    """
+
+    def __init__(self, sock: zmq.Socket[Any], address: str) -> None:
+        self._sock = sock
+        self.address = address
+        self._endpoint = addresses.parse(address)
+        self._candidates: list[str] = []
+        self._index = 0
+        self.current: Optional[str] = None
+        self.retry()
+
+    @property
+    def may_move(self) -> bool:
+        return not self._endpoint.is_literal or len(self._candidates) > 1
+
+    def retry(self) -> None:
+        """Connect to the next record, resolving the name again once every record was tried."""
+        if self.current is not None and not self.may_move:
+            return
+        self._index += 1
+        if self._index >= len(self._candidates):
+            self._index = 0
+            try:
+                self._candidates = [e.zmq for e in addresses.resolve(self._endpoint)]
+            except OSError as exc:
+                logger.warning("cannot resolve %s: %s", self.address, exc)
+                if not self._candidates:
+                    return
+        chosen = self._candidates[self._index]
+        if chosen == self.current:
+            return
+        if self.current is not None:
+            try:
+                self._sock.disconnect(self.current)
+            except zmq.ZMQError:
+                pass
+        logger.debug("connecting to %s at %s", self.address, chosen)
+        self._sock.connect(chosen)
+        self.current = chosen
 
 
 def private_directory(prefix: str) -> str:

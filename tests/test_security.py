@@ -141,9 +141,9 @@ def test_an_impostor_control_node_cannot_reach_the_client(tmp_path):
 
 
 def test_no_listening_beyond_loopback_without_a_secret():
-    # A name that resolves nowhere: even a broken check could not bind it, so no test ever listens beyond
-    # loopback (a literal address might belong to the machine running the tests).
-    done = subprocess.run([sys.executable, "-m", "lucidity", "control", "--bind", "tcp://unbindable.invalid:3999"],
+    # RFC 5737's documentation network belongs to no machine: even a broken check could not bind it, so no
+    # test listens beyond loopback here (tests/test_hosts.py checks the refusal on a test host's address).
+    done = subprocess.run([sys.executable, "-m", "lucidity", "control", "--bind", "tcp://192.0.2.1:3999"],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "without a cluster secret" in done.stderr and "--insecure" in done.stderr
@@ -189,11 +189,15 @@ def test_garbage_and_wrong_mechanisms_at_a_secure_port(secret_cluster):
 
 
 def test_what_counts_as_loopback():
-    from lucidity.transport import is_loopback
+    from lucidity.addresses import is_loopback, parse
 
     for address in ["ipc:///tmp/x", "inproc://x", "tcp://127.0.0.1:1", "tcp://127.1.2.3:1", "tcp://[::1]:1",
-                    "tcp://localhost:1"]:
-        assert is_loopback(address), address
-    for address in ["tcp://0.0.0.0:1", "tcp://*:1", "tcp://10.0.0.1:1", "tcp://eth0:1", "tcp://[::]:1",
-                    "ws://127.0.0.1:1", "udp://127.0.0.1:1", "tcp://example.com:1"]:
-        assert not is_loopback(address), address
+                    "tcp://localhost:1", "127.0.0.1", "[::1]:3030"]:
+        assert is_loopback(parse(address)), address
+    for address in ["tcp://0.0.0.0:1", "tcp://*:1", "tcp://10.0.0.1:1", "tcp://[::]:1", "tcp://[fd00::1]:1",
+                    "tcp://no-such-host.invalid:1"]:
+        assert not is_loopback(parse(address)), address
+    # libzmq's source;destination form would bind the destination: it is not an address at all.
+    for address in ["tcp://127.0.0.1:0;0.0.0.0:3032", "ws://127.0.0.1:1", "udp://127.0.0.1:1"]:
+        with pytest.raises(ValueError):
+            parse(address)

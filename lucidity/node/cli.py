@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import zmq
 
-from .. import protocol, transport
+from .. import addresses, protocol, transport
 from .._version import __version__
 from ..errors import AuthenticationError, ClusterUnavailable, ProtocolError
 
@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 
     control = commands.add_parser("control", help="run the control node (the cluster's membership)")
-    control.add_argument("--bind", default=DEFAULT_CONTROL, help=f"listening address (default {DEFAULT_CONTROL})")
+    control.add_argument("--bind", default=DEFAULT_CONTROL,
+                         help=f"listening address, e.g. tcp://[::]:3030 or 0.0.0.0 (default {DEFAULT_CONTROL})")
     control.add_argument("--node-timeout", type=float, default=5.0,
                          help="seconds of silence after which a node is declared lost (default 5)")
     # Embedded clusters only: the private directory of the ipc:// address, removed when the daemon exits.
@@ -60,9 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     daemon_options(control)
 
     node = commands.add_parser("node", help="run a node daemon that joins a control node")
-    node.add_argument("control_address", help="the control node's address, e.g. tcp://127.0.0.1:3030")
+    node.add_argument("control_address",
+                      help="the control node: tcp://HOST:PORT, HOST:PORT, [IPv6]:PORT, or HOST (port 3030); "
+                           "a host name is resolved again whenever the control node stops answering")
     node.add_argument("--bind", default=None,
-                      help="address for clients (default tcp://127.0.0.1:0, a free loopback port)")
+                      help="address for clients (default tcp://127.0.0.1:0, a free loopback port); "
+                           "a wildcard (tcp://[::]:3031, 0.0.0.0:3031, *) listens on every interface")
+    node.add_argument("--advertise", default=None, metavar="HOST",
+                      help="the host clients are told to use for this node and its workers (default: the bound "
+                           "address; for a wildcard, this machine's address on the route to the control node); "
+                           "$VAR in it is taken from the environment")
+    node.add_argument("--worker-ports", default=None, metavar="LO-HI",
+                      help="the ports worker processes listen on, for a firewall (default: any free port)")
     node.add_argument("--processes", type=int, default=None, help="worker processes (default: CPU count)")
     node.add_argument("--name", default=None, help="node name (default: host name and pid)")
     node.add_argument("--heartbeat-interval", type=float, default=1.0,
@@ -117,11 +127,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                 return 2
         bind = args.bind or "tcp://127.0.0.1:0"
         try:
+            worker_ports = None if args.worker_ports is None else addresses.parse_port_range(args.worker_ports)
+            if worker_ports is not None and worker_ports[1] - worker_ports[0] + 1 < (args.processes or 1):
+                raise ValueError(f"--worker-ports {args.worker_ports} has fewer ports than --processes")
             daemon = NodeDaemon(args.control_address, bind, args.processes, args.name, parent_fd=args.parent_fd,
                                 ready_fd=args.ready_fd, memory_limit=args.memory_limit,
                                 max_tasks_per_worker=args.max_tasks_per_worker, recycle_memory=args.recycle_memory,
                                 heartbeat_interval=args.heartbeat_interval, client_timeout=args.client_timeout,
-                                secret=_secret(args), insecure=args.insecure)
+                                secret=_secret(args), insecure=args.insecure, advertise=args.advertise,
+                                worker_ports=worker_ports)
         except ValueError as exc:
             print(f"lucidity node: {exc}", file=sys.stderr)
             return 2
@@ -130,6 +144,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         address = args.address or os.environ.get("LUCIDITY_ADDRESS") or DEFAULT_CONTROL
         try:
             report = query_status(address, args.timeout, _secret(args))
+        except ValueError as exc:
+            print(f"lucidity status: {exc}", file=sys.stderr)
+            return 2
         except ClusterUnavailable as exc:
             print(f"lucidity status: {exc}", file=sys.stderr)
             return 1
@@ -185,16 +202,36 @@ def _request(context: zmq.Context[Any], address: str, timeout: float, secret: Op
         sock.close(linger=0)
 
 
+def _request_any(context: zmq.Context[Any], address: str, timeout: float, secret: Optional[bytes]) -> dict[str, Any]:
+    """`_request` to each address a name stands for, until one answers (ValueError: not an address)."""
+    endpoint = addresses.parse(address)
+    try:
+        candidates = addresses.resolve(endpoint)
+    except OSError as exc:
+        raise ClusterUnavailable(f"cannot resolve {endpoint.host}: {exc}") from None
+    for candidate in candidates[:-1]:
+        try:
+            return _request(context, candidate.zmq, timeout, secret)
+        except ClusterUnavailable:
+            continue
+    return _request(context, candidates[-1].zmq, timeout, secret)
+
+
 def query_status(address: str, timeout: float = STATUS_TIMEOUT, secret: Optional[bytes] = None) -> dict[str, Any]:
-    """Ask the control node for its nodes, then each node for its workers and task counts."""
+    """Ask the control node for its nodes, then each node for its workers and task counts.
+
+    Raises:
+        ValueError: `address` is not an address.
+        ClusterUnavailable: the control node did not answer.
+    """
     context = transport.new_context()
     try:
-        report = _request(context, address, timeout, secret)
+        report = _request_any(context, address, timeout, secret)
         nodes = []
         for entry in report.get("nodes", []):
             try:
-                nodes.append(_request(context, entry["address"], timeout, secret))
-            except ClusterUnavailable as exc:
+                nodes.append(_request_any(context, entry["address"], timeout, secret))
+            except (ClusterUnavailable, ValueError) as exc:
                 nodes.append({"name": entry.get("name"), "address": entry.get("address"), "error": str(exc),
                               "workers": []})
         report["nodes"] = nodes

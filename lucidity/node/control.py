@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import zmq
 
-from .. import protocol, security, transport
+from .. import addresses, protocol, security, transport
 from ..security import check_exposure
 from ..errors import ProtocolError
 from ..security import Role
@@ -97,7 +97,7 @@ class ControlDaemon:
         self._node_timeout = node_timeout
         self._secret = secret
         self._insecure = insecure
-        self._bind_request = bind
+        self._bind_request = addresses.bind_endpoint(bind, default_port=addresses.CONTROL_PORT).zmq
         self._parent_fd = parent_fd
         self._ready_fd = ready_fd
         self.instance = uuid.uuid4().hex
@@ -219,6 +219,11 @@ class ControlDaemon:
 
     def _join(self, identity: bytes, meta: dict[str, Any], now: float) -> None:
         record = self._nodes.get(identity)
+        if record is None or record.address != meta["address"]:
+            # Clients connect to what is listed here: only an address someone can dial is listed.
+            endpoint = addresses.parse(meta["address"], what="a joining node's address")
+            if endpoint.is_wildcard:
+                raise ProtocolError(f"node {meta['name']!r} joined with the wildcard address {meta['address']}")
         if record is not None and record.address == meta["address"] and record.instance == meta["instance"]:
             record.last_seen = now
             running = meta.get("running")

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 
 import zmq
 
-from .. import protocol, security, transport
+from .. import addresses, protocol, security, transport
 from ..errors import ProtocolError, describe_exit
 from ..security import Role, check_exposure
 from .processes import STOP_GRACE, Child, stop_children
@@ -54,6 +54,8 @@ RESTART_DELAY = 0.1
 RESTART_DELAY_MAX = 5.0
 #: A loop that went this many heartbeat intervals without a turn was stalled (SIGSTOP, starved CPU).
 STALL_FACTOR = 3
+#: Silence from the control node after which the node dials its other addresses (or resolves its name again).
+CONTROL_SILENCE = 3.0
 #: At most one "cannot join" line per this many seconds.
 HANDSHAKE_LOG_INTERVAL = 10.0
 #: Rate limit for logging dropped messages: at most one line per this many seconds.
@@ -85,6 +87,12 @@ class NodeDaemon:
         name: the node's name in the cluster (default: host name and pid).
         parent_fd: a pipe's read end whose closing means the owner is gone (embedded clusters).
         ready_fd: a pipe to which the daemon writes its address once it has joined (embedded clusters).
+        advertise: the host clients are told to use (default: the bound one; for a wildcard bind, the
+            address of the interface that routes to the control node). ``$VAR`` in it is expanded.
+        worker_ports: (first, last) ports the workers listen on (default: any free port).
+
+    Raises:
+        ValueError: an address, or a limit, that cannot work (one line, for the CLI to print).
     """
 
     def __init__(self, control_address: str, bind: str = "tcp://127.0.0.1:0", processes: Optional[int] = None,
@@ -92,7 +100,13 @@ class NodeDaemon:
                  ready_fd: Optional[int] = None, memory_limit: Optional[int] = None,
                  max_tasks_per_worker: Optional[int] = None, recycle_memory: Optional[int] = None,
                  heartbeat_interval: float = HEARTBEAT_INTERVAL, client_timeout: float = CLIENT_TIMEOUT,
-                 secret: Optional[bytes] = None, insecure: bool = False) -> None:
+                 secret: Optional[bytes] = None, insecure: bool = False, advertise: Optional[str] = None,
+                 worker_ports: Optional[tuple[int, int]] = None) -> None:
+        self._control_endpoint = addresses.parse(control_address, what="control address")
+        self._bind = addresses.bind_endpoint(bind, default_port=0)
+        self._advertise = advertise
+        addresses.advertised_host(self._bind, None, advertise)  # a bad --advertise fails now, not after binding
+        self._worker_ports = worker_ports
         self._secret = secret
         self._insecure = insecure
         self._heartbeat_interval = heartbeat_interval
@@ -107,11 +121,10 @@ class NodeDaemon:
             if value is not None:
                 self._worker_options += [option, str(value)]
         self._watching = False
-        self.control_address = control_address
+        self.control_address = self._control_endpoint.zmq
         self.processes = processes or os.cpu_count() or 1
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.instance = uuid.uuid4().hex
-        self._bind_request = bind
         self._parent_fd = parent_fd
         self._ready_fd = ready_fd
         self._runtime = transport.private_directory("lucidity-node-")
@@ -132,7 +145,9 @@ class NodeDaemon:
         self._context = transport.new_context()
         self._router = transport.new_socket(self._context, zmq.ROUTER)
         self._control = transport.new_socket(self._context, zmq.DEALER)
-        self.address = ""
+        self.address = ""  # where clients reach this daemon (the advertised host)
+        self._worker_host = ""  # what workers bind to, and what the daemon reaches them at
+        self._control_heard = time.monotonic()
         self._worker_env = limits.thread_environment(
             self.processes, dict(os.environ, LUCIDITY_NODE=self.name, LUCIDITY_ADDRESS=control_address))
 
@@ -142,7 +157,7 @@ class NodeDaemon:
         """Serve until SIGINT/SIGTERM, a LEAVE, or the owner's exit; then stop every worker. Returns 0."""
         self._install_signal_handlers()
         limits.become_subreaper()  # what a killed worker's tasks leave behind is reparented here, and stopped
-        if not check_exposure(self._bind_request, self._secret, self._insecure, f"node {self.name}"):
+        if not check_exposure(self._bind.zmq, self._secret, self._insecure, f"node {self.name}"):
             self._close()
             return 2
         self._guard = security.Guard(self._context, security.ClusterKeys.derive(self._secret) if self._secret else None)
@@ -155,15 +170,19 @@ class NodeDaemon:
             signal.signal(signal.SIGUSR2, lambda signum, frame: self._guard.close())
         self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         try:
-            self.address = transport.bind(self._router, self._bind_request)
+            bound = addresses.parse(transport.bind(self._router, self._bind.zmq), allow_port_zero=True)
         except zmq.ZMQError as exc:
-            logger.error("node %s cannot bind %s: %s", self.name, self._bind_request, exc)
+            logger.error("node %s cannot bind %s: %s", self.name, self._bind, exc)
             self._close()
             return 1
+        advertised = addresses.advertised_host(bound, self._control_endpoint, self._advertise)
+        self.address = bound.with_host(advertised).zmq
+        # Workers listen where the daemon does; the daemon itself reaches a wildcard-bound worker on loopback.
+        self._worker_host = bound.host
         self._control_watch: Optional[security.HandshakeWatch] = None
-        if self.control_address.startswith("tcp://"):
+        if self._control_endpoint.scheme == "tcp":
             self._control_watch = security.HandshakeWatch(self._control)
-        self._control.connect(self.control_address)
+        self._control_dialer = transport.Dialer(self._control, self.control_address)
         logger.info("node %s listening at %s, joining %s with %d workers", self.name, self.address,
                     self.control_address, self.processes)
         for index in range(self.processes):
@@ -369,6 +388,7 @@ class NodeDaemon:
 
     def _on_control_message(self, frames: list[bytes]) -> None:
         message = protocol.decode(frames, CONTROL_KINDS)
+        self._control_heard = time.monotonic()
         if message.kind is protocol.Kind.WELCOME and self._ready_fd is not None:
             os.write(self._ready_fd, f"{self.address}\n".encode())
             os.close(self._ready_fd)
@@ -390,6 +410,9 @@ class NodeDaemon:
                 logger.error("node %s cannot join %s: %s", self.name, self.control_address, reason)
 
     def _send_join(self) -> None:
+        if time.monotonic() - self._control_heard > CONTROL_SILENCE:
+            self._control_dialer.retry()  # another of its addresses, or its name resolved again: it may have moved
+            self._control_heard = time.monotonic()
         running = sum(1 for w in self._workers.values() if self._slots.read(w.index).state is SlotState.RUNNING)
         meta = {"name": self.name, "address": self.address, "processes": self.processes,
                 "instance": self.instance, "running": running, "host": socket.gethostname()}
@@ -397,6 +420,11 @@ class NodeDaemon:
             self._control.send_multipart(protocol.encode(protocol.Kind.JOIN, meta), zmq.NOBLOCK)
         except zmq.Again:
             pass  # control unreachable right now; the next heartbeat tries again
+
+    @property
+    def address_host(self) -> str:
+        """The host clients are told to use for this node and its workers."""
+        return addresses.parse(self.address, allow_port_zero=True).host
 
     def _on_parent_gone(self) -> None:
         logger.info("node %s: the process that owns this embedded cluster is gone", self.name)
@@ -409,9 +437,8 @@ class NodeDaemon:
             w.state is WorkerState.READY for w in self._workers.values())
 
     def _worker_bind(self, index: int) -> str:
-        if self.address.startswith("tcp://"):
-            host = self.address[len("tcp://"):].rsplit(":", 1)[0]
-            return f"tcp://{host}:0"
+        if self._bind.scheme == "tcp":
+            return addresses.Endpoint("tcp", self._worker_host, 0).zmq
         self._generation += 1
         return f"ipc://{self._runtime}/w{index}-{self._generation}"
 
@@ -421,6 +448,8 @@ class NodeDaemon:
         argv = [sys.executable, "-m", "lucidity.node.worker", "--slots", self._slots.path,
                 "--slot-count", str(self.processes), "--slot-index", str(index), "--bind", self._worker_bind(index),
                 "--ready-fd", str(write_fd), "--parent", str(os.getpid())]
+        if self._worker_ports is not None:
+            argv += ["--ports", "%d-%d" % self._worker_ports]
         argv += self._worker_options
         try:
             child = Child.start(argv, pass_fds=(write_fd,), env=self._worker_env, capture_stderr=True)
@@ -445,10 +474,13 @@ class NodeDaemon:
             return
         if not data.endswith(b"\n"):
             return  # it died before binding; its exit is handled through the pidfd
-        worker.address = data.decode().strip()
+        bound = addresses.parse(data.decode().strip(), allow_port_zero=True)
+        # Clients use the advertised host; the daemon reaches a worker bound to a wildcard on loopback.
+        worker.address = bound.with_host(self.address_host).zmq if bound.scheme == "tcp" else bound.zmq
+        local = bound.with_host("127.0.0.1") if bound.is_wildcard else bound
         worker.control = transport.new_socket(self._context, zmq.DEALER)
         self._guard.connect(worker.control, Role.NODE)
-        worker.control.connect(worker.address)
+        worker.control.connect(local.zmq)
         worker.move(WorkerState.READY)
         self._restart_failures = 0
         logger.debug("node %s: worker %d ready at %s", self.name, worker.child.pid, worker.address)

@@ -35,10 +35,11 @@ from ..errors import MemoryLimitExceeded, ProtocolError
 from . import limits
 from .slots import SlotTable
 
-ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE, protocol.Kind.DROP})
+ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE, protocol.Kind.DROP,
+                      protocol.Kind.HEARTBEAT})
 #: With a cluster secret: clients send work and modules, the node daemon drops a vanished client's work.
 ACCEPTED_BY_ROLE = {
-    "client": frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE}),
+    "client": frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE, protocol.Kind.HEARTBEAT}),
     "node": frozenset({protocol.Kind.DROP}),
 }
 #: How long a worker waits for a client to answer a module request, in seconds.
@@ -152,6 +153,10 @@ class Worker:
         identity = frames[0].bytes
         accepted = ACCEPTED if self._guard is None else self._guard.accepted(frames[0], self._accepted_by_role, ACCEPTED)
         message = protocol.decode(frames[1:], accepted)
+        if message.kind is protocol.Kind.HEARTBEAT:
+            # A client reaching this worker for the first time: it sends tasks only once this comes back.
+            self._send(identity, protocol.encode(protocol.Kind.HEARTBEAT, {}))
+            return
         if message.kind is protocol.Kind.CANCEL:
             cancelled = set(message.meta["tasks"])
             self._queue = collections.deque(
@@ -518,6 +523,7 @@ class _Arguments(NamedTuple):
     memory_limit: Optional[int]
     max_tasks: Optional[int]
     recycle_memory: Optional[int]
+    ports: Optional[str]  # LO-HI: listen on a port of this range (an operator's firewall opening)
 
 
 def _parse(argv: list[str]) -> _Arguments:
@@ -531,7 +537,7 @@ def _parse(argv: list[str]) -> _Arguments:
         text = given.get(f"--{name.replace('_', '-')}")
         if text is None and "Optional" not in str(kind):
             raise SystemExit(f"lucidity worker: --{name.replace('_', '-')} is required")
-        values[name] = None if text is None else (text if name in ("slots", "bind") else int(text))
+        values[name] = None if text is None else (text if name in ("slots", "bind", "ports") else int(text))
     # argparse-style names: --slot-count, --slot-index, ...
     return _Arguments(**values)
 
@@ -557,7 +563,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     sock = transport.new_socket(context, zmq.ROUTER)
     if guard is not None:
         guard.listen(sock)
-    address = transport.bind(sock, args.bind)
+    if args.ports:
+        from ..addresses import parse, parse_port_range
+
+        address = transport.bind_in_range(sock, parse(args.bind, allow_port_zero=True), parse_port_range(args.ports))
+    else:
+        address = transport.bind(sock, args.bind)
     os.write(args.ready_fd, f"{address}\n".encode())
     # The pipe stays open: a byte on it tells the daemon a limited task started.
     options = WorkerOptions(args.memory_limit, args.max_tasks, args.recycle_memory, args.ready_fd)
