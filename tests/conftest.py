@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from lucidity.node.cli import query_status
+from testhosts import test_hosts, test_hosts_session  # noqa: F401  (fixtures: test hosts in network namespaces)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 #: How long a test's leftover processes get to exit before they count as leaked, in seconds.
