@@ -121,7 +121,7 @@ def _split_host_port(text: str, original: str, what: str) -> tuple[str, Optional
         return host, rest[1:]
     if text.count(":") > 1:  # a bare IPv6 address: no port can be told apart from it
         if _ip(text) is None:
-            raise ValueError(f"{what} {original!r}: not an IPv6 address; write [IPv6]:PORT for one with a port")
+            raise ValueError(f"{what} {original!r} is not an address; expected {FORMS}")
         return text, None
     if ":" in text:
         host, port = text.split(":", 1)

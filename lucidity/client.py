@@ -247,7 +247,8 @@ class Client:
         # reconnect loop (ipc:// clusters have no secret to get wrong).
         self._handshake = security.HandshakeWatch(self._control) if self._endpoint.scheme == "tcp" else None
         self._dialer = transport.Dialer(self._control, self.address)
-        self._control_heard = 0.0
+        self._control_heard = 0.0  # when the control node last spoke (0: never)
+        self._control_dialed = time.monotonic()  # when the dialer last moved
         self._first_answer = 0.0
         self._nodes: dict[str, NodeLink] = {}
         self._links: dict[str, WorkerLink] = {}
@@ -350,8 +351,9 @@ class Client:
     def _heartbeat(self) -> None:
         """Watch the membership, ping every node, and drop nodes that stopped answering."""
         now = time.monotonic()
-        if self._control_heard and now - self._control_heard > CONTROL_SILENCE and self._dialer.may_move:
+        if now - max(self._control_heard, self._control_dialed) > CONTROL_SILENCE and self._dialer.may_move:
             self._dialer.retry()  # another of its addresses, or its name resolved again: it may have moved
+            self._control_dialed = now
         self._send(self._control, protocol.encode(protocol.Kind.WATCH, {}))
         for node in list(self._nodes.values()):
             if not node.has_reported:

@@ -565,7 +565,7 @@ class NodeDaemon:
             rss = limits.memory_of(worker.child.pid) or 0  # the worker and anything its task started
             state = "busy" if slot.state is SlotState.RUNNING else worker.state.value
             running = slot.state is SlotState.RUNNING
-            workers.append({"pid": worker.child.pid, "state": state, "rss": rss, "tasks_done": slot.tasks_done,
+            workers.append({"pid": worker.child.pid, "address": worker.address, "state": state, "rss": rss, "tasks_done": slot.tasks_done,
                             "task": slot.task_id if running else None, "peak": peak_rss(worker.child.pid),
                             "cap": (slot.limits.memory if running and slot.limits.memory else self.memory_limit)})
         return {"role": "node", "name": self.name, "address": self.address, "instance": self.instance,
