@@ -62,7 +62,8 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 
 #: Every namespace name made here starts with this, then the pytest pid and a dash.
 PREFIX = "lt"
-#: Host N gets SUBNET4.N/24 and SUBNET6N/64 (documentation-like private ranges, unused by the machine).
+#: Host N gets SUBNET4 + N /24 and SUBNET6 + N /64: a private and a unique-local range that exist only inside
+#: the namespaces, so they cannot clash with the machine's own networks.
 SUBNET4 = "10.77.0."
 SUBNET6 = "fd00:77::"
 PREFIX4_BITS = 24
@@ -82,12 +83,15 @@ DNS_TIMEOUT = 10.0
 STOP_TIMEOUT = 15.0
 #: Pause between two checks of a link's state, in seconds (the first check nearly always passes).
 LINK_CHECK_INTERVAL = 0.01
+#: Pause between two looks for processes left in a namespace after SIGKILL, in seconds.
+KILL_CHECK_INTERVAL = 0.01
 #: Pause between two `lucidity status` runs in `HostCluster.wait_for`, in seconds.
 STATUS_INTERVAL = 0.1
 #: Lines of each daemon's log shown when a wait fails.
 LOG_TAIL_LINES = 30
 
-__all__ = ["Network", "Host", "DnsServer", "HostCluster", "NetworkError", "LineReader", "NetworkSession", "test_hosts", "test_hosts_session"]
+__all__ = ["Network", "Host", "DnsServer", "HostCluster", "LineReader", "NetworkError", "NetworkSession", "ip",
+           "kill_namespace", "remove_leftovers", "test_hosts", "test_hosts_session"]
 
 
 class NetworkError(RuntimeError):
@@ -360,9 +364,11 @@ class Network:
         return server
 
     def use_dns(self, server: Union[DnsServer, Host]) -> None:
-        """Make every host, present and future, resolve names through the DNS server on `server`: writes
-        /etc/netns/NS/resolv.conf, which ``ip netns exec`` mounts over /etc/resolv.conf for processes
-        started afterwards (a running process keeps the file it had)."""
+        """Make every host, present and future, resolve names through the DNS server on `server`.
+
+        Writes /etc/netns/NS/resolv.conf, which ``ip netns exec`` mounts over /etc/resolv.conf when it starts
+        a process: processes started afterwards use it, one started before keeps the machine's resolver.
+        """
         self.nameserver = server.address if isinstance(server, DnsServer) else server.ipv4
         for host in self.hosts.values():
             self._write_resolv_conf(host)
@@ -395,7 +401,7 @@ class Network:
             try:
                 proc.wait(KILL_TIMEOUT)
             except subprocess.TimeoutExpired:
-                problems.append(f"process {proc.pid} ({' '.join(map(str, proc.args))[:120]}) survived SIGKILL")
+                problems.append(f"process {proc.pid} ({str(proc.args)[:160]}) survived SIGKILL")
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream is not None:
                     with contextlib.suppress(OSError):
@@ -437,7 +443,8 @@ def kill_namespace(ns: str, children: Iterable[subprocess.Popen[Any]] = ()) -> N
     """SIGKILL every process in namespace `ns` until none is left; reap those among `children`.
 
     Loops because a process may fork while it is being killed. Processes that are not our children are
-    reaped by their parent or by init once their parent is killed too.
+    reaped by their parent or by init; they leave the namespace's list as soon as they die (a zombie is in
+    no namespace), so waiting for their reaping is not needed, and init here can take seconds to do it.
 
     Raises:
         NetworkError: processes are still in `ns` after `KILL_TIMEOUT`.
@@ -450,22 +457,23 @@ def kill_namespace(ns: str, children: Iterable[subprocess.Popen[Any]] = ()) -> N
             return
         if time.monotonic() > deadline:
             raise NetworkError(f"processes {pids} in namespace {ns} survived SIGKILL for {KILL_TIMEOUT:g} s")
-        procs = []
         for pid in pids:
-            with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(pid)
-                proc.kill()
-                procs.append(proc)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for pid in pids:
             if pid in ours:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     ours[pid].wait(max(0.0, deadline - time.monotonic()))
-        psutil.wait_procs(procs, timeout=max(0.0, deadline - time.monotonic()))
+        if not set(pids) <= set(ours):
+            time.sleep(KILL_CHECK_INTERVAL)  # no event tells when another's process has died
 
 
 def remove_leftovers() -> list[str]:
     """Remove the namespaces (and /etc/netns directories) of earlier runs whose pytest process is gone, or
-    that carry our own pid (a crashed run whose pid we reuse). Returns their names."""
+    that carry our own pid (a crashed run whose pid we reuse). Returns their names.
+
+    Call it only while this process has no network of its own: the session fixture calls it first thing.
+    """
     pattern = re.compile(rf"{PREFIX}(\d+)-")
     removed = []
     names = [line.split()[0] for line in ip("netns", "list").splitlines() if line.strip()]
@@ -476,13 +484,21 @@ def remove_leftovers() -> list[str]:
         if not match:
             continue
         pid = int(match.group(1))
-        if pid != os.getpid() and psutil.pid_exists(pid):
+        if pid != os.getpid() and _is_alive(pid):
             continue  # a live run's, perhaps in parallel with this one
         kill_namespace(ns)
         ip("netns", "del", ns, check=False)
         shutil.rmtree(NETNS_ETC / ns, ignore_errors=True)
         removed.append(ns)
     return removed
+
+
+def _is_alive(pid: int) -> bool:
+    # A SIGKILLed pytest stays a zombie until its parent (perhaps init) reaps it: that run is over.
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
 
 
 class NetworkSession:
@@ -584,7 +600,7 @@ class HostCluster:
         host = via or self.control_host
         if host is None or self.control_address is None:
             raise ValueError("status needs a running control: start_control first")
-        done = host.run(self.lucidity("status", "--json", "--timeout", f"{timeout:g}", self.control_address),
+        done = host.run(self.lucidity("status", "--json", "--timeout", f"{timeout:.2f}", self.control_address),
                         timeout=timeout * 10 + 10, env=self.env)
         if done.returncode != 0:
             raise NetworkError(f"`lucidity status` on {host.name} exited {done.returncode}: {done.stderr.strip()}")
@@ -598,12 +614,16 @@ class HostCluster:
 
         Raises:
             TimeoutError: not within `timeout` seconds; the text has the last report and the daemons' logs.
+            RuntimeError: a daemon started here exited meanwhile (its status and the logs are in the text).
         """
         names = None if isinstance(nodes, int) else sorted(nodes)
         count = nodes if isinstance(nodes, int) else len(names or [])
         deadline = time.monotonic() + timeout
         last: Union[dict[str, Any], str] = "none yet"
         while time.monotonic() < deadline:
+            exited = {key: proc.returncode for key, proc in self.processes.items() if proc.poll() is not None}
+            if exited:
+                raise RuntimeError(f"daemons exited while waiting for nodes {nodes}: {exited}\n{self.describe_logs()}")
             try:
                 report = self.status(via, timeout=min(1.0, max(0.1, deadline - time.monotonic())))
             except (NetworkError, subprocess.TimeoutExpired, ValueError) as exc:
