@@ -165,7 +165,7 @@ def test_a_cable_pulled_mid_map_loses_no_result_and_the_node_comes_back(
     assert client.wait(10) == 0, (tmp_path / "client.err").read_text() + cluster.describe_logs()
     assert pulled_after is not None and pulled_after < count, f"the map ended before the pull: {delivered}"
     assert sorted(x for x, _ in delivered) == list(range(count))  # every result, each exactly once
-    assert {node for _, node in delivered[pulled_after:]} <= {"a", "b"}
+    assert any(node == "a" for _, node in delivered[pulled_after:])  # a finished what b could not send
 
     plugged = time.monotonic()
     b.plug_cable()
