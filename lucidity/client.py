@@ -56,6 +56,8 @@ NODE_LOSS_RETRIES = 3
 #: Silence from the control node after which the client dials its other addresses (or resolves its name
 #: again), and after which its first list is read as a relearning one (nodes it lacks are not lost yet).
 CONTROL_SILENCE = 3.0
+#: A node missing from the control node's list is dropped once it has not answered this client for this long.
+UNLISTED_GRACE = 2.5 * HEARTBEAT_INTERVAL
 #: Once one worker answered, how long the client waits for the others it was told of before it is ready.
 READY_GRACE = 0.5
 #: Functions remembered per client (serialized once, then sent by digest).
@@ -373,9 +375,7 @@ class Client:
                     link.unreachable = True
                     logger.warning("lucidity client: worker %d of node %s at %s is unreachable from this client; "
                                    "using the other workers and still trying it", link.pid, node.name, link.address)
-        self._unreachable = tuple(sorted(
-            [n.name for n in self._nodes.values() if n.unreachable]
-            + [w.key for w in self._links.values() if w.unreachable]))
+        self._update_unreachable()
 
     def _send(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
         try:
@@ -406,7 +406,10 @@ class Client:
                 listed[entry["name"]] = entry
         for name, node in list(self._nodes.items()):
             entry = listed.get(name)
-            if entry is None and relearning:
+            if entry is None and (relearning or now - node.last_seen < UNLISTED_GRACE):
+                # The control node's view lags ours: a node that answered us a moment ago is alive whatever
+                # the list says (the control node may have lost its heartbeats). A node that left stops
+                # answering, and goes with the next list.
                 continue
             if entry is None or entry["address"] != node.address or entry.get("instance") != node.instance:
                 self._drop_node(node, "left the cluster", lost=True)
@@ -454,6 +457,11 @@ class Client:
                 self._send(sock, protocol.encode(protocol.Kind.HEARTBEAT, {}))
         self._update_ready()
 
+    def _update_unreachable(self) -> None:
+        self._unreachable = tuple(sorted(
+            [n.name for n in self._nodes.values() if n.unreachable]
+            + [w.key for w in self._links.values() if w.unreachable]))
+
     def _update_ready(self) -> None:
         with self._lock:
             self._known_nodes = frozenset(self._nodes)
@@ -462,6 +470,7 @@ class Client:
             NodeInfo(n.name, n.host, answered[n.name], n.running, sum(len(w.inflight) for w in n.workers.values()))
             for n in self._nodes.values() if answered[n.name])
         self._worker_count = sum(answered.values())
+        self._update_unreachable()
         if self._worker_count:
             self._no_workers_since = 0.0
             self._first_answer = self._first_answer or time.monotonic()

@@ -99,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the pythagorean example on an embedded cluster")
     demo.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
+
+    from .. import fly
+
+    fly.add_command(commands)
     return parser
 
 
@@ -165,6 +169,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 1
         print(f"wrote a new cluster secret to {args.path} (mode 0600)")
         return 0
+    if args.command == "fly":
+        from .. import fly
+
+        return fly.run(args)
     if args.command == "demo":
         from .. import demo
 
