@@ -20,8 +20,7 @@ import ipaddress
 import os
 import re
 import socket
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 __all__ = ["Endpoint", "parse", "bind_endpoint", "resolve", "advertised_host", "is_loopback", "parse_port_range",
            "CONTROL_PORT", "FORMS"]
@@ -35,9 +34,12 @@ WILDCARDS = frozenset({"*", "0.0.0.0", "::"})
 _NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?$")
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """One parsed address: ``tcp`` with a host and port, or ``ipc``/``inproc`` with a path."""
+class Endpoint(NamedTuple):
+    """One parsed address: ``tcp`` with a host and port, or ``ipc``/``inproc`` with a path.
+
+    A NamedTuple rather than a dataclass: workers parse their bind address, and dataclasses would cost
+    each worker start the import of `inspect`.
+    """
 
     scheme: str
     host: str = ""  # without brackets; "*" for the wildcard
@@ -61,7 +63,7 @@ class Endpoint:
         return self.scheme != "tcp" or self.host in WILDCARDS or _ip(self.host) is not None
 
     def with_host(self, host: str) -> "Endpoint":
-        return Endpoint(self.scheme, host, self.port, self.path)
+        return self._replace(host=host)
 
     def __str__(self) -> str:
         return self.zmq

@@ -547,9 +547,10 @@ def _app_image(api_client: MachinesAPI, machines: list[dict[str, Any]], prefix: 
 
 def add_command(subparsers: Any) -> None:
     """Add ``fly nodes`` to the CLI's subcommands (the object `ArgumentParser.add_subparsers` returned)."""
-    fly = subparsers.add_parser("fly", help="run node machines on fly.io")
+    fly = subparsers.add_parser("fly", allow_abbrev=False, help="run node machines on fly.io")
     commands = fly.add_subparsers(dest="fly_command", required=True)
-    nodes = commands.add_parser("nodes", help="create or start N node machines of the app's image (or --destroy)",
+    nodes = commands.add_parser("nodes", allow_abbrev=False,
+                                help="create or start N node machines of the app's image (or --destroy)",
                                 description="Idempotent: machines named PREFIX-1..N are reused, missing ones created.")
     nodes.add_argument("--count", type=int, default=None, help="how many node machines")
     nodes.add_argument("--destroy", action="store_true", help="delete every node machine of the app instead")

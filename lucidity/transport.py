@@ -10,16 +10,13 @@ touching its sockets.
 from __future__ import annotations
 
 import errno
-import logging
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import zmq
 
-from . import addresses
-from .addresses import Endpoint
-
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .addresses import Endpoint
 
 __all__ = ["new_context", "new_socket", "bind", "bind_in_range", "Dialer", "Waker", "private_directory",
            "has_input", "send_frames"]
@@ -63,7 +60,7 @@ def bind(sock: zmq.Socket[Any], address: str) -> str:
     return bound.replace("[::ffff:", "").replace("]:", ":") if "[::ffff:" in bound else bound
 
 
-def bind_in_range(sock: zmq.Socket[Any], endpoint: Endpoint, ports: tuple[int, int]) -> str:
+def bind_in_range(sock: zmq.Socket[Any], endpoint: "Endpoint", ports: tuple[int, int]) -> str:
     """Bind to the first free port of ``ports`` (inclusive), starting at a random one so that workers
     starting together rarely collide; return the address bound. ZMQError EADDRINUSE when all are taken."""
     import random
@@ -73,11 +70,17 @@ def bind_in_range(sock: zmq.Socket[Any], endpoint: Endpoint, ports: tuple[int, i
     start = random.randrange(count)
     for offset in range(count):
         try:
-            return bind(sock, Endpoint("tcp", endpoint.host, first + (start + offset) % count).zmq)
+            return bind(sock, endpoint._replace(port=first + (start + offset) % count).zmq)
         except zmq.ZMQError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
     raise zmq.ZMQError(errno.EADDRINUSE, f"every port of {first}-{last} is in use")
+
+
+def _logger() -> Any:
+    import logging  # only dialing processes log here; a worker starts without the logging package
+
+    return logging.getLogger(__name__)
 
 
 class Dialer:
@@ -90,6 +93,9 @@ class Dialer:
     """
 
     def __init__(self, sock: zmq.Socket[Any], address: str) -> None:
+        from . import addresses  # here, not at the top: a worker, which never dials, starts without it
+
+        self._addresses = addresses
         self._sock = sock
         self.address = address
         self._endpoint = addresses.parse(address)
@@ -110,9 +116,9 @@ class Dialer:
         if self._index >= len(self._candidates):
             self._index = 0
             try:
-                self._candidates = [e.zmq for e in addresses.resolve(self._endpoint)]
+                self._candidates = [e.zmq for e in self._addresses.resolve(self._endpoint)]
             except OSError as exc:
-                logger.warning("cannot resolve %s: %s", self.address, exc)
+                _logger().warning("cannot resolve %s: %s", self.address, exc)
                 if not self._candidates:
                     return
         chosen = self._candidates[self._index]
@@ -123,7 +129,7 @@ class Dialer:
                 self._sock.disconnect(self.current)
             except zmq.ZMQError:
                 pass
-        logger.debug("connecting to %s at %s", self.address, chosen)
+        _logger().debug("connecting to %s at %s", self.address, chosen)
         self._sock.connect(chosen)
         self.current = chosen
 

@@ -35,7 +35,9 @@ def _size(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lucidity", description="Run Python functions on node daemons.")
+    # No abbreviations: a recipe that says --worker-port must fail, not quietly mean --worker-ports.
+    parser = argparse.ArgumentParser(prog="lucidity", description="Run Python functions on node daemons.",
+                                     allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"lucidity {__version__}")
     levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
     parser.add_argument("--log-level", dest="global_log_level", default=None, type=str.upper, choices=levels,
@@ -51,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
         sub.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
 
-    control = commands.add_parser("control", help="run the control node (the cluster's membership)")
+    control = commands.add_parser("control", allow_abbrev=False,
+                                  help="run the control node (the cluster's membership)")
     control.add_argument("--bind", default=DEFAULT_CONTROL,
                          help=f"listening address, e.g. tcp://[::]:3030 or 0.0.0.0 (default {DEFAULT_CONTROL})")
     control.add_argument("--node-timeout", type=float, default=5.0,
@@ -60,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     control.add_argument("--runtime-dir", default=None, help=argparse.SUPPRESS)
     daemon_options(control)
 
-    node = commands.add_parser("node", help="run a node daemon that joins a control node")
+    node = commands.add_parser("node", allow_abbrev=False, help="run a node daemon that joins a control node")
     node.add_argument("control_address",
                       help="the control node: tcp://HOST:PORT, HOST:PORT, [IPv6]:PORT, or HOST (port 3030); "
                            "a host name is resolved again whenever the control node stops answering")
@@ -73,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                            "$VAR in it is taken from the environment")
     node.add_argument("--worker-ports", default=None, metavar="LO-HI",
                       help="the ports worker processes listen on, for a firewall (default: any free port)")
-    node.add_argument("--processes", type=int, default=None, help="worker processes (default: CPU count)")
+    node.add_argument("--processes", type=int, default=None,
+                      help="worker processes (default: the CPUs this process may run on)")
     node.add_argument("--name", default=None, help="node name (default: host name and pid)")
     node.add_argument("--heartbeat-interval", type=float, default=1.0,
                       help="seconds between heartbeats to the control node (default 1)")
@@ -87,17 +91,20 @@ def _parser() -> argparse.ArgumentParser:
                       help="replace a worker whose memory after a task exceeds this size (a leak guard)")
     daemon_options(node)
 
-    status = commands.add_parser("status", help="print the nodes, their workers and task counts")
+    status = commands.add_parser("status", allow_abbrev=False,
+                                 help="print the nodes, their workers and task counts")
     status.add_argument("address", nargs="?", default=None,
                         help=f"control address (default $LUCIDITY_ADDRESS or {DEFAULT_CONTROL})")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument("--timeout", type=float, default=STATUS_TIMEOUT, help="seconds to wait per daemon")
     status.add_argument("--secret-file", default=None, help="file holding the cluster secret")
 
-    secret = commands.add_parser("secret", help="write a new random cluster secret to a file (mode 0600)")
+    secret = commands.add_parser("secret", allow_abbrev=False,
+                                 help="write a new random cluster secret to a file (mode 0600)")
     secret.add_argument("path", help="where to write it; an existing file is never overwritten")
 
-    demo = commands.add_parser("demo", help="run the pythagorean example on an embedded cluster")
+    demo = commands.add_parser("demo", allow_abbrev=False,
+                               help="run the pythagorean example on an embedded cluster")
     demo.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
 
     from .. import fly

@@ -122,7 +122,8 @@ class NodeDaemon:
                 self._worker_options += [option, str(value)]
         self._watching = False
         self.control_address = self._control_endpoint.zmq
-        self.processes = processes or os.cpu_count() or 1
+        # The CPUs this process may use (taskset, a Slurm allocation), not all of the machine's.
+        self.processes = processes or len(os.sched_getaffinity(0)) or 1
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.instance = uuid.uuid4().hex
         self._parent_fd = parent_fd
