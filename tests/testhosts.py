@@ -71,6 +71,8 @@ PREFIX6_BITS = 64
 #: Host names: short, so that namespace names stay readable (interface names live in the switch: vN).
 HOST_NAME = re.compile(r"[a-z][a-z0-9]{0,7}")
 MAX_HOSTS = 250
+#: Debian's dnsmasq (package dnsmasq-base), the DNS server of the tests that resolve names.
+DNSMASQ = "/usr/sbin/dnsmasq"
 #: Where `ip netns exec` looks for per-namespace files to bind-mount over /etc.
 NETNS_ETC = Path("/etc/netns")
 
@@ -251,7 +253,7 @@ class DnsServer:
         self.log: list[str] = []
         self._changed = threading.Condition()
         self.proc = host.popen(
-            ["/usr/sbin/dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+            [DNSMASQ, "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
              "--local=/#/", "--bind-interfaces", f"--listen-address={self.address}", "--port=53",
              "--user=root", f"--pid-file={workdir / f'dns-{host.name}.pid'}",
              f"--addn-hosts={self.hosts_file}", "--log-facility=-", "--log-queries"],
@@ -359,6 +361,8 @@ class Network:
     def start_dns(self, host: Host, records: dict[str, list[str]]) -> DnsServer:
         """Start dnsmasq on `host` answering `records` (name -> addresses, IPv4 and IPv6 mixed); see
         `DnsServer` for changing them later. Hosts use it once `use_dns` says so."""
+        if not os.path.exists(DNSMASQ):
+            pytest.skip(f"{DNSMASQ} is not installed: `apt-get install dnsmasq-base` (.ci/run installs it)")
         server = DnsServer(host, records, self.workdir)
         self.dns_servers.append(server)
         return server
