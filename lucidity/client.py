@@ -58,7 +58,7 @@ NODE_LOSS_RETRIES = 3
 CONTROL_SILENCE = 3.0
 #: A node missing from the control node's list is dropped once it has not answered this client for this long.
 UNLISTED_GRACE = 2.5 * HEARTBEAT_INTERVAL
-#: Once one worker answered, how long the client waits for the others it was told of before it is ready.
+#: Once one worker is connected, how long the client waits for the others it was told of before it is ready.
 READY_GRACE = 0.5
 #: Functions remembered per client (serialized once, then sent by digest).
 FUNCTION_CACHE_SIZE = 256
@@ -66,7 +66,7 @@ FUNCTION_CACHE_SIZE = 256
 CONTROL_KINDS = frozenset({protocol.Kind.NODES})
 NODE_KINDS = frozenset({protocol.Kind.WORKERS, protocol.Kind.TASK_FAILED, protocol.Kind.HEARTBEAT})
 WORKER_KINDS = frozenset({protocol.Kind.RESULTS, protocol.Kind.MISSING, protocol.Kind.FETCH,
-                          protocol.Kind.REFUSED, protocol.Kind.HEARTBEAT})
+                          protocol.Kind.REFUSED})
 
 
 class Client:
@@ -255,6 +255,7 @@ class Client:
         self._nodes: dict[str, NodeLink] = {}
         self._links: dict[str, WorkerLink] = {}
         self._by_socket: dict[zmq.Socket[Any], Callable[[list[Any]], None]] = {}
+        self._connecting: dict[zmq.Socket[Any], WorkerLink] = {}  # worker links not connected yet
         self._poller = zmq.Poller()
         self._poller.register(self._waker.read_fd, zmq.POLLIN)
         self._poller.register(self._control, zmq.POLLIN)
@@ -292,13 +293,14 @@ class Client:
         self._poller.register(sock, zmq.POLLIN)
 
     def _unwatch(self, sock: zmq.Socket[Any]) -> None:
+        self._connecting.pop(sock, None)
         if self._by_socket.pop(sock, None) is not None:
             self._poller.unregister(sock)
         sock.close(linger=0)
 
     def _poll(self, timeout: float) -> None:
         events = self._poller.poll(int(timeout * 1000))
-        for sock, _ in events:
+        for sock, event in events:
             if sock == self._waker.read_fd:
                 self._waker.drain()
             elif self._handshake is not None and sock is self._handshake.fd_socket:
@@ -306,9 +308,31 @@ class Client:
             elif sock is self._control:
                 self._drain(self._control, self._on_control)
             else:
+                if event & zmq.POLLOUT:
+                    self._on_connected(sock)
                 handler = self._by_socket.get(sock)
-                if handler is not None:
+                if handler is not None and event & zmq.POLLIN:
                     self._drain(sock, handler)
+
+    def _await_connection(self, link: WorkerLink) -> None:
+        """The worker's connection is down: send it nothing until it is made again."""
+        link.connected = False
+        link.created = time.monotonic()  # the unreachable warning counts from here
+        self._connecting[link.sock] = link
+        self._poller.modify(link.sock, zmq.POLLIN | zmq.POLLOUT)
+        self._update_ready()
+
+    def _on_connected(self, sock: zmq.Socket[Any]) -> None:
+        """A worker's connection is made: it may take tasks (and is written to only when it has some)."""
+        link = self._connecting.pop(sock, None)
+        if link is None:
+            return
+        self._poller.modify(sock, zmq.POLLIN)
+        link.connected = True
+        if link.unreachable:
+            link.unreachable = False
+            logger.warning("lucidity client: worker %s is reachable now; using it", link.key)
+        self._update_ready()
 
     def _drain(self, sock: zmq.Socket[Any], handler: Callable[[list[Any]], None]) -> None:
         # Checking EVENTS first avoids raising zmq.Again once per wake-up, which costs microseconds.
@@ -371,17 +395,19 @@ class Client:
                 continue
             self._send(node.sock, protocol.encode(protocol.Kind.HEARTBEAT, {"client": self.id}))
             for link in node.workers.values():
-                if not link.answered and now - link.created > self._node_timeout and not link.unreachable:
+                if not link.connected and now - link.created > self._node_timeout and not link.unreachable:
                     link.unreachable = True
                     logger.warning("lucidity client: worker %d of node %s at %s is unreachable from this client; "
                                    "using the other workers and still trying it", link.pid, node.name, link.address)
         self._update_unreachable()
 
-    def _send(self, sock: zmq.Socket[Any], frames: list[Any]) -> None:
+    def _send(self, sock: zmq.Socket[Any], frames: list[Any]) -> bool:
         try:
             transport.send_frames(sock, frames, block=False)
         except zmq.ZMQError as exc:
             logger.debug("lucidity client could not send: %s", exc)
+            return False
+        return True
 
     # -- membership --------------------------------------------------------------------------------------
 
@@ -447,14 +473,18 @@ class Client:
         for worker_id, entry in listed.items():
             if worker_id not in node.workers:
                 sock = self._new_socket()
+                # Tasks go to a worker once its connection is made (handshake included): one this client
+                # cannot reach never holds any. IMMEDIATE makes the socket writable only from then on, and
+                # libzmq completes the handshake even while the worker's Python is busy with a long task.
+                sock.setsockopt(zmq.IMMEDIATE, 1)
                 address = addresses.parse(entry["address"]).zmq
                 sock.connect(address)
                 link = WorkerLink(node.name, worker_id, entry["pid"], sock, address)
                 node.workers[worker_id] = link
                 self._links[link.key] = link
                 self._watch(sock, lambda f, w=link: self._on_worker(w, f))  # type: ignore[misc]
-                # Tasks go to a worker once it answers: one this client cannot reach never holds any.
-                self._send(sock, protocol.encode(protocol.Kind.HEARTBEAT, {}))
+                self._connecting[sock] = link
+                self._poller.modify(sock, zmq.POLLIN | zmq.POLLOUT)
         self._update_ready()
 
     def _update_unreachable(self) -> None:
@@ -465,7 +495,7 @@ class Client:
     def _update_ready(self) -> None:
         with self._lock:
             self._known_nodes = frozenset(self._nodes)
-        answered = {n.name: sum(1 for w in n.workers.values() if w.answered) for n in self._nodes.values()}
+        answered = {n.name: sum(1 for w in n.workers.values() if w.connected) for n in self._nodes.values()}
         self._membership = tuple(
             NodeInfo(n.name, n.host, answered[n.name], n.running, sum(len(w.inflight) for w in n.workers.values()))
             for n in self._nodes.values() if answered[n.name])
@@ -477,7 +507,7 @@ class Client:
         elif not self._no_workers_since:
             self._no_workers_since = time.monotonic()
         if self._worker_count and all(n.has_reported or n.unreachable for n in self._nodes.values()) and all(
-                w.answered or w.unreachable for w in self._links.values()):
+                w.connected or w.unreachable for w in self._links.values()):
             self._ready.set()
 
     def _drop_node(self, node: NodeLink, why: str, *, lost: bool) -> None:
@@ -579,7 +609,7 @@ class Client:
         """The worker with the fewest of our tasks in flight that still has credit (round robin on ties),
         and how many workers could take work now."""
         links = self._links.values() if node is None else self._nodes[node].workers.values()
-        candidates = [w for w in links if w.answered and w.credit() > 0]
+        candidates = [w for w in links if w.connected and w.credit() > 0]
         if self._max_running:
             # At most max_running workers hold our tasks: the busy ones, and idle ones up to the cap.
             free = self._max_running - sum(1 for w in self._links.values() if w.inflight)
@@ -607,12 +637,14 @@ class Client:
             spec["n"] = entry
         meta: dict[str, Any] = {"client": self.id, "functions": [ref.digest for ref in functions], "tasks": specs}
         payload: list[Any] = []
-        if self._ship and not link.has_shipped:
+        shipping_now = bool(self._ship) and not link.has_shipped
+        if shipping_now:
             link.has_shipped = True
             meta["ship"] = [_module_meta(m) for m in self._ship]
             payload.extend(m.source for m in self._ship)
             link.modules.update(m.name for m in self._ship)
-        if link.key not in self._main_sent:
+        main_now = link.key not in self._main_sent
+        if main_now:
             # Each worker learns once how to give this client's tasks the caller's __main__ and argv.
             self._main_sent.add(link.key)
             meta["main"] = self._main.to_meta()
@@ -624,18 +656,23 @@ class Client:
             meta["modules"] = {name: digest for name, digest in digests.items() if digest is not None}
         payload.extend(ref.data for ref in functions)
         payload.extend(task_frames)
-        self._send(link.sock, protocol.encode(protocol.Kind.TASKS, meta, payload))
+        if self._send(link.sock, protocol.encode(protocol.Kind.TASKS, meta, payload)):
+            return
+        # Its connection broke (a worker link is written to only while connected): take the batch back,
+        # as if it had never been sent, and wait for the connection to be made again.
+        link.functions.difference_update(ref.digest for ref in functions)
+        link.has_shipped = link.has_shipped and not shipping_now
+        if main_now:
+            self._main_sent.discard(link.key)
+        with self._lock:
+            for task in reversed(batch):
+                del link.inflight[task.id]
+                if task.state is TaskState.SENT and task.worker == link.key:
+                    self._requeue(task)
+        self._await_connection(link)
 
     def _on_worker(self, link: WorkerLink, frames: list[Any]) -> None:
         message = protocol.decode(frames, WORKER_KINDS)
-        if message.kind is protocol.Kind.HEARTBEAT:
-            if not link.answered:
-                link.answered = True
-                if link.unreachable:
-                    link.unreachable = False
-                    logger.warning("lucidity client: worker %s answered; using it", link.key)
-                self._update_ready()
-            return
         if message.kind is protocol.Kind.FETCH:
             name = message.meta["module"]
             source, reason = self._modules.lookup(name)

@@ -32,7 +32,7 @@ class WorkerLink:
         self.key = f"{node}/{worker_id}"
         self.address = address
         self.created = time.monotonic()
-        self.answered = False  # it answered our first message: tasks may go to it
+        self.connected = False  # its connection (and handshake) is made: tasks may go to it
         self.unreachable = False  # silent for longer than the node timeout (warned once)
         self.node = node
         self.worker_id = worker_id

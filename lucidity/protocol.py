@@ -25,9 +25,8 @@ from .errors import ProtocolError, VersionMismatch
 __all__ = ["VERSION", "Kind", "Message", "encode", "decode"]
 
 #: 2: small item payloads packed into one frame (`pack_items`). 3: the caller's __main__ travels by name to
-#: a per-client namespace in each worker (TASKS ``main``; `lucidity.mainscript`). 4: a client sends a worker
-#: tasks only after the worker answered its HEARTBEAT (a worker this client cannot reach gets none).
-VERSION = 4
+#: a per-client namespace in each worker (TASKS ``main``; `lucidity.mainscript`).
+VERSION = 3
 
 #: Largest JSON meta frame a peer may send, in bytes.
 MAX_META_BYTES = 4 * 1024 * 1024

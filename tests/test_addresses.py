@@ -170,3 +170,49 @@ def test_worker_ports_stay_in_their_range(bare_cluster: CliCluster) -> None:
     with lucidity.Pool(address=bare_cluster.address) as pool:
         assert pool.map(abs, [-1, -2, -3]) == [1, 2, 3]
     assert json.dumps(query_status(bare_cluster.address))  # the status of a ranged node is plain JSON
+
+
+@pytest.mark.timeout(60)
+def test_a_client_tries_every_record_of_the_control_nodes_name(bare_cluster: CliCluster,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The name's first record leads nowhere (127.0.0.3 holds no control node): the client moves on to the
+    next record once the first stays silent, instead of waiting on it until the connect timeout.
+
+    The records come from the resolver, replaced for one name, because the order of real DNS answers is
+    the resolver's to choose (tests/test_hosts_addresses.py resolves through a real DNS server)."""
+    import socket
+
+    port = int(bare_cluster.address.rsplit(":", 1)[1])
+    bare_cluster.start_node("n", 1)
+    bare_cluster.wait_for(1, 1)
+    real = socket.getaddrinfo
+    asked = []
+
+    def getaddrinfo(host: str, *args: object, **kwargs: object) -> list:
+        if host != "control.lucidity.test":
+            return real(host, *args, **kwargs)  # type: ignore[arg-type]
+        asked.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in ("127.0.0.3", "127.0.0.1")]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with lucidity.Pool(address=f"control.lucidity.test:{port}", connect_timeout=20) as pool:
+        assert pool.map(node_name, range(4)) == ["n"] * 4
+    assert asked, "the name was never resolved"
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_is_ready_while_every_worker_is_busy(bare_cluster: CliCluster) -> None:
+    """A worker counts as reachable once its connection is made, which its busy Python does not delay: a
+    second pool starts while the only worker runs the first pool's long task, and queues behind it."""
+    import time
+
+    bare_cluster.start_node("n", 1)
+    bare_cluster.wait_for(1, 1)
+    with lucidity.Pool(address=bare_cluster.address) as first:
+        long = first.apply_async(time.sleep, (8,))
+        time.sleep(0.5)  # the task has started: the worker's Python is busy for 7.5 s more
+        with lucidity.Pool(address=bare_cluster.address) as second:
+            assert not long.ready()
+            queued = second.apply_async(abs, (-3,))
+            assert queued.get(30) == 3
+        assert long.ready()

@@ -35,11 +35,10 @@ from ..errors import MemoryLimitExceeded, ProtocolError
 from . import limits
 from .slots import SlotTable
 
-ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE, protocol.Kind.DROP,
-                      protocol.Kind.HEARTBEAT})
+ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE, protocol.Kind.DROP})
 #: With a cluster secret: clients send work and modules, the node daemon drops a vanished client's work.
 ACCEPTED_BY_ROLE = {
-    "client": frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE, protocol.Kind.HEARTBEAT}),
+    "client": frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE}),
     "node": frozenset({protocol.Kind.DROP}),
 }
 #: How long a worker waits for a client to answer a module request, in seconds.
@@ -153,10 +152,6 @@ class Worker:
         identity = frames[0].bytes
         accepted = ACCEPTED if self._guard is None else self._guard.accepted(frames[0], self._accepted_by_role, ACCEPTED)
         message = protocol.decode(frames[1:], accepted)
-        if message.kind is protocol.Kind.HEARTBEAT:
-            # A client reaching this worker for the first time: it sends tasks only once this comes back.
-            self._send(identity, protocol.encode(protocol.Kind.HEARTBEAT, {}))
-            return
         if message.kind is protocol.Kind.CANCEL:
             cancelled = set(message.meta["tasks"])
             self._queue = collections.deque(
