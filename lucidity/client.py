@@ -58,6 +58,8 @@ NODE_LOSS_RETRIES = 3
 CONTROL_SILENCE = 3.0
 #: A node missing from the control node's list is dropped once it has not answered this client for this long.
 UNLISTED_GRACE = 2.5 * HEARTBEAT_INTERVAL
+#: A heartbeat this late means the I/O thread itself was stalled, in seconds.
+STALL_TIME = 3 * HEARTBEAT_INTERVAL
 #: Once one worker is connected, how long the client waits for the others it was told of before it is ready.
 READY_GRACE = 0.5
 #: Functions remembered per client (serialized once, then sent by digest).
@@ -251,6 +253,7 @@ class Client:
         self._dialer = transport.Dialer(self._control, self.address)
         self._control_heard = 0.0  # when the control node last spoke (0: never)
         self._control_dialed = time.monotonic()  # when the dialer last moved
+        self._last_heartbeat = time.monotonic()
         self._first_answer = 0.0
         self._nodes: dict[str, NodeLink] = {}
         self._links: dict[str, WorkerLink] = {}
@@ -377,6 +380,12 @@ class Client:
     def _heartbeat(self) -> None:
         """Watch the membership, ping every node, and drop nodes that stopped answering."""
         now = time.monotonic()
+        if now - self._last_heartbeat > STALL_TIME:
+            # This process was stopped or starved (SIGSTOP, a swapped-out laptop): the silence it sees is
+            # its own, not its nodes'. Give them a fresh node timeout rather than dropping them all.
+            for node in self._nodes.values():
+                node.last_seen = now
+        self._last_heartbeat = now
         if now - max(self._control_heard, self._control_dialed) > CONTROL_SILENCE and self._dialer.may_move:
             self._dialer.retry()  # another of its addresses, or its name resolved again: it may have moved
             self._control_dialed = now
@@ -393,7 +402,7 @@ class Client:
             if now - node.last_seen > self._node_timeout:
                 self._drop_node(node, f"stopped answering for {now - node.last_seen:.1f} s", lost=True)
                 continue
-            self._send(node.sock, protocol.encode(protocol.Kind.HEARTBEAT, {"client": self.id}))
+            self._send(node.sock, protocol.encode(protocol.Kind.HEARTBEAT, {"client": node.session}))
             for link in node.workers.values():
                 if not link.connected and now - link.created > self._node_timeout and not link.unreachable:
                     link.unreachable = True
@@ -449,7 +458,7 @@ class Client:
                 node = NodeLink(name, entry["address"], str(entry.get("instance")), str(entry.get("host", "")), sock)
                 self._nodes[name] = node
                 self._watch(sock, lambda f, n=node: self._on_node(n, f))  # type: ignore[misc]
-                self._send(sock, protocol.encode(protocol.Kind.HELLO, {"client": self.id}))
+                self._send(sock, protocol.encode(protocol.Kind.HELLO, {"client": node.session}))
         self._update_ready()
 
     def _on_node(self, node: NodeLink, frames: list[Any]) -> None:
@@ -635,7 +644,9 @@ class Client:
         specs = [task.spec() for task in batch]
         for spec, entry in zip(specs, layout):
             spec["n"] = entry
-        meta: dict[str, Any] = {"client": self.id, "functions": [ref.digest for ref in functions], "tasks": specs}
+        # The node's session, not this client's id: the node forgets a connection, not a client (see NodeLink).
+        meta: dict[str, Any] = {"client": self._nodes[link.node].session, "functions": [ref.digest for ref in functions],
+                                "tasks": specs}
         payload: list[Any] = []
         shipping_now = bool(self._ship) and not link.has_shipped
         if shipping_now:
@@ -779,9 +790,9 @@ class Client:
                 if link is not None:
                     self._send(link.sock, protocol.encode(protocol.Kind.CANCEL, {"tasks": ids}))
             for node in self._nodes.values():
-                self._send(node.sock, protocol.encode(protocol.Kind.ABANDON, {"client": self.id}))
+                self._send(node.sock, protocol.encode(protocol.Kind.ABANDON, {"client": node.session}))
         for node in self._nodes.values():
-            self._send(node.sock, protocol.encode(protocol.Kind.BYE, {"client": self.id}))
+            self._send(node.sock, protocol.encode(protocol.Kind.BYE, {"client": node.session}))
         linger = int(transport.LINGER * 1000)
         if self._handshake is not None:
             self._handshake.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,9 +73,16 @@ class NodeInfo:
 
 
 class NodeLink:
-    """The client's end of one node daemon: its socket, what it reported, and its workers."""
+    """The client's end of one node daemon: its socket, what it reported, and its workers.
+
+    ``session`` is the id this client goes by on this node and its workers, new for every link: a client
+    that dropped a node (it stopped answering) and found it again comes back as a new session, so when the
+    node expires the old, silent one it abandons only the work sent over the old connections (which the
+    client has already sent elsewhere), never what the new connection brought.
+    """
 
     def __init__(self, name: str, address: str, instance: str, host: str, sock: zmq.Socket[Any]) -> None:
+        self.session = uuid.uuid4().hex
         self.name = name
         self.address = address
         self.instance = instance
