@@ -353,6 +353,8 @@ class Client:
                 logger.warning("lucidity client dropped a message: %s", exc)
             except (ProtocolError, KeyError, TypeError, ValueError) as exc:
                 logger.warning("lucidity client dropped a malformed message: %s: %s", type(exc).__name__, exc)
+            except Exception:  # one message drops itself, never the I/O thread every task depends on
+                logger.exception("lucidity client dropped a message it could not handle")
 
     def _new_socket(self) -> zmq.Socket[Any]:
         """A DEALER that, with a cluster secret, speaks CURVE and accepts only the cluster's daemons."""
@@ -696,11 +698,8 @@ class Client:
             return
         if message.kind is protocol.Kind.REFUSED:
             # The worker could not read a batch of ours; which tasks it held is unknown, so fail all we sent it.
-            error = ProtocolError(f"worker {link.pid} on node {link.node} refused a batch of tasks: "
-                                  f"{message.meta['reason']}")
-            for refused in list(link.inflight.values()):
-                del link.inflight[refused.id]
-                self._finish(refused, False, error)
+            self._fail_link(link, ProtocolError(f"worker {link.pid} on node {link.node} refused a batch of tasks: "
+                                                f"{message.meta['reason']}"))
             return
         if message.kind is protocol.Kind.MISSING:
             link.functions.difference_update(d for d in message.meta["digests"] if isinstance(d, str))
@@ -713,9 +712,15 @@ class Client:
                         self._requeue(task)
             return
         entries = message.meta["results"]
-        for entry in entries:
-            if type(entry) is not dict or type(entry.get("id")) is not int:
-                raise ProtocolError("malformed result entry")
+        # Check every entry before any leaves the in-flight table: a task popped for a bad entry would
+        # never be answered.
+        if type(entries) is not list or not all(
+                type(entry) is dict and type(entry.get("id")) is int and entry.get("status") in ("ok", "error")
+                and "n" in entry for entry in entries):
+            # Which of our tasks it answered is unknown: fail them all rather than wait for them forever.
+            self._fail_link(link, ProtocolError(f"worker {link.pid} on node {link.node} sent a malformed "
+                                                "result message"))
+            raise ProtocolError("malformed result entry")
         items = protocol.unpack_items([entry.get("n") for entry in entries], message.payload)
         for entry, frames_of_task in zip(entries, items):
             task = link.inflight.pop(entry["id"], None)
@@ -734,6 +739,12 @@ class Client:
                 self._finish(task, True, value)
             else:
                 self._finish(task, False, serialization.loads_exception(frames_of_task))
+
+    def _fail_link(self, link: WorkerLink, error: Exception) -> None:
+        """Fail every task in flight on a worker whose messages cannot be trusted to answer them."""
+        for task in list(link.inflight.values()):
+            del link.inflight[task.id]
+            self._finish(task, False, error)
 
     def _on_task_failed(self, node: NodeLink, meta: dict[str, Any]) -> None:
         worker_id = meta.get("worker")

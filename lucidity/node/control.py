@@ -197,6 +197,11 @@ class ControlDaemon:
                 if now - self._last_drop_log >= DROP_LOG_INTERVAL:
                     self._last_drop_log = now
                     logger.warning("control dropped a malformed message: %s", exc)
+            except Exception as exc:  # one message drops itself, never the cluster's membership
+                now = time.monotonic()
+                if now - self._last_drop_log >= DROP_LOG_INTERVAL:
+                    self._last_drop_log = now
+                    logger.exception("control dropped a message it could not handle: %s", exc)
 
     def _handle(self, identity: bytes, message: protocol.Message) -> None:
         kind, meta = message.kind, message.meta

@@ -306,6 +306,11 @@ class NodeDaemon:
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 # A message that passed the envelope check but still made no sense: never fatal.
                 self._log_drop(ProtocolError(f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:  # one message drops itself, never the daemon its workers depend on
+                now = time.monotonic()
+                if now - self._last_drop_log >= DROP_LOG_INTERVAL:
+                    self._last_drop_log = now
+                    logger.exception("node %s dropped a message it could not handle: %s", self.name, exc)
 
     def _log_drop(self, exc: Exception) -> None:
         now = time.monotonic()

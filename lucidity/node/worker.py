@@ -145,6 +145,9 @@ class Worker:
                 self._accept(frames)
             except ProtocolError as exc:
                 print(f"lucidity worker {os.getpid()}: dropped a message: {exc}", file=sys.stderr)
+            except Exception as exc:  # a message this worker could not handle drops itself, never the worker
+                print(f"lucidity worker {os.getpid()}: dropped a message it could not handle: "
+                      f"{type(exc).__name__}: {exc}", file=sys.stderr)
 
     def _accept(self, frames: list[Any]) -> None:
         if len(frames) < 2:
@@ -153,13 +156,16 @@ class Worker:
         accepted = ACCEPTED if self._guard is None else self._guard.accepted(frames[0], self._accepted_by_role, ACCEPTED)
         message = protocol.decode(frames[1:], accepted)
         if message.kind is protocol.Kind.CANCEL:
-            cancelled = set(message.meta["tasks"])
+            ids = message.meta["tasks"]
+            if type(ids) is not list or not all(_is_task_id(i) for i in ids):
+                raise ProtocolError("CANCEL 'tasks' must be a list of task ids")
+            cancelled = set(ids)
             self._queue = collections.deque(
                 t for t in self._queue if not (t.identity == identity and t.spec["id"] in cancelled)
             )
             return
         if message.kind is protocol.Kind.DROP:
-            gone = bytes.fromhex(message.meta["client"])
+            gone = _client_id(message.meta["client"])
             self._queue = collections.deque(t for t in self._queue if t.client != gone)
             self._mains.drop(message.meta["client"])
             return
@@ -170,7 +176,7 @@ class Worker:
             return
         meta = message.meta
         payload = message.payload
-        client = bytes.fromhex(meta["client"])
+        client = _client_id(meta["client"])
         functions = meta.get("functions", [])
         shipped = meta.get("ship", [])
         modules = meta.get("modules", {})
@@ -179,6 +185,9 @@ class Worker:
         try:
             if not isinstance(shipped, list) or not isinstance(modules, dict):
                 raise ProtocolError("TASKS 'ship' must be a list and 'modules' an object")
+            if not all(type(entry) is dict for entry in shipped) or not all(
+                    type(name) is str and type(digest) is str for name, digest in modules.items()):
+                raise ProtocolError("TASKS 'ship' entries must be objects, and 'modules' map names to digests")
             if main is not None and (not isinstance(main, dict) or not isinstance(main.get("argv", []), list)):
                 raise ProtocolError("TASKS 'main' must be an object with an 'argv' list")
             _check_batch(functions, meta["tasks"])
@@ -427,18 +436,40 @@ def _check_batch(functions: Any, tasks: list[Any]) -> None:
             raise ProtocolError(f"malformed task entry {str(spec)[:80]}")
 
 
+#: Bounds of the integers a task spec carries (they go into fixed-width slots, or count tasks).
+MAX_INT64 = 2**63 - 1
+MAX_SECONDS = 10**9
+
+
+def _is_task_id(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= MAX_INT64
+
+
+def _client_id(text: Any) -> bytes:
+    """A client's id (32 hex digits, 16 bytes in a slot), or ProtocolError."""
+    if type(text) is not str or len(text) != 32:
+        raise ProtocolError("a client id must be 32 hex digits")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ProtocolError("a client id must be 32 hex digits") from None
+
+
 def _is_task_spec(spec: dict[str, Any]) -> bool:
-    if type(spec.get("id")) is not int or type(spec.get("fn")) is not str:
+    if not _is_task_id(spec.get("id")) or type(spec.get("fn")) is not str or "n" not in spec:
         return False
     if spec.get("mode") not in _MODES or type(spec.get("init", "")) is not str:
         return False
     memory = spec.get("mem", 0)
-    if type(memory) is not int or memory < 0:
+    if type(memory) is not int or not 0 <= memory <= MAX_INT64:
         return False
     for key in ("timeout", "cpu"):
         value = spec.get(key, 0)
-        if type(value) not in (int, float) or value < 0:
+        if type(value) not in (int, float) or not 0 <= value <= MAX_SECONDS:  # NaN fails too
             return False
+    limit = spec.get("max")
+    if limit is not None and (type(limit) is not int or not 0 <= limit <= MAX_INT64):
+        return False
     return True
 
 
