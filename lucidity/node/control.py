@@ -31,6 +31,7 @@ import zmq
 from .. import addresses, protocol, security, transport
 from ..security import check_exposure
 from ..errors import ProtocolError
+from .processes import raise_open_file_limit
 from ..security import Role
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class ControlDaemon:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.set_wakeup_fd(self._waker.write_fd, warn_on_full_buffer=False)
+        raise_open_file_limit()
         if not check_exposure(self._bind_request, self._secret, self._insecure, "control"):
             self._close()
             return 2

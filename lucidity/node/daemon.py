@@ -33,7 +33,7 @@ import zmq
 from .. import addresses, protocol, security, transport
 from ..errors import ProtocolError, describe_exit
 from ..security import Role, check_exposure
-from .processes import STOP_GRACE, Child, stop_children
+from .processes import STOP_GRACE, Child, raise_open_file_limit, stop_children
 from . import limits
 from .slots import SlotState, SlotTable, SlotView
 from .workers import WorkerProcess, WorkerState, failure_report, peak_rss, watch
@@ -135,6 +135,8 @@ class NodeDaemon:
         self._generation = 0
         self._restart_failures = 0
         self._restart_at: dict[int, float] = {}
+        self._spawn_failures = 0
+        self._last_spawn_log = -HANDSHAKE_LOG_INTERVAL
         self._joined = False
         self._stopping = False
         self._tasks_failed = 0
@@ -157,6 +159,7 @@ class NodeDaemon:
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM, a LEAVE, or the owner's exit; then stop every worker. Returns 0."""
         self._install_signal_handlers()
+        raise_open_file_limit()  # a flood of connections should not leave no descriptor to start workers
         limits.become_subreaper()  # what a killed worker's tasks leave behind is reparented here, and stopped
         if not check_exposure(self._bind.zmq, self._secret, self._insecure, f"node {self.name}"):
             self._close()
@@ -187,7 +190,7 @@ class NodeDaemon:
         logger.info("node %s listening at %s, joining %s with %d workers", self.name, self.address,
                     self.control_address, self.processes)
         for index in range(self.processes):
-            self._spawn(index)
+            self._start_worker(index)
         started = time.monotonic()
         next_heartbeat = 0.0
         try:
@@ -448,6 +451,22 @@ class NodeDaemon:
         self._generation += 1
         return f"ipc://{self._runtime}/w{index}-{self._generation}"
 
+    def _start_worker(self, index: int) -> None:
+        """Start the worker at `index`; when the system refuses (out of descriptors, processes or memory,
+        perhaps because a flood of connections holds our descriptors), try again later instead of dying."""
+        try:
+            self._spawn(index)
+        except OSError as exc:
+            self._spawn_failures += 1
+            delay = min(RESTART_DELAY * 2 ** (self._spawn_failures - 1), RESTART_DELAY_MAX)
+            now = time.monotonic()
+            if now - self._last_spawn_log >= HANDSHAKE_LOG_INTERVAL:
+                self._last_spawn_log = now
+                logger.error("node %s cannot start a worker (%s); trying again in %.1f s", self.name, exc, delay)
+            self._restart_at[index] = now + delay
+        else:
+            self._spawn_failures = 0
+
     def _spawn(self, index: int) -> None:
         self._slots.reset(index)
         read_fd, write_fd = os.pipe()
@@ -459,6 +478,9 @@ class NodeDaemon:
         argv += self._worker_options
         try:
             child = Child.start(argv, pass_fds=(write_fd,), env=self._worker_env, capture_stderr=True)
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)
         os.set_blocking(child.popen.stderr.fileno(), False)  # type: ignore[union-attr]
@@ -540,7 +562,7 @@ class NodeDaemon:
         for index, when in list(self._restart_at.items()):
             if when <= now:
                 del self._restart_at[index]
-                self._spawn(index)
+                self._start_worker(index)
 
     def _forget_fds(self, worker: WorkerProcess) -> None:
         if worker.control is not None:

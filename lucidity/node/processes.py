@@ -20,7 +20,7 @@ from typing import Iterable, Optional
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Child", "stop_children"]
+__all__ = ["Child", "stop_children", "raise_open_file_limit"]
 
 #: How long children get to exit after SIGTERM before SIGKILL, in seconds.
 STOP_GRACE = 2.0
@@ -32,7 +32,16 @@ class Child:
     def __init__(self, popen: "subprocess.Popen[bytes]") -> None:
         self.popen = popen
         self.pid = popen.pid
-        self.pidfd: Optional[int] = os.pidfd_open(popen.pid)
+        try:
+            self.pidfd: Optional[int] = os.pidfd_open(popen.pid)
+        except OSError:
+            # Out of descriptors (or pidfds unsupported): a child we cannot watch must not live on unseen.
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+            for stream in (popen.stderr, popen.stdout, popen.stdin):
+                if stream is not None:
+                    stream.close()
+            raise
 
     @classmethod
     def start(cls, argv: list[str], *, pass_fds: Iterable[int] = (), env: Optional[dict[str, str]] = None,
@@ -107,3 +116,21 @@ def _kill_group_leftovers(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; return the soft limit now.
+
+    Daemons hold a descriptor per connection: at the usual soft limit of 1,024, a flood of connections
+    (no secret needed to open one) would leave none to start a worker. Children inherit the new limit.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
