@@ -113,4 +113,7 @@ def test_control_on_a_port_in_use_exits_with_an_error(cli_cluster: CliCluster) -
     second = CliCluster()
     second.address = cli_cluster.address
     proc = second.start_control()
-    assert proc.wait(30) == 1
+    assert proc.wait(30) == 2
+    node_port = query_status(cli_cluster.address)["nodes"][0]["address"]
+    taken = second._start("taken", "node", cli_cluster.address, "--bind", node_port)
+    assert taken.wait(30) == 2

@@ -145,7 +145,7 @@ class ControlDaemon:
         except zmq.ZMQError as exc:
             logger.error("control cannot bind %s: %s", self._bind_request, exc)
             self._close()
-            return 1
+            return 2  # a port in use, an address not on this machine: the operator's to fix, as a usage error
         logger.info("control listening at %s (instance %s)", self.address, self.instance)
         if self._ready_fd is not None:
             os.write(self._ready_fd, f"{self.address}\n".encode())

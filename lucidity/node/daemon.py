@@ -178,7 +178,7 @@ class NodeDaemon:
         except zmq.ZMQError as exc:
             logger.error("node %s cannot bind %s: %s", self.name, self._bind, exc)
             self._close()
-            return 1
+            return 2  # a port in use, an address not on this machine: the operator's to fix, as a usage error
         advertised = addresses.advertised_host(bound, self._control_endpoint, self._advertise)
         self.address = bound.with_host(advertised).zmq
         # Workers listen where the daemon does; the daemon itself reaches a wildcard-bound worker on loopback.
