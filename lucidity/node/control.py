@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,11 +27,10 @@ from typing import Any, Optional
 
 import zmq
 
-from .. import addresses, protocol, security, transport
-from ..security import check_exposure
+from .. import addresses, protocol
 from ..errors import ProtocolError
-from .processes import raise_open_file_limit
 from ..security import Role
+from .skeleton import Daemon
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +42,6 @@ NODE_TIMEOUT = 5.0
 WATCHER_TIMEOUT = 30.0
 #: A loop that went this long without a turn (it turns at least once a second) was stalled, in seconds.
 STALL_TIME = 3.0
-#: At most one "dropped a malformed message" log line per this many seconds.
-DROP_LOG_INTERVAL = 1.0
 
 ACCEPTED = frozenset({protocol.Kind.JOIN, protocol.Kind.LEAVE, protocol.Kind.WATCH, protocol.Kind.STATUS,
                       protocol.Kind.HEARTBEAT})
@@ -54,8 +50,6 @@ ACCEPTED_BY_ROLE = {
     Role.CLIENT: frozenset({protocol.Kind.WATCH, protocol.Kind.HEARTBEAT, protocol.Kind.STATUS}),
     Role.NODE: frozenset({protocol.Kind.JOIN, protocol.Kind.LEAVE, protocol.Kind.STATUS}),
 }
-#: Largest message the control node takes (all of its messages are small), in bytes.
-MAX_MESSAGE = 1024 * 1024
 
 
 @dataclass
@@ -74,7 +68,7 @@ class NodeRecord:
                 "instance": self.instance, "running": self.running, "host": self.host}
 
 
-class ControlDaemon:
+class ControlDaemon(Daemon):
     """Keeps the registry of nodes for the cluster at `bind`.
 
     Args:
@@ -94,23 +88,15 @@ class ControlDaemon:
         if runtime_dir is not None and not _holds_socket(runtime_dir, bind):
             # Removing a whole tree is only safe for the directory made for this cluster's sockets.
             raise ValueError(f"--runtime-dir {runtime_dir} is not the directory of the ipc:// address {bind}")
+        super().__init__("control", addresses.bind_endpoint(bind, default_port=addresses.CONTROL_PORT).zmq,
+                         secret=secret, insecure=insecure, parent_fd=parent_fd, ready_fd=ready_fd)
         self._runtime_dir = runtime_dir
         self._node_timeout = node_timeout
-        self._secret = secret
-        self._insecure = insecure
-        self._bind_request = addresses.bind_endpoint(bind, default_port=addresses.CONTROL_PORT).zmq
-        self._parent_fd = parent_fd
-        self._ready_fd = ready_fd
         self.instance = uuid.uuid4().hex
         self.address = ""
         self._nodes: dict[bytes, NodeRecord] = {}
         self._watchers: dict[bytes, float] = {}
-        self._stopping = False
-        self._last_drop_log = 0.0
         self._last_expiry = time.monotonic()
-        self._waker = transport.Waker()
-        self._context = transport.new_context()
-        self._router = transport.new_socket(self._context, zmq.ROUTER)
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM or the owner's exit. Returns the exit status."""
@@ -124,41 +110,20 @@ class ControlDaemon:
                 logger.info("control removed the embedded cluster's directory %s", self._runtime_dir)
 
     def _serve(self) -> int:
-        def on_signal(signum: int, frame: Any) -> None:
-            self._stopping = True
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        signal.set_wakeup_fd(self._waker.write_fd, warn_on_full_buffer=False)
-        raise_open_file_limit()
-        if not check_exposure(self._bind_request, self._secret, self._insecure, "control"):
-            self._close()
-            return 2
-        self._guard = security.Guard(self._context, security.ClusterKeys.derive(self._secret) if self._secret else None)
-        self._guard.listen(self._router)
-        self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
-        if os.environ.get("LUCIDITY_TEST_HOOKS"):
-            # Test builds only: SIGUSR2 stops the authenticator, to show that the daemon then fails closed.
-            signal.signal(signal.SIGUSR2, lambda signum, frame: self._guard.close())
-        try:
-            self.address = transport.bind(self._router, self._bind_request)
-        except zmq.ZMQError as exc:
-            logger.error("control cannot bind %s: %s", self._bind_request, exc)
-            self._close()
-            return 2  # a port in use, an address not on this machine: the operator's to fix, as a usage error
+        status = self._open()
+        if status is not None:
+            return status
+        self.address = self._bound
         logger.info("control listening at %s (instance %s)", self.address, self.instance)
-        if self._ready_fd is not None:
-            os.write(self._ready_fd, f"{self.address}\n".encode())
-            os.close(self._ready_fd)
+        self._announce(self.address)
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._waker.read_fd, zmq.POLLIN)
         if self._parent_fd is not None:
             poller.register(self._parent_fd, zmq.POLLIN)
         try:
-            while not self._stopping:
-                if not self._guard.is_healthy():
-                    logger.error("control: the authenticator died; exiting rather than serving unguarded")
+            while not self.stopping:
+                if self._guard_failed():
                     return 1
                 timeout = min(self._expire(time.monotonic()), 1.0)
                 events = dict(poller.poll(int(timeout * 1000)))
@@ -168,42 +133,14 @@ class ControlDaemon:
                     logger.info("control: the process that owns this embedded cluster is gone")
                     break
                 if self._router in events:
-                    self._drain()
+                    self._drain_router(self._receive, ACCEPTED_BY_ROLE, ACCEPTED)
         finally:
             logger.info("control at %s stopping", self.address)
             self._close()
         return 0
 
-    def _close(self) -> None:
-        guard = getattr(self, "_guard", None)
-        if guard is not None:
-            guard.close()
-        self._router.close(linger=0)
-        self._context.term()
-        signal.set_wakeup_fd(-1)  # before closing the pipe the signal machinery writes to
-        self._waker.close()
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                if len(frames) < 3:
-                    raise ProtocolError(f"message has {len(frames) - 1} frame(s) after the routing identity")
-                accepted = self._guard.accepted(frames[0], ACCEPTED_BY_ROLE, ACCEPTED)
-                self._handle(frames[0].bytes, protocol.decode(frames[1:], accepted))
-            except (ProtocolError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                now = time.monotonic()
-                if now - self._last_drop_log >= DROP_LOG_INTERVAL:
-                    self._last_drop_log = now
-                    logger.warning("control dropped a malformed message: %s", exc)
-            except Exception as exc:  # one message drops itself, never the cluster's membership
-                now = time.monotonic()
-                if now - self._last_drop_log >= DROP_LOG_INTERVAL:
-                    self._last_drop_log = now
-                    logger.exception("control dropped a message it could not handle: %s", exc)
+    def _receive(self, identity: bytes, frames: list[Any], accepted: frozenset[protocol.Kind]) -> None:
+        self._handle(identity, protocol.decode(frames, accepted))
 
     def _handle(self, identity: bytes, message: protocol.Message) -> None:
         kind, meta = message.kind, message.meta
@@ -276,12 +213,6 @@ class ControlDaemon:
         frames = self._nodes_message()
         for identity in self._watchers:
             self._send(identity, frames)
-
-    def _send(self, identity: bytes, frames: list[Any]) -> None:
-        try:
-            self._router.send_multipart([identity, *frames], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            logger.debug("control could not reach a peer: %s", exc)
 
 
 def _holds_socket(directory: str, bind: str) -> bool:

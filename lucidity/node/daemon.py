@@ -31,9 +31,10 @@ from typing import Any, Callable, Optional
 import zmq
 
 from .. import addresses, protocol, security, transport
-from ..errors import ProtocolError, describe_exit
-from ..security import Role, check_exposure
-from .processes import STOP_GRACE, Child, raise_open_file_limit, stop_children
+from ..errors import describe_exit
+from ..security import Role
+from .processes import STOP_GRACE, Child, stop_children
+from .skeleton import Daemon
 from . import limits
 from .slots import SlotState, SlotTable, SlotView
 from .workers import WorkerProcess, WorkerState, failure_report, peak_rss, watch
@@ -58,15 +59,11 @@ STALL_FACTOR = 3
 CONTROL_SILENCE = 3.0
 #: At most one "cannot join" line per this many seconds.
 HANDSHAKE_LOG_INTERVAL = 10.0
-#: Rate limit for logging dropped messages: at most one line per this many seconds.
-DROP_LOG_INTERVAL = 1.0
 
 CLIENT_KINDS = frozenset({protocol.Kind.HELLO, protocol.Kind.HEARTBEAT, protocol.Kind.ABANDON,
                           protocol.Kind.BYE, protocol.Kind.STATUS})
 #: With a cluster secret, what each role may send to a node daemon.
 CLIENT_KINDS_BY_ROLE = {Role.CLIENT: CLIENT_KINDS, Role.NODE: frozenset({protocol.Kind.STATUS})}
-#: Largest message a node daemon takes (its messages are all small), in bytes.
-MAX_MESSAGE = 1024 * 1024
 CONTROL_KINDS = frozenset({protocol.Kind.WELCOME})
 
 
@@ -77,7 +74,7 @@ class ClientRecord:
     last_seen: float
 
 
-class NodeDaemon:
+class NodeDaemon(Daemon):
     """Supervises `processes` workers and serves the clients of the cluster at `control_address`.
 
     Args:
@@ -104,11 +101,12 @@ class NodeDaemon:
                  worker_ports: Optional[tuple[int, int]] = None) -> None:
         self._control_endpoint = addresses.parse(control_address, what="control address")
         self._bind = addresses.bind_endpoint(bind, default_port=0)
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        super().__init__(f"node {self.name}", self._bind.zmq, secret=secret, insecure=insecure, parent_fd=parent_fd,
+                         ready_fd=ready_fd)
         self._advertise = advertise
         addresses.advertised_host(self._bind, None, advertise)  # a bad --advertise fails now, not after binding
         self._worker_ports = worker_ports
-        self._secret = secret
-        self._insecure = insecure
         self._heartbeat_interval = heartbeat_interval
         self._client_timeout = client_timeout
         if memory_limit is not None and memory_limit < limits.MIN_WORKER_MEMORY:
@@ -124,10 +122,7 @@ class NodeDaemon:
         self.control_address = self._control_endpoint.zmq
         # The CPUs this process may use (taskset, a Slurm allocation), not all of the machine's.
         self.processes = processes or len(os.sched_getaffinity(0)) or 1
-        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.instance = uuid.uuid4().hex
-        self._parent_fd = parent_fd
-        self._ready_fd = ready_fd
         self._runtime = transport.private_directory("lucidity-node-")
         self._slots = SlotTable(os.path.join(self._runtime, "slots"), self.processes, create=True)
         self._workers: dict[int, WorkerProcess] = {}
@@ -138,16 +133,12 @@ class NodeDaemon:
         self._spawn_failures = 0
         self._last_spawn_log = -HANDSHAKE_LOG_INTERVAL
         self._joined = False
-        self._stopping = False
         self._tasks_failed = 0
         self._tasks_done_by_exited = 0
-        self._last_drop_log = 0.0
         self._last_expiry = time.monotonic()
         self._last_handshake_log = -HANDSHAKE_LOG_INTERVAL
-        self._waker = transport.Waker()
-        self._context = transport.new_context()
-        self._router = transport.new_socket(self._context, zmq.ROUTER)
         self._control = transport.new_socket(self._context, zmq.DEALER)
+        self._control_watch: Optional[security.HandshakeWatch] = None
         self.address = ""  # where clients reach this daemon (the advertised host)
         self._worker_host = ""  # what workers bind to, and what the daemon reaches them at
         self._control_heard = time.monotonic()
@@ -158,32 +149,20 @@ class NodeDaemon:
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM, a LEAVE, or the owner's exit; then stop every worker. Returns 0."""
-        self._install_signal_handlers()
-        raise_open_file_limit()  # a flood of connections should not leave no descriptor to start workers
         limits.become_subreaper()  # what a killed worker's tasks leave behind is reparented here, and stopped
-        if not check_exposure(self._bind.zmq, self._secret, self._insecure, f"node {self.name}"):
-            self._close()
-            return 2
-        self._guard = security.Guard(self._context, security.ClusterKeys.derive(self._secret) if self._secret else None)
+        status = self._open()
+        if status is not None:
+            return status
+        guard = self._guard
+        assert guard is not None
         if self._secret:
             self._worker_env[security.SECRET_ENV] = self._secret.decode()
-        self._guard.listen(self._router)
-        self._guard.connect(self._control, Role.NODE)
-        if os.environ.get("LUCIDITY_TEST_HOOKS"):
-            # Test builds only: SIGUSR2 stops the authenticator, to show that the daemon then fails closed.
-            signal.signal(signal.SIGUSR2, lambda signum, frame: self._guard.close())
-        self._router.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
-        try:
-            bound = addresses.parse(transport.bind(self._router, self._bind.zmq), allow_port_zero=True)
-        except zmq.ZMQError as exc:
-            logger.error("node %s cannot bind %s: %s", self.name, self._bind, exc)
-            self._close()
-            return 2  # a port in use, an address not on this machine: the operator's to fix, as a usage error
+        guard.connect(self._control, Role.NODE)
+        bound = addresses.parse(self._bound, allow_port_zero=True)
         advertised = addresses.advertised_host(bound, self._control_endpoint, self._advertise)
         self.address = bound.with_host(advertised).zmq
         # Workers listen where the daemon does; the daemon itself reaches a wildcard-bound worker on loopback.
         self._worker_host = bound.host
-        self._control_watch: Optional[security.HandshakeWatch] = None
         if self._control_endpoint.scheme == "tcp":
             self._control_watch = security.HandshakeWatch(self._control)
         self._control_dialer = transport.Dialer(self._control, self.control_address)
@@ -194,9 +173,8 @@ class NodeDaemon:
         started = time.monotonic()
         next_heartbeat = 0.0
         try:
-            while not self._stopping:
-                if not self._guard.is_healthy():
-                    logger.error("node %s: the authenticator died; exiting rather than serving unguarded", self.name)
+            while not self.stopping:
+                if self._guard_failed():
                     return 1
                 now = time.monotonic()
                 if not self._joined and (self._all_ready() or now - started > STARTUP_TIMEOUT):
@@ -218,14 +196,6 @@ class NodeDaemon:
             self._shutdown()
         return 0
 
-    def _install_signal_handlers(self) -> None:
-        def on_signal(signum: int, frame: Any) -> None:
-            self._stopping = True
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        signal.set_wakeup_fd(self._waker.write_fd, warn_on_full_buffer=False)
-
     def _shutdown(self) -> None:
         logger.info("node %s stopping: leaving the cluster and stopping %d workers", self.name, len(self._workers))
         try:
@@ -239,19 +209,12 @@ class NodeDaemon:
         logger.info("node %s stopped; every worker reaped", self.name)
         self._close()
 
-    def _close(self) -> None:
-        watch = getattr(self, "_control_watch", None)
-        if watch is not None:
-            watch.close()
-        guard = getattr(self, "_guard", None)
-        if guard is not None:
-            guard.close()
-        self._router.close(linger=0)
-        self._control.close(linger=100)
-        self._context.term()
+    def _close(self, *others: zmq.Socket[Any], linger: float = 0.0) -> None:
+        if self._control_watch is not None:
+            self._control_watch.close()
+            self._control_watch = None
+        super()._close(self._control, *others, linger=0.1)  # time for the LEAVE to go out
         self._slots.close()
-        signal.set_wakeup_fd(-1)  # before closing the pipe the signal machinery writes to
-        self._waker.close()
         shutil.rmtree(self._runtime, ignore_errors=True)
 
     # -- the loop ----------------------------------------------------------------------------------------
@@ -282,44 +245,14 @@ class NodeDaemon:
         if self._waker.read_fd in events:
             self._waker.drain()
         if self._router in events:
-            self._drain(self._router, self._on_client_message, routed=True)
+            self._drain_router(self._on_client_message, CLIENT_KINDS_BY_ROLE, CLIENT_KINDS)
         if self._control in events:
-            self._drain(self._control, self._on_control_message, routed=False)
+            self._drain(self._control, self._on_control_message)
         if self._control_watch is not None and self._control_watch.fd_socket in events:
             self._check_control_handshake()
         for fd, handler in handlers.items():
             if fd in events:
                 handler()
-
-    def _drain(self, sock: zmq.Socket[Any], handle: Callable[..., None], *, routed: bool) -> None:
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                if routed:
-                    if len(frames) < 3:
-                        raise ProtocolError(f"message has {len(frames) - 1} frame(s) after the routing identity")
-                    handle(frames[0].bytes, frames[1:], self._guard.accepted(frames[0], CLIENT_KINDS_BY_ROLE, CLIENT_KINDS))
-                else:
-                    handle(frames)
-            except ProtocolError as exc:
-                self._log_drop(exc)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                # A message that passed the envelope check but still made no sense: never fatal.
-                self._log_drop(ProtocolError(f"{type(exc).__name__}: {exc}"))
-            except Exception as exc:  # one message drops itself, never the daemon its workers depend on
-                now = time.monotonic()
-                if now - self._last_drop_log >= DROP_LOG_INTERVAL:
-                    self._last_drop_log = now
-                    logger.exception("node %s dropped a message it could not handle: %s", self.name, exc)
-
-    def _log_drop(self, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self._last_drop_log >= DROP_LOG_INTERVAL:
-            self._last_drop_log = now
-            logger.warning("node %s dropped a malformed message: %s", self.name, exc)
 
     # -- clients -----------------------------------------------------------------------------------------
 
@@ -343,12 +276,6 @@ class NodeDaemon:
             self._abandon(meta["client"])
         elif kind is protocol.Kind.STATUS:
             self._send(identity, protocol.encode(protocol.Kind.STATUS_REPLY, self._status()))
-
-    def _send(self, identity: bytes, frames: list[Any]) -> None:
-        try:
-            self._router.send_multipart([identity, *frames], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            logger.debug("node %s could not reach a client: %s", self.name, exc)
 
     def _send_workers(self, identity: Optional[bytes] = None) -> None:
         ready = [w.describe() for w in self._workers.values() if w.state is WorkerState.READY]
@@ -398,10 +325,8 @@ class NodeDaemon:
     def _on_control_message(self, frames: list[bytes]) -> None:
         message = protocol.decode(frames, CONTROL_KINDS)
         self._control_heard = time.monotonic()
-        if message.kind is protocol.Kind.WELCOME and self._ready_fd is not None:
-            os.write(self._ready_fd, f"{self.address}\n".encode())
-            os.close(self._ready_fd)
-            self._ready_fd = None
+        if message.kind is protocol.Kind.WELCOME:
+            self._announce(self.address)
 
     def _check_control_handshake(self) -> None:
         """Say why the control node refuses us (a wrong secret is otherwise a silent reconnect loop)."""
@@ -437,7 +362,7 @@ class NodeDaemon:
 
     def _on_parent_gone(self) -> None:
         logger.info("node %s: the process that owns this embedded cluster is gone", self.name)
-        self._stopping = True
+        self.stop()
 
     # -- workers -----------------------------------------------------------------------------------------
 
@@ -507,6 +432,7 @@ class NodeDaemon:
         worker.address = bound.with_host(self.address_host).zmq if bound.scheme == "tcp" else bound.zmq
         local = bound.with_host("127.0.0.1") if bound.is_wildcard else bound
         worker.control = transport.new_socket(self._context, zmq.DEALER)
+        assert self._guard is not None  # workers are started only once the daemon listens
         self._guard.connect(worker.control, Role.NODE)
         worker.control.connect(local.zmq)
         worker.move(WorkerState.READY)
@@ -539,7 +465,7 @@ class NodeDaemon:
             logger.warning("node %s: idle worker %d %s", self.name, worker.child.pid, describe_exit(code))
         del self._workers[worker.index]
         self._send_workers()
-        if not self._stopping:
+        if not self.stopping:
             delay = 0.0
             if self._restart_failures:
                 delay = min(RESTART_DELAY * 2 ** (self._restart_failures - 1), RESTART_DELAY_MAX)
