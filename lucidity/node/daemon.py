@@ -143,7 +143,8 @@ class NodeDaemon(Daemon):
         self._worker_host = ""  # what workers bind to, and what the daemon reaches them at
         self._control_heard = time.monotonic()
         self._worker_env = limits.thread_environment(
-            self.processes, dict(os.environ, LUCIDITY_NODE=self.name, LUCIDITY_ADDRESS=control_address))
+            self.processes, dict(os.environ, LUCIDITY_NODE=self.name, LUCIDITY_ADDRESS=control_address),
+            memory_limit)  # a small cap gets fewer native threads (their buffers count toward RLIMIT_DATA)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 

@@ -360,12 +360,10 @@ class Worker:
     def _memory_breach(self, task_id: int, cap: int, error: BaseException) -> MemoryLimitExceeded:
         """A MemoryError under a cap: report the breach, and retire (the heap may be fragmented or full)."""
         self._retiring = True
-        peak = limits.memory_of(os.getpid()) or 0
+        seen = limits.data_segment(os.getpid())
         node = os.environ.get("LUCIDITY_NODE", "?")
-        breach = MemoryLimitExceeded(
-            f"task {task_id} went over its memory cap of {limits.format_size(cap)} on node {node} "
-            f"(worker {os.getpid()}, {limits.format_size(peak)} resident when it failed); the worker is replaced",
-            limit=cap, peak=peak, node=node, pid=os.getpid(), task=task_id)
+        breach = MemoryLimitExceeded(limits.describe_refusal(task_id, cap, node, os.getpid(), seen),
+                                     limit=cap, peak=seen.resident, node=node, pid=os.getpid(), task=task_id)
         breach.__cause__ = error
         return breach
 

@@ -120,15 +120,15 @@ def watch(workers: Iterable[WorkerProcess], slots: SlotTable, now: float, node: 
         limited = True
         pid = worker.child.pid
         memory = limits.memory_of(pid) if slot.limits.memory else None
+        pinned = None
         if memory is not None:
             worker.last_memory = memory
             worker.task_peak = max(worker.task_peak, memory)
-            data = limits.data_of(pid) or 0
-            pinned = data > slot.limits.memory  # past the cap, into the rlimit's headroom
+            pinned = limits.pinned_segment(pid, slot.limits.memory)  # in the rlimit's headroom: allocations fail
             worker.pressure = worker.pressure + 1 if pinned else 0
         cpu = limits.cpu_seconds(pid) if slot.limits.cpu_time else None
         breach = limits.check(slot.limits, now - slot.started, memory,
-                              None if cpu is None else cpu - slot.cpu_start, worker.pressure)
+                              None if cpu is None else cpu - slot.cpu_start, worker.pressure, pinned)
         if breach is not None:
             worker.breach = breach
             worker.move(WorkerState.STOPPING)
@@ -151,10 +151,10 @@ def failure_report(worker: WorkerProcess, slot: SlotView, code: int, node: str) 
         what = {"memory": "memory cap", "timeout": "wall-time limit", "cpu": "CPU-time limit"}[breach.kind.value]
         meta.update(reason=breach.kind.value, limit=breach.limit, measured=breach.measured,
                     peak=max(worker.task_peak, worker.last_memory))
+        reached = breach.detail or f"reached {_measure(breach)}"
         meta["message"] = (f"task {task_id} went over its {what} of "
                            f"{_measure(limits.Breach(breach.kind, breach.limit, breach.limit))} on node "
-                           f"{node} (worker {pid} reached {_measure(breach)}); the worker was stopped "
-                           f"and replaced")
+                           f"{node} (worker {pid} {reached}); the worker was stopped and replaced")
     else:
         meta.update(reason="crashed", exit_code=code if code >= 0 else None, signal=-code if code < 0 else None,
                     stderr=tail[-STDERR_REPORT:])
