@@ -14,7 +14,8 @@ authentication, at no cost per message). The daemons are separate processes in t
   with SIGKILL leaves no sockets behind (nothing recreates the directory, so removing it while node
   daemons are still stopping is harmless: their sockets there are already bound, or fail to bind);
 - `LocalCluster.close` (also run by a finalizer at interpreter exit) stops them with the bounded,
-  escalating shutdown of `lucidity.node.processes`, then removes the directory if it is still there.
+  escalating shutdown of `lucidity.node.processes`, then removes the directory if it is still there, and
+  the private directories of node daemons that were killed before they could remove their own.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from . import addresses
 from .errors import ClusterUnavailable
 from .node.limits import MIN_WORKER_MEMORY, format_size, parse_size
 from .node.processes import STOP_GRACE, Child, stop_children
-from .transport import private_directory
+from .transport import NODE_DIRECTORY_PREFIX, private_directory, remove_stale_directories
 
 if TYPE_CHECKING:
     from .client import Client
@@ -226,6 +227,9 @@ def _stop(children: list[Child], runtime: str, parent_write: int) -> None:
     # Nodes stop their workers within STOP_GRACE of our SIGTERM; give them that, and a margin.
     stop_children(children, 2 * STOP_GRACE + 1.0)
     shutil.rmtree(runtime, ignore_errors=True)
+    # A node daemon removes its own directory as it exits, except when it was killed (SIGKILL, the OOM
+    # killer); once reaped it is provably gone, so its directory goes now rather than at the next start.
+    remove_stale_directories(NODE_DIRECTORY_PREFIX, creators=[child.pid for child in children])
 
 
 def open_client(address: Optional[str], processes: Optional[int], *, memory_limit: Optional[int],

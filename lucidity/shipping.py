@@ -14,6 +14,17 @@ named packages with the first batch instead of on demand.
 
 Only pure-Python source is shipped. A module with compiled parts is refused, and the import error on the
 node says which module is missing on which node, and how to fix it: install it there, or ship it.
+
+A worker never asks for a name of the standard library (``sys.stdlib_module_names``), nor for the
+interpreter probes the standard library makes (`INTERPRETER_PROBES`): it answers "no such module" itself.
+The standard library imports such names only to learn where it runs (``from org.python.core import
+PyStringMap`` in copy and pickle asks "is this Jython?"; ``import winreg``, ``_winapi``, ``nt`` and
+``msvcrt`` ask "is this Windows?") and expects them to fail. Each used to cost a round trip to the client
+the first time a worker loaded a function, two to four per worker (issue 11), each up to the worker's
+FETCH_TIMEOUT (10 s) when the client was busy; and no client could ever have answered usefully: a
+standard-library module the worker's own Python lacks belongs to another platform or another version,
+and the client's copy would run one Python's standard library on another. For the same reason a user's
+module that shadows a standard-library name is never fetched: install it on the node, or rename it.
 """
 
 from __future__ import annotations
@@ -24,9 +35,17 @@ import sys
 import types
 from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
-__all__ = ["ModuleSource", "ModuleServer", "ShippedFinder"]
+__all__ = ["ModuleSource", "ModuleServer", "ShippedFinder", "INTERPRETER_PROBES"]
 
 _COMPILED = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+#: Top-level names the standard library imports to learn which interpreter or platform it runs on, and
+#: which are not standard-library modules themselves: Jython's ``org.python.core`` (copy, pickle, xml.sax)
+#: and ``java.lang`` (platform, xml.sax), Python 2's ``_winreg`` and OpenVMS's ``vms_lib`` (platform).
+INTERPRETER_PROBES = frozenset({"org", "java", "_winreg", "vms_lib"})
+#: The standard library's Windows-only modules: the probes to answer on a Python without
+#: ``sys.stdlib_module_names`` (3.9).
+_WINDOWS_MODULES = frozenset({"nt", "winreg", "_winapi", "msvcrt", "_overlapped", "winsound", "_msi", "msilib"})
 
 
 class ModuleSource(NamedTuple):
@@ -148,14 +167,23 @@ class ShippedFinder:
         """Turn a ModuleNotFoundError for a module the client could not ship into one that says why."""
         if not isinstance(error, ModuleNotFoundError) or self.client is None:
             return error
-        reason = self._refused.get(self.client, {}).get(error.name or "")
+        name = error.name or ""
+        local = _never_fetched(name)
+        if local:
+            explained = ModuleNotFoundError(
+                f"No module named {name!r} on node {self._node} (worker {os.getpid()}): {local}; a worker never "
+                f"fetches such a module from the client. Install it on the node, if its platform has it.",
+                name=error.name)
+            explained.__cause__ = error
+            return explained
+        reason = self._refused.get(self.client, {}).get(name)
         if reason is None:
             return error
-        top = (error.name or "").split(".")[0]
+        top = name.split(".")[0]
         shippable = not any(word in reason for word in ("compiled", "namespace", "built-in", "not Python source"))
         fix = f"Install it on the node, or ship it with ship=[{top!r}]." if shippable else "Install it on the node."
         explained = ModuleNotFoundError(
-            f"No module named {error.name!r} on node {self._node} (worker {os.getpid()}): it is not installed "
+            f"No module named {name!r} on node {self._node} (worker {os.getpid()}): it is not installed "
             f"there, and the client could not ship it: {reason}. {fix}", name=error.name)
         explained.__cause__ = error
         return explained
@@ -171,7 +199,7 @@ class ShippedFinder:
         module = store.get(fullname)
         if module is None:
             refused = self._refused.setdefault(client, {})
-            if fullname in refused:
+            if fullname in refused or _never_fetched(fullname):
                 return None
             module, reason = self._fetch(fullname)
             if module is None:
@@ -193,3 +221,14 @@ class ShippedFinder:
         module.__file__ = source.filename
         self._loaded[module.__name__] = (client, source.digest)
         exec(compile(source.source, source.filename, "exec"), module.__dict__)
+
+
+def _never_fetched(name: str) -> str:
+    """Why a worker answers an import of `name` itself instead of asking the client; "" if it may ask."""
+    top = name.partition(".")[0]
+    if top in INTERPRETER_PROBES:
+        return "it exists only on another Python implementation or platform (a probe of the standard library)"
+    if top in getattr(sys, "stdlib_module_names", _WINDOWS_MODULES):
+        return (f"it belongs to the standard library, but not to this node's Python "
+                f"({sys.platform}, {sys.version.split()[0]})")
+    return ""

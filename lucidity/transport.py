@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from .addresses import Endpoint
 
 __all__ = ["new_context", "new_socket", "bind", "bind_in_range", "Dialer", "Waker", "private_directory",
-           "has_input", "send_frames"]
+           "remove_stale_directories", "NODE_DIRECTORY_PREFIX", "CREATOR_FILE", "has_input",
+           "send_frames"]
 
 #: How long a socket keeps unsent messages after close, in seconds.
 LINGER = 1.0
@@ -134,11 +135,133 @@ class Dialer:
         self.current = chosen
 
 
+#: The node daemon's private directory (its slots file, and its workers' ipc:// sockets) starts with this.
+NODE_DIRECTORY_PREFIX = "lucidity-node-"
+#: The file in a private directory that names its creator: "{pid} {start} {scope}".
+CREATOR_FILE = "creator"
+
+
 def private_directory(prefix: str) -> str:
-    """A new directory only this user can open (0700), for ipc:// sockets and worker state."""
+    """A new directory only this user can open (0700), for ipc:// sockets and worker state.
+
+    The directory belongs to the process that creates it, which removes it on the way out; one killed with
+    SIGKILL cannot (nine killed node daemons left nine, issue 11). So the directory names its creator in a
+    file, `CREATOR_FILE`: its pid, the pid's start time in clock ticks since boot, and a tag of this boot
+    and pid namespace; and making a directory first removes the directories of the same prefix whose
+    creator is provably gone (`remove_stale_directories`). The creator is in a file rather than in the
+    name because every ipc:// socket path in the directory must fit in 107 bytes. Without a /proc of this
+    pid namespace no creator is recorded and nothing is removed.
+    """
     import tempfile
 
-    return tempfile.mkdtemp(prefix=prefix)
+    directory = tempfile.mkdtemp(prefix=prefix)
+    creator = _creator()
+    if creator is not None:
+        with open(os.path.join(directory, CREATOR_FILE), "x") as file:
+            file.write(creator + "\n")
+        remove_stale_directories(prefix, os.path.dirname(directory))
+    return directory
+
+
+def remove_stale_directories(prefix: str, parent: Optional[str] = None, *,
+                             creators: Optional[list[int]] = None) -> list[str]:
+    """Remove the directories `private_directory(prefix)` made in `parent` whose creator is provably gone.
+
+    Provably gone: no process has the creator's pid, or the one that has it started at another time (the
+    pid was recycled). Only directories of this user, made in this boot and pid namespace, are looked at:
+    a pid means nothing in another namespace (containers sharing a /tmp), nor after a reboot. A creator
+    that is a zombie not yet reaped still counts as alive, and a directory without a readable creator file
+    (one being made right now, or made by an older lucidity) is left alone. `creators`, if given, limits
+    the search to directories those pids made (an owner that has just reaped them). Returns the paths
+    removed (default `parent`: the temporary directory).
+
+    A directory outlives its creator only if something else still uses it, which lucidity never does:
+    a node daemon's workers die with it (PR_SET_PDEATHSIG), and an embedded cluster's daemons stop when
+    the process that made its directory exits (their parent pipe closes).
+    """
+    import re
+    import shutil
+    import stat
+    import tempfile
+
+    scope = _pid_scope()
+    if scope is None:
+        return []
+    parent = parent or tempfile.gettempdir()
+    # mkdtemp's 8 random characters exactly: "lucidity-" must not take "lucidity-node-…" for its own.
+    name = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}\Z")
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return []
+    for entry in entries:
+        if not name.match(entry.name):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                continue
+            with open(os.path.join(entry.path, CREATOR_FILE)) as file:
+                pid_text, start_text, their_scope = file.read().split()
+            pid, start = int(pid_text), int(start_text)
+        except (OSError, ValueError):
+            continue
+        if their_scope != scope or (creators is not None and pid not in creators) or not _is_gone(pid, start):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)  # fd-based on Linux: a symlink inside is not followed
+        _logger().info("removed %s, left behind by process %d, which is gone", entry.path, pid)
+        removed.append(entry.path)
+    return removed
+
+
+def _pid_scope() -> Optional[str]:
+    """A tag of this boot and pid namespace, within which a pid and its start time name one process."""
+    import hashlib
+
+    try:
+        if os.readlink("/proc/self") != str(os.getpid()):
+            return None  # a /proc of another pid namespace: its pids are not ours
+        with open("/proc/sys/kernel/random/boot_id", "rb") as file:
+            boot = file.read().strip()
+        namespace = os.readlink("/proc/self/ns/pid").encode()
+    except OSError:
+        return None
+    return hashlib.blake2b(boot + b" " + namespace, digest_size=8).hexdigest()
+
+
+def _creator() -> Optional[str]:
+    """``{pid} {start} {scope}`` for this process, or None where /proc cannot prove anything."""
+    scope = _pid_scope()
+    if scope is None:
+        return None
+    try:
+        return f"{os.getpid()} {_process_start(os.getpid())} {scope}"
+    except OSError:
+        return None
+
+
+def _process_start(pid: int) -> int:
+    """When `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat).
+
+    Raises:
+        FileNotFoundError, ProcessLookupError: no process has this pid.
+        OSError: /proc/PID/stat cannot be read.
+    """
+    with open(f"/proc/{pid}/stat", "rb") as file:
+        fields = file.read()
+    # Field 2, the command name, is in parentheses and may hold spaces and parentheses: split after the last.
+    return int(fields[fields.rindex(b")") + 2:].split()[19])
+
+
+def _is_gone(pid: int, start: int) -> bool:
+    """Whether the process that had `pid` and started at `start` has exited and been reaped."""
+    try:
+        return _process_start(pid) != start  # another start: the pid was recycled
+    except (FileNotFoundError, ProcessLookupError):
+        return True  # no process has this pid
+    except OSError:
+        return False  # unreadable (hidepid, say): not a proof
 
 
 # Plain ints: pyzmq's flag enums cost microseconds per operation on the per-message path.
