@@ -123,7 +123,7 @@ class NodeDaemon(Daemon):
         # The CPUs this process may use (taskset, a Slurm allocation), not all of the machine's.
         self.processes = processes or len(os.sched_getaffinity(0)) or 1
         self.instance = uuid.uuid4().hex
-        self._runtime = transport.private_directory("lucidity-node-")
+        self._runtime = transport.private_directory(transport.NODE_DIRECTORY_PREFIX)
         self._slots = SlotTable(os.path.join(self._runtime, "slots"), self.processes, create=True)
         self._workers: dict[int, WorkerProcess] = {}
         self._clients: dict[bytes, ClientRecord] = {}
