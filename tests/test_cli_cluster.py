@@ -15,7 +15,7 @@ import pytest
 import lucidity
 from lucidity.node.cli import format_status, query_status
 
-from conftest import CliCluster
+from helpers import CliCluster, free_port
 
 
 def where(x: int) -> tuple[int, str, int]:
@@ -74,8 +74,6 @@ def test_status_lists_nodes_workers_and_task_counts(cli_cluster: CliCluster) -> 
 
 
 def test_status_of_an_absent_cluster_fails_clearly() -> None:
-    from conftest import free_port
-
     done = subprocess.run([sys.executable, "-m", "lucidity", "status", "--timeout", "0.5",
                            f"tcp://127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
@@ -115,5 +113,5 @@ def test_control_on_a_port_in_use_exits_with_an_error(cli_cluster: CliCluster) -
     proc = second.start_control()
     assert proc.wait(30) == 2
     node_port = query_status(cli_cluster.address)["nodes"][0]["address"]
-    taken = second._start("taken", "node", cli_cluster.address, "--bind", node_port)
+    taken = second.start_node("taken", 1, "--bind", node_port)
     assert taken.wait(30) == 2

@@ -19,13 +19,14 @@ import textwrap
 import time
 import venv
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import psutil
 import pytest
 
 import lucidity
 from lucidity.node.control import ControlDaemon
+from helpers import WaitTimeout, wait_until
 from scripts import ScriptRun, run_script
 
 #: How long the daemons of a killed caller get to stop and clean up: a node gives its workers STOP_GRACE
@@ -235,16 +236,6 @@ def wait_for_line(proc: "subprocess.Popen[bytes]", wanted: bytes, timeout: float
             seen += chunk
 
 
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    """Poll a condition that no event announces (a file appearing or going away) until it holds or time runs out."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 @pytest.fixture
 def caller(tmp_path: Path) -> Iterator[tuple["subprocess.Popen[bytes]", Path]]:
     """A script with an embedded Pool and a task running, waiting to be killed; killed and reaped in any case."""
@@ -269,7 +260,7 @@ def test_a_sigkilled_caller_leaves_no_socket_directory_and_no_process(caller: tu
                                                                       tmp_path: Path) -> None:
     proc, marker = caller
     wait_for_line(proc, b"ready", READY_TIMEOUT)
-    assert wait_until(marker.exists, READY_TIMEOUT), "the task never started"
+    wait_until(marker.exists, READY_TIMEOUT, "the task to start")
     descendants = psutil.Process(proc.pid).children(recursive=True)
     controls = [p.cmdline() for p in descendants if "control" in p.cmdline()]
     assert len(controls) == 1, [p.cmdline() for p in descendants]
@@ -284,8 +275,10 @@ def test_a_sigkilled_caller_leaves_no_socket_directory_and_no_process(caller: tu
     for survivor in alive:
         survivor.kill()
     assert not alive, f"still running {CLEANUP_TIMEOUT} s after the caller was killed: {alive}"
-    assert wait_until(lambda: not os.path.exists(runtime), CLEANUP_TIMEOUT), \
-        f"{runtime} is still there: {os.listdir(runtime)}; log:\n{(tmp_path / 'stderr.txt').read_text()}"
+    try:
+        wait_until(lambda: not os.path.exists(runtime), CLEANUP_TIMEOUT, f"{runtime} to be removed")
+    except WaitTimeout as exc:
+        raise AssertionError(f"{exc}; it holds {os.listdir(runtime)}; log:\n{(tmp_path / 'stderr.txt').read_text()}")
 
 
 def test_a_closed_local_cluster_removes_its_directory() -> None:
@@ -306,7 +299,7 @@ def test_an_operators_control_node_removes_nothing(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "lucidity", "--log-level", "WARNING", "control", "--bind",
                              f"ipc://{socket}"], start_new_session=True)
     try:
-        assert wait_until(socket.exists, READY_TIMEOUT), "the control node never bound its socket"
+        wait_until(socket.exists, READY_TIMEOUT, "the control node to bind its socket")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(READY_TIMEOUT) == 0
     finally:

@@ -1,4 +1,8 @@
-"""Failover: lost and hung nodes, control restarts, clients that vanish, bounded memory under a flood."""
+"""Failover: lost and hung nodes, control restarts, clients that vanish, bounded memory under a flood.
+
+Nothing here sleeps hoping that the cluster got somewhere: each step waits, with a deadline, for what the
+nodes report (`lucidity status` asks every node directly) before it kills or stops anything.
+"""
 
 from __future__ import annotations
 
@@ -15,20 +19,18 @@ import psutil
 import pytest
 
 import lucidity
-from lucidity.node.cli import query_status
 
-from conftest import CliCluster
+from helpers import WAIT, CliCluster, wait_until
+from tasks import identity
 
 NODE_TIMEOUT = 2.0
+#: The nodes' client timeout: how long a client may be silent before a node drops its work, in seconds.
+CLIENT_TIMEOUT = 3.0
 
 
 def slow_square(x):
     time.sleep(0.2)
     return x * x, lucidity.current_node()
-
-
-def identity(x):
-    return x
 
 
 def write_marker_later(path, delay):
@@ -42,16 +44,12 @@ def write_marker_later(path, delay):
 def fast_cluster(monkeypatch):
     """Two nodes of two workers whose losses are noticed within about two seconds."""
     monkeypatch.setenv("LUCIDITY_NODE_TIMEOUT", str(NODE_TIMEOUT))
-    cluster = CliCluster()
-    try:
-        cluster._start("control", "control", "--bind", cluster.address, "--node-timeout", str(NODE_TIMEOUT))
+    with CliCluster() as cluster:
+        cluster.start_control("--node-timeout", str(NODE_TIMEOUT))
         for name in ("n1", "n2"):
-            cluster._start(name, "node", cluster.address, "--processes", "2", "--name", name,
-                           "--heartbeat-interval", "0.5", "--client-timeout", "3")
+            cluster.start_node(name, 2, "--heartbeat-interval", "0.5", "--client-timeout", str(CLIENT_TIMEOUT))
         cluster.wait_for(2, workers_per_node=2)
         yield cluster
-    finally:
-        cluster.close()
 
 
 def warm_up(pool):
@@ -60,16 +58,26 @@ def warm_up(pool):
 
 
 def node_pids(cluster, name):
-    node = [n for n in query_status(cluster.address)["nodes"] if n["name"] == name][0]
-    return [w["pid"] for w in node["workers"]]
+    return [w["pid"] for w in cluster.node(name)["workers"]]
+
+
+def running(cluster):
+    """Tasks running now on each node, by name."""
+    return {n["name"]: n.get("running", 0) for n in cluster.status()["nodes"]}
 
 
 def test_sigkill_of_a_node_mid_map_loses_no_result(fast_cluster):
     with lucidity.Pool(address=fast_cluster.address) as pool:
         warm_up(pool)
+        done_before = fast_cluster.node("n1")["tasks_done"]
         started = time.monotonic()
         result = pool.map_async(slow_square, range(40), chunksize=1)
-        time.sleep(0.5)  # let both nodes take work
+
+        def n1_has_finished_some_and_runs_more():
+            n1 = fast_cluster.node("n1")
+            return n1["tasks_done"] >= done_before + 2 and n1["running"] > 0
+
+        wait_until(n1_has_finished_some_and_runs_more, WAIT, "n1 to finish two tasks of the map and run more")
         fast_cluster.processes["n1"].kill()
         values = result.get(timeout=60)
         elapsed = time.monotonic() - started
@@ -92,7 +100,7 @@ def test_a_hung_node_is_declared_lost_and_its_late_results_are_ignored(fast_clus
     with lucidity.Pool(address=fast_cluster.address) as pool:
         warm_up(pool)
         results = [pool.apply_async(slow_square, (x,), callback=count) for x in range(40)]
-        time.sleep(0.5)
+        wait_until(lambda: running(fast_cluster)["n1"] == 2, WAIT, "both workers of n1 running a task")
         stopped = [daemon.pid, *workers]
         for pid in stopped:
             os.kill(pid, signal.SIGSTOP)
@@ -114,10 +122,10 @@ def test_a_hung_node_is_declared_lost_and_its_late_results_are_ignored(fast_clus
 def test_control_restart_mid_run_completes_and_status_recovers(fast_cluster):
     with lucidity.Pool(address=fast_cluster.address) as pool:
         result = pool.map_async(slow_square, range(40), chunksize=1)
-        time.sleep(0.3)
+        wait_until(lambda: sum(running(fast_cluster).values()) > 0, WAIT, "the map running on the nodes")
         fast_cluster.stop("control", signal.SIGKILL)
         restarted = time.monotonic()
-        fast_cluster._start("control", "control", "--bind", fast_cluster.address, "--node-timeout", str(NODE_TIMEOUT))
+        fast_cluster.start_control("--node-timeout", str(NODE_TIMEOUT))
         assert [v for v, _ in result.get(timeout=60)] == [x * x for x in range(40)]
         fast_cluster.wait_for(2, workers_per_node=2, timeout=5)
         assert time.monotonic() - restarted < 5 + 2
@@ -139,19 +147,24 @@ def test_a_vanished_client_has_its_work_dropped_and_stopped(fast_cluster, tmp_pa
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert client.stdout.readline().strip() == b"submitted"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and sum(n["running"] for n in query_status(fast_cluster.address)["nodes"]) < 4:
-            time.sleep(0.05)
+        wait_until(lambda: sum(running(fast_cluster).values()) == 4, WAIT, "the client's tasks on all four workers")
+        busy = {w["pid"] for n in fast_cluster.status()["nodes"] for w in n["workers"] if w["state"] == "busy"}
         client.kill()
         client.wait(10)
     finally:
         if client.poll() is None:
             client.kill()
             client.wait(10)
-    # The nodes notice within their client timeout (3 s), kill the running tasks (which would have written
-    # their markers 5 s after they started) and drop the queued ones. Wait past the point the markers
-    # would exist if they had not.
-    time.sleep(5.0 + 1.5)
+
+    # The nodes notice within their client timeout, kill the running tasks (which would write their markers
+    # 5 s after they started) and drop the queued ones: no node knows the client any more, nothing runs, and
+    # every worker that ran one of its tasks is gone. From then on, nothing can write a marker.
+    def client_forgotten():
+        nodes = fast_cluster.status()["nodes"]
+        workers = {w["pid"] for n in nodes for w in n["workers"]}
+        return all(n["clients"] == 0 and n["running"] == 0 for n in nodes) and not busy & workers
+
+    wait_until(client_forgotten, CLIENT_TIMEOUT + WAIT, "the nodes to drop the vanished client and its tasks")
     assert list(tmp_path.iterdir()) == []
     fast_cluster.wait_for(2, workers_per_node=2)
 
@@ -173,7 +186,7 @@ def test_a_node_that_joins_late_gets_the_waiting_work(fast_cluster):
         fast_cluster.stop("n1", signal.SIGKILL)
         fast_cluster.stop("n2", signal.SIGKILL)
         result = pool.map_async(slow_square, range(6), chunksize=1)
-        fast_cluster._start("n3", "node", fast_cluster.address, "--processes", "2", "--name", "n3")
+        fast_cluster.start_node("n3", 2)
         assert {node for _, node in result.get(timeout=60)} == {"n3"}
 
 

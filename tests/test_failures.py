@@ -21,11 +21,8 @@ import lucidity
 from lucidity import protocol
 from lucidity.node.cli import query_status
 
-from conftest import CliCluster
-
-
-def identity(x):
-    return x
+from helpers import CliCluster, wait_until
+from tasks import identity
 
 
 def pid_of_worker(_=None):
@@ -74,13 +71,7 @@ def workers(cluster):
 
 
 def wait_workers(cluster, count, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pids = workers(cluster)
-        if len(pids) == count:
-            return pids
-        time.sleep(0.05)
-    raise TimeoutError(f"worker count did not return to {count}")
+    wait_until(lambda: len(workers(cluster)) == count, timeout, f"the worker count to return to {count}")
 
 
 @pytest.mark.parametrize("crash, expected_code, expected_signal", [

@@ -22,12 +22,9 @@ from lucidity import job
 from lucidity.cluster import default_client
 from lucidity.node.cli import query_status
 
-from conftest import CliCluster
+from helpers import WAIT, CliCluster, connected, wait_until
 
 pytestmark = pytest.mark.timeout(90)
-
-#: Bound on every wait of a test for a result or a condition, in seconds.
-WAIT = 30.0
 
 
 class Boom(ValueError):
@@ -101,12 +98,13 @@ def probe_least_loaded(release: str) -> Optional[str]:
 
 
 def hold_on(node: str, release: str) -> Optional[str]:
-    """On `node`, keep this worker busy until the file `release` exists (at most WAIT s); elsewhere, return."""
+    """On `node`, keep this worker busy until the file `release` exists (at most WAIT s); elsewhere, return.
+
+    A file, not a `helpers.Rendezvous`: the tasks that release the holds run on workers, not in the test.
+    """
     if lucidity.current_node() != node:
         return None
-    deadline = time.monotonic() + WAIT
-    while not os.path.exists(release) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: os.path.exists(release), WAIT, f"the release file {release}")
     return node
 
 
@@ -145,20 +143,14 @@ def embedded() -> Iterator[lucidity.LocalCluster]:
 
 @pytest.fixture
 def on_embedded(embedded: lucidity.LocalCluster) -> Iterator[str]:
-    lucidity.connect(embedded.address)
-    try:
+    with connected(embedded.address):  # the cluster lives on for the module
         yield "local"
-    finally:
-        lucidity.connect(None)  # releases the default client; the cluster lives on for the module
 
 
 @pytest.fixture
 def on_cli(cli_cluster: CliCluster) -> Iterator[CliCluster]:
-    lucidity.connect(cli_cluster.address)
-    try:
+    with connected(cli_cluster.address):
         yield cli_cluster
-    finally:
-        lucidity.connect(None)
 
 
 @pytest.fixture(params=["embedded", "cli"])
@@ -173,16 +165,6 @@ def nodes(request: pytest.FixtureRequest, embedded: lucidity.LocalCluster) -> se
         return {"local"}
     request.getfixturevalue("on_cli")
     return {"n1", "n2"}
-
-
-def wait_until(condition, timeout: float = WAIT, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise TimeoutError(f"{what} not reached within {timeout} s")
 
 
 # -- the five ways to run ------------------------------------------------------------------------------
@@ -360,10 +342,10 @@ def test_least_loaded_avoids_a_busy_node(on_cli: CliCluster, tmp_path) -> None:
                 report = query_status(address, timeout=2.0)
                 return any(n.get("name") == "n1" and n.get("running") == 2 for n in report["nodes"])
 
-            wait_until(n1_busy, what="n1 with both workers busy")
+            wait_until(n1_busy, WAIT, "n1 with both workers busy")
             # The client learns the nodes' running counts through the control node, about once a second.
-            wait_until(lambda: any(n.name == "n1" and n.running == 2 for n in default_client().nodes()),
-                       what="the client seeing n1 busy")
+            wait_until(lambda: any(n.name == "n1" and n.running == 2 for n in default_client().nodes()), WAIT,
+                       "the client to see n1 busy")
             # Each probe releases the holds when it runs, so one placed on n1 is not stuck behind them.
             placed = probe_least_loaded.remote_fanout([release] * 4)
         finally:
@@ -472,13 +454,29 @@ def write_after(path: str, seconds: float) -> str:
     return path
 
 
-def test_cancelling_a_queued_job_means_it_never_runs(on_embedded: str, tmp_path) -> None:
+def run_on_every_worker(workers: int) -> None:
+    """Return once a job submitted now has finished on each of the `workers` workers.
+
+    Each worker runs its tasks in the order they came, so by then every task sent earlier has run too.
+    """
+    seen: set[int] = set()
+
+    def every_worker_seen() -> bool:
+        seen.update(pid for pid, _, _ in where.remote_fanout(range(2 * workers)))
+        return len(seen) >= workers
+
+    wait_until(every_worker_seen, WAIT, f"a job to finish on each of the {workers} workers")
+
+
+def test_cancelling_a_queued_job_means_it_never_runs(on_embedded: str, embedded: lucidity.LocalCluster,
+                                                      tmp_path) -> None:
     busy = [write_after.remote_async(str(tmp_path / f"busy-{i}"), 0.5) for i in range(6)]
     last = write_after.remote_async(str(tmp_path / "cancelled"), 0.0)
     assert last.cancel() is True and last.cancelled()
     for one in busy:
-        one.await_get(30)
-    time.sleep(0.3)  # give a wrongly sent task the time it would need to write its marker
+        one.await_get(WAIT)
+    # Had the cancelled job been sent to a worker anyway, it ran before the jobs sent there after it.
+    run_on_every_worker(embedded.processes)
     assert not (tmp_path / "cancelled").exists()
 
 
@@ -490,5 +488,5 @@ def least_loaded_sleep(seconds: float) -> Optional[str]:
 
 def test_least_loaded_spreads_a_burst(on_cli: CliCluster) -> None:
     jobs = [least_loaded_sleep.remote_async(0.3) for _ in range(4)]
-    nodes = [one.await_get(30) for one in jobs]
+    nodes = [one.await_get(WAIT) for one in jobs]
     assert sorted(nodes) == ["n1", "n1", "n2", "n2"]

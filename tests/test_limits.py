@@ -2,8 +2,7 @@
 
 Every task function is defined at module level, so that workers import it by name (embedded workers inherit
 sys.path; the CLI daemons get PYTHONPATH=tests from the fixture). Workers import this module, so it imports
-conftest only inside fixtures: conftest draws a new session marker whenever it is imported, and a worker
-that imported it would hand its children a marker the leak check does not know.
+helpers, never conftest (which sets up the test session's leak check).
 
 Clusters are module-scoped where tests do not disturb each other; a breach replaces a worker, which the
 tests wait for before they look at a count. Every wait is bounded; nothing sleeps a fixed time to wait for
@@ -32,10 +31,11 @@ from lucidity import job
 from lucidity.node import limits
 from lucidity.node.cli import format_status, query_status
 
+from helpers import WAIT, CliCluster, connected, free_port, wait_until
+from tasks import identity
+
 pytestmark = pytest.mark.timeout(120)
 
-#: Bound on every wait of a test for a result or a condition, in seconds.
-WAIT = 30.0
 #: The cap most tests work under, and what a task tries to take.
 CAP = 200_000_000
 OVER = 500_000_000
@@ -53,10 +53,6 @@ CAP_SYS_RESOURCE = 24
 
 
 # -- tasks -----------------------------------------------------------------------------------------------
-
-
-def identity(x: Any) -> Any:
-    return x
 
 
 def worker_pid(_: Any = None) -> int:
@@ -353,17 +349,6 @@ def sleeper(seconds: float, value: Any) -> tuple[Any, int]:
 # -- helpers ---------------------------------------------------------------------------------------------
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = WAIT, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
-
-
 def workers_of(address: str) -> list[dict[str, Any]]:
     return [w for node in query_status(address)["nodes"] for w in node["workers"]]
 
@@ -376,7 +361,7 @@ def wait_workers_ready(address: str, count: int) -> list[dict[str, Any]]:
             return workers
         return None
 
-    return wait_until(ready, what=f"{count} ready workers at {address}")  # type: ignore[no-any-return]
+    return wait_until(ready, WAIT, f"{count} ready workers at {address}")
 
 
 def is_alive(pid: int) -> bool:
@@ -386,13 +371,18 @@ def is_alive(pid: int) -> bool:
         return False
 
 
-def wait_gone(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while is_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+def wait_gone(pid: int, what: str, timeout: float = 5.0) -> None:
+    """Wait until process `pid` has exited (and been reaped); fail saying what it is (and its parent) if not."""
+    def parent() -> str:
+        try:
+            return str(psutil.Process(pid).ppid())
+        except psutil.Error:
+            return "?"
+
+    try:
+        wait_until(lambda: not is_alive(pid), timeout, f"{what} ({pid}) to exit")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; its parent is {parent()}") from None
 
 
 def node_daemon_pid(cluster: lucidity.LocalCluster) -> int:
@@ -411,7 +401,7 @@ def check_breach(error: lucidity.MemoryLimitExceeded, limit: int, node: str) -> 
     text = str(error)
     assert limits.format_size(limit) in text and f"node {node}" in text and str(error.pid) in text
     assert "memory cap" in text
-    assert wait_gone(error.pid, WAIT), f"worker {error.pid} still alive after its breach"
+    wait_gone(error.pid, "the worker that broke its cap", WAIT)
 
 
 # -- clusters --------------------------------------------------------------------------------------------
@@ -441,38 +431,17 @@ def uncapped() -> Iterator[lucidity.LocalCluster]:
 @pytest.fixture
 def jobs(uncapped: lucidity.LocalCluster) -> Iterator[lucidity.LocalCluster]:
     """Jobs run on the uncapped cluster for the test."""
-    lucidity.connect(uncapped.address)
-    try:
+    with connected(uncapped.address):
         yield uncapped
-    finally:
-        lucidity.connect(None)
 
 
 @pytest.fixture
 def capped_jobs(capped: lucidity.LocalCluster) -> Iterator[lucidity.LocalCluster]:
-    lucidity.connect(capped.address)
-    try:
+    with connected(capped.address):
         yield capped
-    finally:
-        lucidity.connect(None)
 
 
-# -- sizes and start-up ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("200MB", 200_000_000), ("1.5GiB", int(1.5 * 2**30)), ("512MiB", 512 * 2**20), ("1GB", 10**9),
-    ("64kb", 64_000), (" 2 gb ", 2 * 10**9), ("1048576", 1048576), (1048576, 1048576), ("300B", 300),
-    (None, None),
-])
-def test_sizes_parse(text: Any, expected: Optional[int]) -> None:
-    assert limits.parse_size(text) == expected
-
-
-@pytest.mark.parametrize("text", ["lots", "", "MB", "10 XB", "-5MB", "0MB", 0, -1, True, "1.5.2GB", "2e9"])
-def test_bad_sizes_raise_value_error(text: Any) -> None:
-    with pytest.raises(ValueError):
-        limits.parse_size(text)
+# -- start-up (sizes and the watchdog's decisions: tests/unit/test_limit_decisions.py) --------------------
 
 
 def test_local_cluster_with_a_cap_too_small_to_start_a_worker_fails_at_once() -> None:
@@ -486,8 +455,6 @@ def test_local_cluster_with_a_cap_too_small_to_start_a_worker_fails_at_once() ->
 
 @pytest.mark.parametrize("size, why", [("10MB", "too small"), ("lots", "not a size")])
 def test_node_with_a_bad_memory_limit_exits_2_and_says_why(size: str, why: str) -> None:
-    from conftest import free_port
-
     done = subprocess.run([sys.executable, "-m", "lucidity", "node", f"tcp://127.0.0.1:{free_port()}",
                            "--processes", "1", "--memory-limit", size],
                           capture_output=True, text=True, timeout=WAIT)
@@ -556,13 +523,9 @@ def test_a_job_decorated_in_a_worker_module_stays_a_decorator() -> None:
     Such a job travels as ``lucidity.job._rebuild``, which imports the submodule ``lucidity.job`` by its dotted
     name; from then on ``from lucidity import job`` must still give the decorator, not the submodule.
     """
-    with lucidity.LocalCluster(processes=1) as cluster:
-        lucidity.connect(cluster.address)
-        try:
-            assert job(timeout=5.0)(identity).remote_async(4).await_get(WAIT) == 4
-            assert job_small.remote_async(5).await_get(WAIT) == 25
-        finally:
-            lucidity.connect(None)
+    with lucidity.LocalCluster(processes=1) as cluster, connected(cluster.address):
+        assert job(timeout=5.0)(identity).remote_async(4).await_get(WAIT) == 4
+        assert job_small.remote_async(5).await_get(WAIT) == 25
 
 
 # -- memory: tasks that get past the rlimit, caught by the watchdog --------------------------------------
@@ -668,7 +631,7 @@ def test_fifty_breaches_leave_the_daemon_flat_and_every_worker_back(capped: luci
 def test_a_subprocess_does_not_outlive_its_task(uncapped: lucidity.LocalCluster, new_session: bool) -> None:
     with lucidity.Pool(address=uncapped.address) as pool:
         pid = pool.apply_async(spawn_sleeper, (new_session,)).get(WAIT)
-        assert wait_gone(pid), f"sleep {pid} started by a task is still running after the task ended"
+        wait_gone(pid, "the sleep a task started, after the task ended")
         assert pool.apply_async(identity, (2,)).get(WAIT) == 2
 
 
@@ -680,8 +643,7 @@ def test_a_subprocess_does_not_outlive_a_killed_task(jobs: lucidity.LocalCluster
         spawn_then_hang.remote_async(new_session, pid_file).await_get(WAIT)
     with open(pid_file) as text:
         pid = int(text.read())
-    assert wait_gone(pid), (f"sleep {pid} started by a task killed for its timeout is still running "
-                            f"(parent {psutil.Process(pid).ppid() if is_alive(pid) else '?'})")
+    wait_gone(pid, "the sleep started by a task killed for its timeout")
 
 
 # -- time limits -----------------------------------------------------------------------------------------
@@ -708,7 +670,7 @@ def test_timeout_stops_a_task_and_spares_its_siblings(jobs: lucidity.LocalCluste
     assert [value for value, _ in siblings] == [0, 1]
     # (A sibling may have shared the killed worker if the client had not yet seen a replacement worker of the
     # previous test: then it ran first, in that worker's order, and its result is still correct.)
-    assert wait_gone(error.pid)
+    wait_gone(error.pid, "the stopped worker")
     assert quick_under_timeout.remote_async(1).await_get(WAIT) == 2
     wait_workers_ready(jobs.address, 3)
 
@@ -721,7 +683,7 @@ def test_cpu_time_stops_a_loop_and_spares_its_siblings(jobs: lucidity.LocalClust
     assert error.limit == TIME_LIMIT and error.used > TIME_LIMIT and error.node == "local"
     assert "CPU-time limit" in str(error)
     assert [value for value, _ in siblings] == [0, 1]
-    assert wait_gone(error.pid)
+    wait_gone(error.pid, "the stopped worker")
     wait_workers_ready(jobs.address, 3)
 
 
@@ -772,8 +734,8 @@ def test_status_shows_each_workers_cap_current_and_peak_memory(capped: lucidity.
 
 def test_status_shows_a_running_tasks_own_cap(capped_jobs: lucidity.LocalCluster) -> None:
     future = job_sleep_under_cap.remote_async(1.5)
-    busy = wait_until(lambda: [w for w in workers_of(capped_jobs.address) if w["state"] == "busy"],
-                      what="a busy worker")
+    busy = wait_until(lambda: [w for w in workers_of(capped_jobs.address) if w["state"] == "busy"], WAIT,
+                      "a busy worker")
     assert busy[0]["cap"] == 100_000_000  # the task's cap, smaller than the node's
     assert future.await_get(WAIT) == busy[0]["pid"]
 
@@ -782,27 +744,18 @@ def test_status_shows_a_running_tasks_own_cap(capped_jobs: lucidity.LocalCluster
 
 
 @pytest.fixture
-def cli_with(request: pytest.FixtureRequest) -> Iterator[Any]:
+def cli_with(request: pytest.FixtureRequest) -> Iterator[CliCluster]:
     """A control node and one node daemon started through the CLI with the options in the parameter."""
-    from conftest import CliCluster  # here, not at the top: workers import this module, and must not run conftest
-
-    class LimitedCliCluster(CliCluster):
-        def start_node_with(self, name: str, processes: int, *options: str) -> subprocess.Popen[bytes]:
-            return self._start(name, "node", self.address, "--processes", str(processes), "--name", name, *options)
-
     processes, *options = request.param
-    cluster = LimitedCliCluster()
-    try:
+    with CliCluster() as cluster:
         cluster.start_control()
-        cluster.start_node_with("n1", processes, *options)
+        cluster.start_node("n1", processes, *options)
         cluster.wait_for(1, workers_per_node=processes)
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.mark.parametrize("cli_with", [(2, "--max-tasks-per-worker", "3")], indirect=True)
-def test_max_tasks_per_worker_replaces_workers(cli_with: Any) -> None:
+def test_max_tasks_per_worker_replaces_workers(cli_with: CliCluster) -> None:
     with lucidity.Pool(address=cli_with.address) as pool:
         pids = pool.map(worker_pid, range(12), chunksize=1)
     counts = collections.Counter(pids)
@@ -812,10 +765,10 @@ def test_max_tasks_per_worker_replaces_workers(cli_with: Any) -> None:
 
 
 @pytest.mark.parametrize("cli_with", [(1, "--recycle-memory", "100MB")], indirect=True)
-def test_recycle_memory_replaces_a_worker_that_grew(cli_with: Any) -> None:
+def test_recycle_memory_replaces_a_worker_that_grew(cli_with: CliCluster) -> None:
     with lucidity.Pool(address=cli_with.address) as pool:
         first = pool.apply_async(hoard, (0,)).get(WAIT)
         assert pool.apply_async(hoard, (0,)).get(WAIT) == first  # small: kept
         assert pool.apply_async(hoard, (150_000_000,)).get(WAIT) == first
-        assert wait_gone(first, WAIT)
+        wait_gone(first, "the worker that grew past --recycle-memory", WAIT)
         assert pool.apply_async(hoard, (0,)).get(WAIT) != first

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import CliCluster
 from scripts import run_script
 
 pytestmark = pytest.mark.timeout(240)
@@ -444,16 +445,11 @@ SHARED_WORKER = """
 def test_pools_sharing_one_worker_each_have_their_namespace_and_initializer(tmp_path: Path) -> None:
     # One worker serves 22 pools, more than it keeps namespaces for: a forgotten one is sent again, and its
     # initializer runs again there, so that every pool sees what its own initializer set.
-    from conftest import CliCluster
-
-    cluster = CliCluster()
-    try:
+    with CliCluster() as cluster:
         cluster.start_control()
         cluster.start_node("solo", 1)
         cluster.wait_for(1, workers_per_node=1)
         fork = run_script(SHARED_WORKER, tmp_path / "fork", "fork").check().stdout
         got = run_script(SHARED_WORKER, tmp_path / "lucidity", "lucidity",
                          env={"LUCIDITY_ADDRESS": cluster.address}).check().stdout
-    finally:
-        cluster.close()
     assert got == fork == "first\nTrue\nfirst first\n"

@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterator, Optional
 import pytest
 
 import lucidity
+from tasks import (Boom, Unpicklable, UnpicklableCallable, add, divide, fail_on_three, identity, make_adder, pid_of,
+                   pow_of, power, raise_boom, sleep_for, square)
 
 #: Seconds any single blocking call in these tests may wait for a result that is expected to come.
 RESULT_TIMEOUT = 30.0
@@ -44,32 +46,11 @@ EXIT_BOUND = 10.0
 WORKERS = 2
 
 
-# -- what the tasks run ---------------------------------------------------------------------------------
-
-def square(x: int) -> int:
-    return x * x
-
-
-def power(base: int, exponent: int = 2) -> int:
-    return base ** exponent
-
-
-def add(a: int, b: int) -> int:
-    return a + b
-
-
-def identity(x: Any) -> Any:
-    return x
-
+# -- what the tasks run (besides tasks.py) ----------------------------------------------------------------
 
 def increment_in_place(array: Any) -> Any:
     array += 1
     return array
-
-
-def sleep_for(seconds: float) -> float:
-    time.sleep(seconds)
-    return seconds
 
 
 def wait_for_file(path: str) -> str:
@@ -82,27 +63,8 @@ def wait_for_file(path: str) -> str:
     return path
 
 
-def pid_of(_: object = None) -> int:
-    return os.getpid()
-
-
 def pid_of_pair(a: object, b: object) -> int:
     return os.getpid()
-
-
-from tasks import Boom, divide, fail_on_three, raise_boom  # noqa: E402 - shared with other test modules
-
-
-class Unpicklable:
-    """Neither pickle nor dill can serialize this."""
-
-    def __reduce__(self) -> Any:
-        raise TypeError("cannot pickle Unpicklable")
-
-
-class UnpicklableCallable(Unpicklable):
-    def __call__(self, x: int) -> int:
-        return x
 
 
 def unpicklable_at_two(x: int) -> object:
@@ -143,10 +105,6 @@ def node_of_task(_: object = None) -> Optional[str]:
     return lucidity.current_node()
 
 
-def pow_of(make: Callable[[], int]) -> int:
-    return make() ** 2
-
-
 @dataclasses.dataclass(frozen=True)
 class Point:
     x: int
@@ -167,12 +125,6 @@ class Scaler:
     @classmethod
     def label(cls, x: int) -> str:
         return f"{cls.__name__}:{x}"
-
-
-def make_adder(amount: int) -> Callable[[int], int]:
-    def adder(x: int) -> int:
-        return x + amount
-    return adder
 
 
 # -- pools ----------------------------------------------------------------------------------------------
@@ -196,7 +148,10 @@ class PoolMaker:
         self.pools.append(pool)
         return pool
 
-    def close_all(self) -> None:
+    def __enter__(self) -> "PoolMaker":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
         for pool in self.pools:
             pool.terminate()
             pool.join()
@@ -204,11 +159,8 @@ class PoolMaker:
 
 @pytest.fixture(params=sorted(FACTORIES))
 def make_pool(request: pytest.FixtureRequest) -> Iterator[PoolMaker]:
-    maker = PoolMaker(request.param)
-    try:
+    with PoolMaker(request.param) as maker:
         yield maker
-    finally:
-        maker.close_all()
 
 
 @pytest.fixture
@@ -219,12 +171,8 @@ def pool(make_pool: PoolMaker) -> Any:
 
 @pytest.fixture
 def lucidity_pool() -> Iterator[lucidity.Pool]:
-    pool = lucidity.Pool(WORKERS)
-    try:
-        yield pool
-    finally:
-        pool.terminate()
-        pool.join()
+    with PoolMaker("lucidity") as make:
+        yield make()
 
 
 # -- helpers --------------------------------------------------------------------------------------------

@@ -25,11 +25,12 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import lucidity
+from helpers import wait_until
 from scripts import run_script
-from test_pool_conformance import (RESULT_TIMEOUT, WORKERS, PoolMaker, fail_on_three, make_pool,  # noqa: F401
-                                   square, wait_for_file)
+from tasks import fail_on_three, square
+from test_pool_conformance import RESULT_TIMEOUT, WORKERS, PoolMaker, make_pool, wait_for_file  # noqa: F401
 
-#: Seconds between two looks at a condition that no event announces (a counter recipes poll).
+#: Seconds between two collections while waiting for a dropped result to be collected.
 POLL = 0.01
 
 
@@ -46,14 +47,6 @@ def make_payload(n: int) -> Payload:
 
 def make_payload_pair(n: int, m: int) -> Payload:
     return Payload(n + m)
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + RESULT_TIMEOUT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {RESULT_TIMEOUT} s")
-        time.sleep(POLL)
 
 
 def assert_collected_once_dropped(take: Callable[[], Any]) -> Any:
@@ -131,7 +124,7 @@ def test_cache_lets_a_recipe_throttle_submissions(make_pool: PoolMaker) -> None:
     bound = 3
     results = []
     for x in range(12):
-        wait_until(lambda: len(pool._cache) < bound, "an outstanding result finished")
+        wait_until(lambda: len(pool._cache) < bound, RESULT_TIMEOUT, "an outstanding result to finish")
         results.append(pool.apply_async(square, (x,)))
         assert len(pool._cache) <= bound
     assert [r.get(timeout=RESULT_TIMEOUT) for r in results] == [x * x for x in range(12)]
@@ -144,7 +137,7 @@ def test_number_left_counts_the_chunks_not_done(make_pool: PoolMaker, tmp_path: 
     assert result._number_left == 3 and result._chunksize == 2
     for gate in gates[:2]:  # the first chunk
         touch(gate)
-    wait_until(lambda: result._number_left == 2, "the first chunk counted as done")
+    wait_until(lambda: result._number_left == 2, RESULT_TIMEOUT, "the first chunk to count as done")
     assert not result.ready()
     for gate in gates[2:]:
         touch(gate)

@@ -13,9 +13,9 @@ import zmq
 
 import lucidity
 from lucidity import security
-from lucidity.node.cli import query_status
 
-from conftest import CliCluster
+from helpers import CliCluster
+from tasks import identity
 
 SECRET = "correct horse battery staple, a cluster secret"
 WRONG = "not the secret of this cluster, though long enough"
@@ -27,35 +27,18 @@ def write_marker(path):
     return os.getpid()
 
 
-def identity(x):
-    return x
-
-
 @pytest.fixture
 def secret_cluster(tmp_path):
     """A control node and a node of two workers that require the cluster secret, on 127.0.0.1."""
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET)
     secret_file.chmod(0o600)
-    cluster = CliCluster()
-    cluster.env["LUCIDITY_TEST_HOOKS"] = "1"
-    try:
-        cluster._start("control", "control", "--bind", cluster.address, "--secret-file", str(secret_file))
-        cluster._start("n1", "node", cluster.address, "--processes", "2", "--name", "n1",
-                       "--secret-file", str(secret_file))
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                report = query_status(cluster.address, timeout=1.0, secret=SECRET.encode())
-                if report["nodes"] and len(report["nodes"][0]["workers"]) == 2:
-                    break
-            except lucidity.ClusterUnavailable:
-                pass
-            assert time.monotonic() < deadline, "secure cluster did not start"
-            time.sleep(0.05)
+    with CliCluster() as cluster:
+        cluster.env["LUCIDITY_TEST_HOOKS"] = "1"
+        cluster.start_control("--secret-file", str(secret_file))
+        cluster.start_node("n1", 2, "--secret-file", str(secret_file))
+        cluster.wait_for(1, workers_per_node=2, secret=SECRET.encode())
         yield cluster
-    finally:
-        cluster.close()
 
 
 def test_the_right_secret_runs_tasks(secret_cluster):

@@ -13,7 +13,7 @@ import pytest
 
 import lucidity
 
-from conftest import CliCluster
+from helpers import CliCluster
 
 
 @pytest.fixture
@@ -21,25 +21,13 @@ def bare_cluster(tmp_path):
     """A control node and one node started from an empty directory, without the tests on their path."""
     empty = tmp_path / "node-home"
     empty.mkdir()
-    cluster = CliCluster()
-    cluster.env.pop("PYTHONPATH", None)
-    original = subprocess.Popen
-
-    def popen_in_empty(*args, **kwargs):
-        kwargs.setdefault("cwd", str(empty))
-        return original(*args, **kwargs)
-
-    subprocess.Popen = popen_in_empty  # the fixture's daemons start in the empty directory
-    try:
+    with CliCluster() as cluster:
+        cluster.env.pop("PYTHONPATH", None)
+        cluster.cwd = str(empty)
         cluster.start_control()
         cluster.start_node("bare", 1)
-    finally:
-        subprocess.Popen = original
-    try:
         cluster.wait_for(1, workers_per_node=1)
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture

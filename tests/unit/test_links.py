@@ -1,0 +1,132 @@
+"""lucidity.links without sockets: the per-worker window of tasks in flight, what a client knows of a node
+for placement, and the exception for a task its node reported failed (`failure_error`)."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+
+import lucidity
+from lucidity.links import WINDOW_MAX, WINDOW_MIN, NodeInfo, WorkerLink, failure_error
+from lucidity.task import FunctionRef, Task
+
+FUNCTION = FunctionRef("digest", b"", "work, defined in app.py:12")
+
+
+def make_task(task_id: int = 17, **options: Any) -> Task:
+    return Task(task_id, FUNCTION, "map", [], lambda succeeded, value: None, **options)
+
+
+def link() -> WorkerLink:
+    return WorkerLink("n1", "w1", 4121, None)  # type: ignore[arg-type]  # the window needs no socket
+
+
+# -- the window ---------------------------------------------------------------------------------------------
+
+def window_after(seconds: float, tasks: int = 50) -> int:
+    worker = link()
+    for _ in range(tasks):
+        worker.observe(seconds)
+    return worker.credit()
+
+
+def test_a_worker_not_yet_timed_gets_the_smallest_window() -> None:
+    worker = link()
+    assert worker.key == "n1/w1"
+    assert worker.credit() == WINDOW_MIN
+
+
+def test_the_window_grows_as_tasks_get_shorter_within_its_bounds() -> None:
+    windows = [window_after(seconds) for seconds in (10.0, 0.1, 0.001, 0.0001, 1e-5, 1e-7)]
+    assert windows == sorted(windows)
+    assert windows[0] == WINDOW_MIN and windows[-1] == WINDOW_MAX
+
+
+def test_each_task_in_flight_takes_one_from_the_credit() -> None:
+    worker = link()
+    for _ in range(50):
+        worker.observe(1e-7)
+    for task_id in range(10):
+        worker.inflight[task_id] = make_task(task_id)
+    assert worker.credit() == WINDOW_MAX - 10
+
+
+def test_the_window_follows_a_change_of_pace_gradually() -> None:
+    worker = link()
+    for _ in range(50):
+        worker.observe(1e-6)
+    fast = worker.credit()
+    worker.observe(1.0)  # one slow task among many fast ones
+    after_one = worker.credit()
+    for _ in range(50):
+        worker.observe(1.0)
+    assert fast > after_one >= WINDOW_MIN
+    assert worker.credit() == WINDOW_MIN
+
+
+def test_a_nodes_load_is_its_tasks_per_worker() -> None:
+    assert NodeInfo("n1", "h", workers=2, running=1, ours=3).load == 2.0
+    assert NodeInfo("n2", "h", workers=0, running=0, ours=1).load == 1.0  # no workers yet: no division by zero
+
+
+# -- failure_error: real tasks, the reports a node sends ----------------------------------------------------
+
+def crash_report(task_id: int = 17, **fields: Any) -> dict[str, Any]:
+    report = {"task": task_id, "pid": 4121, "node": "n1", "worker": "4121", "reason": "crashed", "exit_code": None,
+              "signal": 11, "stderr": "",
+              "message": f"worker 4121 on node n1 died with SIGSEGV while running task {task_id}"}
+    report.update(fields)
+    return report
+
+
+def test_a_crash_names_the_items_that_were_running() -> None:
+    error = failure_error(make_task(made_by="map", items=range(40, 50)), "n1", crash_report())
+    assert isinstance(error, lucidity.WorkerCrashed)
+    assert str(error) == ("worker 4121 on node n1 died with SIGSEGV while running items 40..49 of "
+                          "map(work, defined in app.py:12) (task 17)")
+    assert (error.task, error.items, error.pid, error.node, error.signal) == (17, range(40, 50), 4121, "n1", 11)
+    copy = pickle.loads(pickle.dumps(error))
+    assert str(copy) == str(error) and copy.items == range(40, 50)
+
+
+def test_a_task_number_inside_another_number_is_not_replaced() -> None:
+    report = crash_report(message="worker 4121 on node n1 ran task 170 then died while running task 17")
+    error = failure_error(make_task(made_by="map", items=range(3, 4)), "n1", report)
+    assert str(error).startswith("worker 4121 on node n1 ran task 170 then died while running item 3 of map(")
+
+
+def test_a_report_that_does_not_name_the_task_gets_the_description_appended() -> None:
+    report = crash_report(message="worker 4121 on node n1 died with SIGSEGV")
+    error = failure_error(make_task(made_by="starmap", items=range(0, 5)), "n1", report)
+    assert str(error) == ("worker 4121 on node n1 died with SIGSEGV "
+                          "(items 0..4 of starmap(work, defined in app.py:12) (task 17))")
+
+
+def test_a_crash_shows_the_workers_last_stderr_and_every_earlier_attempt() -> None:
+    task = make_task(made_by="submit", retries=0)
+    task.failures = ["attempt 1 exited with code 3", "attempt 2 exited with code 3"]
+    error = failure_error(task, "n1", crash_report(exit_code=3, signal=None, stderr="Fatal Python error\n\n"))
+    assert isinstance(error, lucidity.WorkerCrashed) and error.exit_code == 3 and error.signal is None
+    text = str(error)
+    assert "it was run 2 times" in text
+    assert "attempt 1 exited with code 3" in text and "attempt 2 exited with code 3" in text
+    assert text.endswith("last lines of the worker's stderr:\nFatal Python error")
+
+
+@pytest.mark.parametrize("reason, kind, what", [
+    ("memory", lucidity.MemoryLimitExceeded, "memory cap of 100 MiB"),
+    ("timeout", lucidity.JobTimeout, "wall-time limit of 1.00 s"),
+    ("cpu", lucidity.CpuLimitExceeded, "CPU-time limit of 1.00 s"),
+])
+def test_a_limit_breach_names_the_items_that_were_running(reason: str, kind: type, what: str) -> None:
+    report = {"task": 17, "pid": 4121, "node": "n1", "worker": "4121", "reason": reason, "limit": 1,
+              "measured": 2, "peak": 2,
+              "message": f"task 17 went over its {what} on node n1 (worker 4121 reached 2); the worker was stopped "
+                         "and replaced"}
+    error = failure_error(make_task(made_by="imap_unordered", items=range(8, 12)), "n1", report)
+    assert isinstance(error, kind)
+    assert str(error).startswith(
+        f"items 8..11 of imap_unordered(work, defined in app.py:12) (task 17) went over its {what}")
+    assert error.items == range(8, 12) and error.task == 17 and error.limit == 1
