@@ -7,7 +7,8 @@ core as `lucidity.Pool`: an embedded local cluster by default, a running cluster
 ``$LUCIDITY_ADDRESS``.
 
 This module owns the future's life (completion from the client's I/O thread, cancellation, waiting) and the
-executor's (lazy map, shutdown). It does not own routing, retries or flow control: those are the client's.
+executor's (shutdown, and how its maps are driven: from the consumer's thread). It does not own the lazy
+map's engine (`lucidity.feed`), nor routing, retries or flow control: those are the client's.
 
 Deliberate differences from ProcessPoolExecutor (each one keeps a failure local or visible):
 
@@ -37,13 +38,10 @@ Deliberate differences from ProcessPoolExecutor (each one keeps a failure local 
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
-import itertools
 import logging
 import threading
 import time
-import uuid
 import weakref
 import sys
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
@@ -51,7 +49,9 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVa
 from . import waiting
 from .client import Client
 from .cluster import LocalCluster, open_client
+from .feed import WINDOW, Feed, MapCall
 from .node.limits import parse_size
+from .options import TaskOptions
 
 if sys.version_info >= (3, 10):
     from typing import ParamSpec
@@ -67,9 +67,8 @@ __all__ = ["Executor", "TaskFuture"]
 T = TypeVar("T")
 P = ParamSpec("P")
 
-#: Tasks (chunks) a map may have submitted ahead of its consumer. Large enough to keep every worker of a
-#: big cluster busy with tiny tasks, small enough that an endless input costs bounded memory.
-MAP_WINDOW = 1024
+#: Tasks (chunks) a map may have submitted ahead of its consumer (`lucidity.feed.WINDOW`).
+MAP_WINDOW = WINDOW
 
 
 class TaskFuture(concurrent.futures.Future[T]):
@@ -86,19 +85,22 @@ class TaskFuture(concurrent.futures.Future[T]):
     Args:
         client: the client that will run the task.
         function, mode, frames: as `Client.new_task`; the payload is serialized already.
+        options: the face's task options.
         owner: kept alive until the future is done, so that an executor referenced only by its pending
             futures (``Executor().submit(f)``) is not torn down under them.
-        options: passed on to `Client.new_task`.
+        made_by, items, node: as `TaskOptions.new_task`.
     """
 
-    def __init__(self, client: Client, function: FunctionRef, mode: str, frames: list[Any], *,
-                 owner: object = None, **options: Any) -> None:
+    def __init__(self, client: Client, function: FunctionRef, mode: str, frames: list[Any], options: TaskOptions, *,
+                 owner: object = None, made_by: str, items: Optional[range] = None,
+                 node: Optional[str] = None) -> None:
         super().__init__()
         self._client = client
         self._owner = owner
         self._settled = threading.Event()
         self._withdrawn = False
-        self._task = client.new_task(function, mode, frames, self._on_done, **options)
+        self._task = options.new_task(client, function, mode, frames, self._on_done, made_by=made_by, items=items,
+                                      node=node)
         # First callback of all: waiters see the outcome before any user callback runs.
         self.add_done_callback(self._on_settled)
 
@@ -189,104 +191,24 @@ class _Outstanding:
             return list(self._futures)
 
 
-class _MapFeed:
-    """The input side of one `Executor.map`: reads the zipped input lazily, a chunk per task.
+def _map_results(feed: Feed, end_time: Optional[float]) -> Iterator[Any]:
+    """Yield a map's results in order, flattening chunks; ``next()`` raises TimeoutError after end_time.
 
-    ``window`` holds the futures not yet consumed, in input order. The consumer takes one and the feed
-    submits one more, so at most `MAP_WINDOW` tasks of the map are in flight.
+    Each chunk taken frees its place in the window, and the next chunk is read and submitted here, in the
+    consumer's thread. However the iteration ends, the chunks not sent yet are cancelled, as the stdlib's.
     """
-
-    def __init__(self, inputs: Iterator[tuple[Any, ...]], chunksize: int,
-                 submit_chunk: Callable[[list[tuple[Any, ...]], int], concurrent.futures.Future[list[Any]]]) -> None:
-        self._lock = threading.Lock()
-        self._inputs = inputs
-        self._chunksize = chunksize
-        self._submit_chunk = submit_chunk
-        self._window: collections.deque[concurrent.futures.Future[list[Any]]] = collections.deque()
-        self._read = 0
-        self._exhausted = False
-
-    def fill(self, chunks: Optional[int] = None) -> None:
-        """Read and submit up to `chunks` more chunks (None: the whole rest of the input)."""
-        with self._lock:
-            for _ in itertools.count() if chunks is None else range(chunks):
-                if self._exhausted:
-                    return
-                future = self._next_future()
-                if future is not None:
-                    self._window.append(future)
-
-    def _next_future(self) -> Optional[concurrent.futures.Future[list[Any]]]:
-        try:
-            chunk = list(itertools.islice(self._inputs, self._chunksize))
-        except Exception as exc:  # the input raised: fail at this position and read no further
-            self._exhausted = True
-            return _failed(exc)
-        if not chunk:
-            self._exhausted = True
-            return None
-        start = self._read
-        self._read += len(chunk)
-        try:
-            return self._submit_chunk(chunk, start)
-        except Exception as exc:  # the pickler's own exception (or a client shut down under the map)
-            self._exhausted = True
-            return _failed(exc)
-
-    def take(self) -> Optional[concurrent.futures.Future[list[Any]]]:
-        """The next future in input order, submitting one more chunk in its place; None at the end.
-
-        The window is refilled after every take, so it only runs empty once the input is exhausted.
-        """
-        with self._lock:
-            if not self._window:
-                return None
-            future = self._window.popleft()
-        self.fill(1)
-        return future
-
-    def withdraw(self) -> None:
-        """Read no more: the unread input will never run, and raises CancelledError at its position."""
-        with self._lock:
-            if not self._exhausted:
-                self._exhausted = True
-                cancelled: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
-                cancelled.cancel()
-                self._window.append(cancelled)
-
-    def close(self) -> None:
-        """The consumer stopped early (closed, timed out or failed): cancel what has not run."""
-        with self._lock:
-            self._exhausted = True
-            futures, self._window = list(self._window), collections.deque()
-        for future in futures:
-            future.cancel()
-
-
-def _failed(exc: BaseException) -> concurrent.futures.Future[list[Any]]:
-    future: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
-    future.set_exception(exc)
-    return future
-
-
-def _map_results(feed: _MapFeed, end_time: Optional[float]) -> Iterator[Any]:
-    """Yield a map's results in order, flattening chunks; ``next()`` raises TimeoutError after end_time."""
     try:
         while True:
-            future = feed.take()
-            if future is None:
+            chunk = feed.next_chunk(end_time, concurrent.futures.TimeoutError)
+            if chunk is None:
                 return
-            try:
-                chunk = future.result(None if end_time is None else end_time - time.monotonic())
-            finally:
-                future.cancel()  # timed out: it will not be consumed (a no-op once done), as the stdlib
-                del future  # do not keep a raised exception's traceback alive through this frame
+            feed.fill()
             # Popped, not iterated: a result yielded is referenced by the consumer alone (CPython issue 14406).
             chunk.reverse()
             while chunk:
                 yield chunk.pop()
     finally:
-        feed.close()
+        feed.cancel()
 
 
 class Executor(concurrent.futures.Executor):
@@ -329,18 +251,14 @@ class Executor(concurrent.futures.Executor):
         self._lock = threading.Lock()
         self._is_shut_down = False
         self._outstanding = _Outstanding()
-        self._feeds: weakref.WeakSet[_MapFeed] = weakref.WeakSet()
+        self._feeds: weakref.WeakSet[Feed] = weakref.WeakSet()
         self._closer: Optional[threading.Thread] = None
         self._cluster: Optional[LocalCluster] = None
-        self._memory_limit = parse_size(memory_limit)
-        self._client, self._cluster = open_client(address, max_workers, memory_limit=self._memory_limit,
-                                                  secret=secret, ship=ship, connect_timeout=connect_timeout)
+        memory = parse_size(memory_limit)
+        self._client, self._cluster = open_client(address, max_workers, memory_limit=memory, secret=secret,
+                                                  ship=ship, connect_timeout=connect_timeout)
         self._max_workers = max_workers or self._client.worker_count
-        self._task_options: dict[str, Any] = {"memory": self._memory_limit}
-        if initializer is not None:
-            self._task_options["initializer"] = self._client.function((initializer, tuple(initargs)))
-        if max_tasks_per_child is not None:
-            self._task_options.update(max_tasks=max_tasks_per_child, pool=uuid.uuid4().hex)
+        self._options = TaskOptions.for_pool(self._client, initializer, initargs, max_tasks_per_child, memory)
         self._finalizer = weakref.finalize(self, _teardown, self._client, self._cluster)
 
     # -- submitting --------------------------------------------------------------------------------------
@@ -362,26 +280,13 @@ class Executor(concurrent.futures.Executor):
         self._check_open()
         function = self._client.function(fn)
         frames = self._client.dumps((args, kwargs), f"arguments of {function.description}")
-        future: TaskFuture[T] = TaskFuture(self._client, function, "call", frames, owner=self, made_by="submit",
-                                           **self._task_options)
+        future: TaskFuture[T] = TaskFuture(self._client, function, "call", frames, self._options, owner=self,
+                                           made_by="submit")
         with self._lock:
             # Checked again under the lock: a submit that passes is one that shutdown() waits for.
             self._check_open()
-            self._send(future)
-        return future
-
-    def _send(self, future: TaskFuture[Any]) -> None:
-        self._outstanding.add(future)
-        self._client.submit([future.task])
-
-    def _submit_chunk(self, function: FunctionRef, chunk: list[tuple[Any, ...]],
-                      start: int) -> concurrent.futures.Future[list[Any]]:
-        # No shutdown check: the input of a map started before shutdown() was accepted with the map.
-        frames = self._client.dumps(chunk, f"items {start}..{start + len(chunk) - 1} of map({function.description})")
-        future: TaskFuture[list[Any]] = TaskFuture(self._client, function, "starmap", frames, owner=self,
-                                                   made_by="map", items=range(start, start + len(chunk)),
-                                                   **self._task_options)
-        self._send(future)
+            self._outstanding.add(future)
+            self._client.submit([future.task])
         return future
 
     def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: Optional[float] = None,
@@ -407,13 +312,13 @@ class Executor(concurrent.futures.Executor):
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else time.monotonic() + timeout
         self._check_open()
-        function = self._client.function(fn)
-        feed = _MapFeed(zip(*iterables), chunksize,
-                        lambda chunk, start: self._submit_chunk(function, chunk, start))
+        call = MapCall(self._client, self._options, self._client.function(fn), "starmap", "map")
+        # The feed holds the executor: a map alive, or its tasks in flight, keep it from being torn down.
+        feed = Feed(call, zip(*iterables), chunksize, owner=self)
         with self._lock:
             self._check_open()
             self._feeds.add(feed)
-        feed.fill(MAP_WINDOW)
+        feed.fill()
         return _map_results(feed, end_time)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -448,14 +353,16 @@ class Executor(concurrent.futures.Executor):
                                                 name="lucidity-executor-shutdown", daemon=True)
                 self._closer.start()
 
-    def _finish(self, feeds: list[_MapFeed]) -> None:
-        """Submit the rest of started maps, wait for every task to end, then tear down."""
+    def _finish(self, feeds: list[Feed]) -> None:
+        """Submit the rest of started maps (the input of a map started before shutdown() was accepted with the
+        map), wait for every task to end, then tear down."""
         for feed in feeds:
+            feed.lift()
             feed.fill()
         self._client.wait_idle()
         self._finalizer()
 
-    def _finish_in_background(self, feeds: list[_MapFeed]) -> None:
+    def _finish_in_background(self, feeds: list[Feed]) -> None:
         # A daemon thread, so that it never holds up interpreter exit by itself: at exit, the finalizer
         # waits for the remaining work in the main thread instead, as the stdlib does.
         try:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import random
 import socket
 import sys
 from typing import Any, Callable, Generator, Generic, Iterable, Optional, Sequence, TypeVar, Union, overload
@@ -35,11 +34,14 @@ from .cluster import current_node, default_client
 from .errors import ClusterUnavailable
 from .executor import TaskFuture
 from .node.limits import parse_size
+from .options import TaskOptions
+from .placement import Fanout, local_node, place
 
 __all__ = ["job", "Job", "JobFunction", "FANOUT_SCHEMES"]
 
 T = TypeVar("T")
-FANOUT_SCHEMES = ("roundrobin", "random", "least_loaded")
+#: The names ``fanout=`` accepts (the values of `lucidity.placement.Fanout`).
+FANOUT_SCHEMES = tuple(scheme.value for scheme in Fanout)
 _MISSING = object()
 
 
@@ -68,23 +70,36 @@ class JobFunction(Generic[T]):
     """A function decorated with `job`. Calling it is a plain call; the methods run it on the cluster."""
 
     def __init__(self, function: Callable[..., T], *, memory: Union[int, str, None] = None,
-                 timeout: Optional[float] = None, cpu_time: Optional[float] = None, fanout: str = "roundrobin",
-                 retries: int = 0) -> None:
+                 timeout: Optional[float] = None, cpu_time: Optional[float] = None,
+                 fanout: Union[Fanout, str] = Fanout.ROUNDROBIN, retries: int = 0) -> None:
         if fanout not in FANOUT_SCHEMES:
             raise ValueError(f"fanout must be one of {', '.join(FANOUT_SCHEMES)}, not {fanout!r}")
-        if retries < 0:
-            raise ValueError("retries must be 0 or more")
-        for name, value in (("timeout", timeout), ("cpu_time", cpu_time)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds")
-        self.memory = parse_size(memory)
-        self.timeout = timeout
-        self.cpu_time = cpu_time
+        self._task_options = TaskOptions(memory=parse_size(memory), timeout=timeout, cpu_time=cpu_time,
+                                         retries=retries)
         functools.update_wrapper(self, function)
         self.function = function
-        self.fanout = fanout
-        self.retries = retries
+        self.fanout = Fanout(fanout)
         self._turn = itertools.count()
+
+    @property
+    def memory(self) -> Optional[int]:
+        """The memory cap of each task, in bytes (None: the node's own)."""
+        return self._task_options.memory
+
+    @property
+    def timeout(self) -> Optional[float]:
+        """The wall-time limit of each task, in seconds (None: none)."""
+        return self._task_options.timeout
+
+    @property
+    def cpu_time(self) -> Optional[float]:
+        """The CPU-time limit of each task, in seconds (None: none)."""
+        return self._task_options.cpu_time
+
+    @property
+    def retries(self) -> int:
+        """How many times a task whose worker crashed is run again."""
+        return self._task_options.retries
 
     def __call__(self, *args: Any, **kwargs: Any) -> T:
         return self.function(*args, **kwargs)
@@ -101,10 +116,10 @@ class JobFunction(Generic[T]):
     def options(self) -> dict[str, Any]:
         """The decorator's options, as passed to `job`."""
         return {"memory": self.memory, "timeout": self.timeout, "cpu_time": self.cpu_time,
-                "fanout": self.fanout, "retries": self.retries}
+                "fanout": self.fanout.value, "retries": self.retries}
 
     def __repr__(self) -> str:
-        return f"<job {getattr(self, '__qualname__')} fanout={self.fanout}>"
+        return f"<job {getattr(self, '__qualname__')} fanout={self.fanout.value}>"
 
     # -- the five ways ---------------------------------------------------------------------------------
 
@@ -143,51 +158,33 @@ class JobFunction(Generic[T]):
     # -- placement and submission ----------------------------------------------------------------------
 
     def _local_node(self, client: Client) -> Optional[str]:
-        here = current_node()
-        nodes = client.nodes()
-        if here is not None and any(n.name == here for n in nodes):
-            return here
         host = socket.gethostname()
-        local = [n for n in nodes if n.host == host]
-        if not local:
+        node = local_node(client.nodes(), current_node(), host)
+        if node is None:
             raise ClusterUnavailable(f"no node of the cluster at {client.address} runs on this machine ({host}); "
                                      "use .remote() or start `lucidity node` here")
-        return min(local, key=lambda n: n.load).name
+        return node
 
     def _place(self, client: Client, count: int) -> list[Optional[str]]:
         """Choose a node for each of `count` calls by this job's fanout scheme."""
-        nodes = list(client.nodes())
-        if not nodes:
-            return [None] * count  # no membership yet: any worker, as soon as one appears
-        if self.fanout == "roundrobin":
-            start = next(self._turn)
+        nodes = client.nodes()
+        turn = 0
+        if nodes and self.fanout is Fanout.ROUNDROBIN:
+            turn = next(self._turn)  # this burst takes `count` turns of the round
             for _ in range(count - 1):
                 next(self._turn)
-            return [nodes[(start + i) % len(nodes)].name for i in range(count)]
-        if self.fanout == "random":
-            return [random.choice(nodes).name for _ in range(count)]
-        extra = {n.name: 0 for n in nodes}
-        placed: list[Optional[str]] = []
-        for _ in range(count):
-            best = min(nodes, key=lambda n: (n.running + n.ours + extra[n.name]) / max(1, n.workers))
-            extra[best.name] += 1
-            placed.append(best.name)
-        return placed
+        return place(nodes, self.fanout, count, turn=turn)
 
     def _submit(self, client: Client, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
                 nodes: Sequence[Optional[str]], made_by: str, fanned: bool = False) -> list["Job[T]"]:
         """Submit one task per call; `made_by` and, for a fanout, each call's position name it in errors."""
         function = client.function(self)
         jobs: list[Job[T]] = []
-        tasks = []
         for index, ((args, kwargs), node) in enumerate(zip(calls, nodes)):
             frames = client.dumps((args, kwargs), f"arguments of {function.description}")
-            one: Job[T] = Job(client, function, "call", frames, node=node, retries=self.retries,
-                              memory=self.memory, timeout=self.timeout, cpu_time=self.cpu_time, made_by=made_by,
-                              items=range(index, index + 1) if fanned else None)
-            tasks.append(one.task)
-            jobs.append(one)
-        client.submit(tasks)
+            jobs.append(Job(client, function, "call", frames, self._task_options, made_by=made_by,
+                            items=range(index, index + 1) if fanned else None, node=node))
+        client.submit([one.task for one in jobs])
         return jobs
 
 
@@ -201,7 +198,8 @@ def job(function: Callable[..., T]) -> JobFunction[T]: ...
 
 @overload
 def job(*, memory: Union[int, str, None] = None, timeout: Optional[float] = None, cpu_time: Optional[float] = None,
-        fanout: str = "roundrobin", retries: int = 0) -> Callable[[Callable[..., T]], JobFunction[T]]: ...
+        fanout: Union[Fanout, str] = Fanout.ROUNDROBIN,
+        retries: int = 0) -> Callable[[Callable[..., T]], JobFunction[T]]: ...
 
 
 def job(function: Any = None, **options: Any) -> Any:
@@ -212,8 +210,9 @@ def job(function: Any = None, **options: Any) -> Any:
             (the smaller wins). A breach raises `lucidity.MemoryLimitExceeded`.
         timeout: wall-time limit in seconds, enforced by the node (`lucidity.JobTimeout`).
         cpu_time: CPU-time limit in seconds, enforced by the node (`lucidity.CpuLimitExceeded`).
-        fanout: how `remote`, `remote_async` and `remote_fanout` pick nodes: "roundrobin" (default),
-            "random", or "least_loaded" (fewest running and queued tasks per worker).
+        fanout: how `remote`, `remote_async` and `remote_fanout` pick nodes (`lucidity.placement.Fanout`, or
+            its name): "roundrobin" (default), "random", or "least_loaded" (fewest running and queued tasks
+            per worker).
         retries: how many times to rerun a task whose worker crashed (0: crashes are not retried).
     """
     if function is None:

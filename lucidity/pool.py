@@ -34,14 +34,12 @@ Deliberate differences from multiprocessing.Pool (each one makes a failure visib
 
 from __future__ import annotations
 
-import collections
-import functools
 import enum
+import functools
 import itertools
 import threading
 import time
 import types
-import uuid
 import warnings
 import weakref
 from multiprocessing import TimeoutError
@@ -50,14 +48,14 @@ from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, Optional
 from . import waiting
 from .client import Client
 from .cluster import LocalCluster, open_client
+from .feed import Feed, MapCall, chunks
 from .node.limits import parse_size
-from .task import FunctionRef, Task
+from .options import TaskOptions
+from .task import Task
 
 __all__ = ["Pool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator", "IMapUnorderedIterator"]
 
 T = TypeVar("T")
-#: Chunks an imap may have submitted ahead of its consumer.
-IMAP_WINDOW = 1024
 
 
 class PoolState(enum.Enum):
@@ -227,98 +225,29 @@ class MapResult(ApplyResult[list[T]]):
             self._settle()
 
 
-class _Window:
-    """Bounds how far a lazy map runs ahead of its consumer; `lift` removes the bound."""
-
-    def __init__(self, size: int) -> None:
-        self._free = size
-        self._lifted = False
-        self._cond = threading.Condition()
-
-    def acquire(self) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._free > 0 or self._lifted)
-            self._free -= 1
-
-    def release(self) -> None:
-        with self._cond:
-            self._free += 1
-            self._cond.notify()
-
-    def lift(self) -> None:
-        with self._cond:
-            self._lifted = True
-            self._cond.notify_all()
-
-
 class IMapIterator(Generic[T]):
-    """The iterator `Pool.imap` returns: results in order; ``next(timeout)`` as the stdlib's."""
+    """The iterator `Pool.imap` returns (chunksize 1): results in order; ``next(timeout)`` as the stdlib's.
+
+    The results come from the imap's `lucidity.feed.Feed`; ``_job`` is its key in the pool's ``_cache``
+    until every result has arrived.
+    """
 
     _ordered = True
 
-    def __init__(self, window: _Window, cache: Optional[_ResultCache] = None) -> None:
-        self._cache = cache
-        self._job = -1 if cache is None else cache.new_job()
-        self._cond = threading.Condition(threading.Lock())
-        self._window = window
-        self._items: collections.deque[tuple[bool, Any]] = collections.deque()
-        self._unsorted: dict[int, tuple[bool, Any]] = {}
-        self._index = 0
-        self._length: Optional[int] = None
-        self._arrived = threading.Event()
+    def __init__(self, feed: Feed, job: int) -> None:
+        self._feed = feed
+        self._job = job
 
     def __iter__(self) -> "IMapIterator[T]":
         return self
 
     def next(self, timeout: Optional[float] = None) -> T:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._cond:
-                if self._items:
-                    succeeded, value = self._items.popleft()
-                    break
-                if self._index == self._length:
-                    raise StopIteration from None
-                self._arrived.clear()
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError from None
-            # Outside the lock: inside a worker, the wait runs other queued tasks (lucidity.waiting).
-            waiting.wait(self._arrived, remaining)
-        self._window.release()
-        if succeeded:
-            return value  # type: ignore[no-any-return]
-        raise value
+        chunk = self._feed.next_chunk(None if timeout is None else time.monotonic() + timeout, TimeoutError)
+        if chunk is None:
+            raise StopIteration
+        return chunk[0]  # type: ignore[no-any-return]
 
     __next__ = next
-
-    def _set(self, index: int, succeeded: bool, value: Any) -> None:
-        with self._cond:
-            if not self._ordered:
-                self._items.append((succeeded, value))
-                self._index += 1
-            elif index == self._index:
-                self._items.append((succeeded, value))
-                self._index += 1
-                while self._index in self._unsorted:
-                    self._items.append(self._unsorted.pop(self._index))
-                    self._index += 1
-            else:
-                self._unsorted[index] = (succeeded, value)
-            if self._items:
-                self._arrived.set()
-            self._settle_if_complete()
-
-    def _set_length(self, length: int) -> None:
-        with self._cond:
-            self._length = length
-            self._arrived.set()
-            self._settle_if_complete()
-
-    def _settle_if_complete(self) -> None:
-        # As the stdlib: the iterator leaves the pool's cache once every result has arrived (consumed or not).
-        if self._index == self._length and self._cache is not None:
-            self._cache.discard(self._job)
 
 
 class IMapUnorderedIterator(IMapIterator[T]):
@@ -362,22 +291,18 @@ class Pool:
         self._pool: list[_WorkerPlaceholder] = []
         self._cluster: Optional[LocalCluster] = None
         self._feeders: list[threading.Thread] = []
-        self._windows: "weakref.WeakSet[_Window]" = weakref.WeakSet()
-        self._id = uuid.uuid4().hex
+        self._feeds: "weakref.WeakSet[Feed]" = weakref.WeakSet()
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
             raise ValueError("maxtasksperchild must be a positive int or None")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        self._maxtasksperchild = maxtasksperchild
-        self._memory_limit = parse_size(memory_limit)
-        self._client, self._cluster = open_client(address, processes, memory_limit=self._memory_limit, secret=secret,
-                                                  ship=ship, connect_timeout=connect_timeout)
+        memory = parse_size(memory_limit)
+        self._client, self._cluster = open_client(address, processes, memory_limit=memory, secret=secret, ship=ship,
+                                                  connect_timeout=connect_timeout)
         self._processes = processes or self._client.worker_count
-        self._initializer: Optional[FunctionRef] = None
-        if initializer is not None:
-            self._initializer = self._client.function((initializer, tuple(initargs)))
+        self._options = TaskOptions.for_pool(self._client, initializer, initargs, maxtasksperchild, memory)
         self._finalizer = weakref.finalize(self, _teardown, self._client, self._cluster)
         self._pool = [_WorkerPlaceholder(number, self._finalizer) for number in range(1, self._processes + 1)]
 
@@ -387,13 +312,11 @@ class Pool:
         if self._state is not PoolState.RUN:
             raise ValueError("Pool not running")
 
-    def _task(self, function: FunctionRef, mode: str, frames: list[Any], on_done: Callable[[bool, Any], None],
-              made_by: str, items: Optional[range] = None) -> Task:
-        return self._client.new_task(function, mode, frames, on_done, pool=self._id, initializer=self._initializer,
-                                     max_tasks=self._maxtasksperchild, memory=self._memory_limit, made_by=made_by,
-                                     items=items)
+    def _map_call(self, func: Callable[..., Any], mode: str, made_by: str) -> MapCall:
+        """What the chunks of one map share; serializes `func`, raising the pickler's exception from the call."""
+        return MapCall(self._client, self._options, self._client.function(func), mode, made_by)
 
-    def _submit(self, tasks: list[Task], result: Union[ApplyResult[Any], IMapIterator[Any]]) -> None:
+    def _submit(self, tasks: list[Task], result: ApplyResult[Any]) -> None:
         """Submit the tasks of `result`, counting it in ``_cache`` until it is ready."""
         self._cache.add(result)
         try:
@@ -419,8 +342,8 @@ class Pool:
         function = self._client.function(func)
         frames = self._client.dumps((tuple(args), dict(kwds)), f"arguments of {function.description}")
         result: ApplyResult[T] = ApplyResult(callback, error_callback, self._cache)
-        self._submit([self._task(function, "call", frames, lambda ok, value: result._set(0, ok, value), made_by)],
-                     result)
+        self._submit([self._options.new_task(self._client, function, "call", frames,
+                                             lambda ok, value: result._set(0, ok, value), made_by=made_by)], result)
         return result
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None) -> list[T]:
@@ -455,21 +378,12 @@ class Pool:
                 chunksize += 1
         if length == 0:
             chunksize = 0
-        function = self._client.function(func)
+        call = self._map_call(func, mode, made_by)
         result: MapResult[Any] = MapResult(chunksize, length, callback, error_callback, self._cache)
         if chunksize <= 0:
             return result
-        iterator = iter(items)
-        tasks = []
-        for index in itertools.count():
-            chunk = list(itertools.islice(iterator, chunksize))
-            if not chunk:
-                break
-            start = index * chunksize
-            frames = self._client.dumps(chunk, f"items {start}..{start + len(chunk) - 1}")
-            tasks.append(self._task(function, mode, frames, functools.partial(result._set, index), made_by,
-                                    range(start, start + len(chunk))))
-        self._submit(tasks, result)
+        self._submit([call.task(chunk, positions, functools.partial(result._set, index))
+                      for index, (positions, chunk) in enumerate(chunks(items, chunksize))], result)
         return result
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[T]:
@@ -485,43 +399,18 @@ class Pool:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        function = self._client.function(func)
-        window = _Window(IMAP_WINDOW)
-        self._windows.add(window)
-        result = kind(window, self._cache)
-        self._cache.add(result)  # until the feeder has read the input and every result has arrived
-        feeder = threading.Thread(target=self._feed, args=(function, iterable, chunksize, result, window, made_by),
-                                  name="lucidity-imap-feeder", daemon=True)
+        call = self._map_call(func, "map", made_by)
+        job = self._cache.new_job()
+        # In the cache until the feeder has read the input and every result has arrived, as the stdlib's.
+        feed = Feed(call, iterable, chunksize, ordered=kind._ordered,
+                    on_settled=functools.partial(self._cache.discard, job))
+        result = kind(feed, job)
+        self._cache.add(result)
+        self._feeds.add(feed)
+        feeder = threading.Thread(target=feed.run, name="lucidity-imap-feeder", daemon=True)
         self._feeders.append(feeder)
         feeder.start()
-        if chunksize == 1:
-            return _unwrap_single(result)
-        return _flatten(result)
-
-    def _feed(self, function: FunctionRef, iterable: Iterable[Any], chunksize: int, result: IMapIterator[Any],
-              window: _Window, made_by: str) -> None:
-        """Submit chunks of the input as the window allows (a thread per imap)."""
-        index = 0
-        try:
-            iterator = iter(iterable)
-            while self._state is not PoolState.TERMINATE:
-                window.acquire()
-                chunk = list(itertools.islice(iterator, chunksize))
-                if not chunk:
-                    break
-                start = index * chunksize
-                try:
-                    frames = self._client.dumps(chunk, f"items {start}..{start + len(chunk) - 1}")
-                except Exception as exc:  # the pickler's own exception: it takes the chunk's place, as the stdlib
-                    result._set(index, False, exc)
-                else:
-                    self._client.submit([self._task(function, "map", frames, functools.partial(result._set, index),
-                                                    made_by, range(start, start + len(chunk)))])
-                index += 1
-        except Exception as exc:  # the input iterable raised: fail at that position and stop, as the stdlib
-            result._set(index, False, exc)
-            index += 1
-        result._set_length(index)
+        return result if chunksize == 1 else _flatten(feed)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -534,14 +423,14 @@ class Pool:
         """Accept no more tasks; the pool finishes those submitted, then `join` stops its workers."""
         if self._state is PoolState.RUN:
             self._move(PoolState.CLOSE)
-        for window in list(self._windows):
-            window.lift()
+        for feed in list(self._feeds):
+            feed.lift()  # the stdlib's task handler reads every input to its end
 
     def terminate(self) -> None:
         """Stop now: unfinished tasks are stopped on the nodes and their results fail."""
         self._move(PoolState.TERMINATE)
-        for window in list(self._windows):
-            window.lift()
+        for feed in list(self._feeds):
+            feed.stop()
         self._finalizer()
 
     def join(self) -> None:
@@ -576,30 +465,15 @@ class Pool:
             _warn(f"unclosed running lucidity pool {self!r}", ResourceWarning, source=self)
 
 
-def _flatten(chunks: IMapIterator[list[T]]) -> Iterator[T]:
+def _flatten(feed: Feed) -> Iterator[Any]:
     """Yield the items of each chunk in order, keeping no reference to an item once yielded (CPython issue 14406)."""
-    for chunk in chunks:
+    while True:
+        chunk = feed.next_chunk()
+        if chunk is None:
+            return
         chunk.reverse()
         while chunk:
             yield chunk.pop()
-
-
-def _unwrap_single(result: IMapIterator[Any]) -> Iterator[Any]:
-    """Yield the items of one-item chunks, keeping ``next(timeout)`` available on the iterator."""
-    return _SingleItemIterator(result)
-
-
-class _SingleItemIterator(Generic[T]):
-    def __init__(self, chunks: IMapIterator[list[T]]) -> None:
-        self._chunks = chunks
-
-    def __iter__(self) -> "_SingleItemIterator[T]":
-        return self
-
-    def next(self, timeout: Optional[float] = None) -> T:
-        return self._chunks.next(timeout)[0]
-
-    __next__ = next
 
 
 def _teardown(client: Client, cluster: Optional[LocalCluster]) -> None:
