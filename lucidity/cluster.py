@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from . import addresses
 from .errors import ClusterUnavailable
-from .node.limits import MIN_WORKER_MEMORY, format_size, parse_size
+from .node.limits import MIN_WORKER_MEMORY
+from .sizes import format_size, parse_size
 from .node.processes import STOP_GRACE, Child, stop_children
 from .transport import NODE_DIRECTORY_PREFIX, private_directory, remove_stale_directories
 

@@ -50,7 +50,7 @@ from . import waiting
 from .client import Client
 from .cluster import LocalCluster, open_client
 from .feed import WINDOW, Feed, MapCall
-from .node.limits import parse_size
+from .sizes import parse_size
 from .options import TaskOptions
 
 if sys.version_info >= (3, 10):

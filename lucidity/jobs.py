@@ -33,7 +33,7 @@ from .client import Client
 from .cluster import current_node, default_client
 from .errors import ClusterUnavailable
 from .executor import TaskFuture
-from .node.limits import parse_size
+from .sizes import parse_size
 from .options import TaskOptions
 from .placement import Fanout, local_node, place
 

@@ -49,7 +49,7 @@ from . import waiting
 from .client import Client
 from .cluster import LocalCluster, open_client
 from .feed import Feed, MapCall, chunks
-from .node.limits import parse_size
+from .sizes import parse_size
 from .options import TaskOptions
 from .task import Task
 

@@ -29,6 +29,7 @@ import pytest
 import lucidity
 from lucidity import job
 from lucidity.node import limits
+from lucidity.sizes import format_size
 from lucidity.node.cli import format_status, query_status
 
 from helpers import WAIT, CliCluster, connected, free_port, wait_until
@@ -399,7 +400,7 @@ def check_breach(error: lucidity.MemoryLimitExceeded, limit: int, node: str) -> 
     assert error.node == node
     assert isinstance(error.pid, int) and error.pid > 0
     text = str(error)
-    assert limits.format_size(limit) in text and f"node {node}" in text and str(error.pid) in text
+    assert format_size(limit) in text and f"node {node}" in text and str(error.pid) in text
     assert "memory cap" in text
     wait_gone(error.pid, "the worker that broke its cap", WAIT)
 
@@ -471,7 +472,7 @@ def test_pool_task_over_its_cap_fails_alone_and_the_next_one_runs(capped_pool: l
     with pytest.raises(lucidity.MemoryLimitExceeded) as caught:
         capped_pool.apply_async(take).get(WAIT)
     check_breach(caught.value, CAP, "local")
-    assert limits.format_size(caught.value.peak) in str(caught.value)
+    assert format_size(caught.value.peak) in str(caught.value)
     assert capped_pool.apply_async(identity, (7,)).get(WAIT) == 7
     assert capped_pool.map(identity, range(20), chunksize=1) == list(range(20))
 

@@ -25,6 +25,7 @@ import pytest
 
 import lucidity
 from lucidity.node import limits
+from lucidity.sizes import format_size, parse_size
 
 pytest.importorskip("numpy")
 pytest.importorskip("scipy")
@@ -92,7 +93,7 @@ def capped_node(request: pytest.FixtureRequest) -> Iterator[tuple[str, int, int]
         cluster.start_control()
         cluster.start_capped_node("n1", workers, cap)
         cluster.wait_for(1, workers_per_node=workers)
-        yield cluster.address, limits.parse_size(cap) or 0, workers
+        yield cluster.address, parse_size(cap) or 0, workers
     finally:
         cluster.close()
 
@@ -118,29 +119,29 @@ def test_one_and_a_half_times_the_cap_fails_and_names_the_limit(capped_node: tup
         error = caught.value
         assert isinstance(error, MemoryError) and error.limit == cap and error.node == "n1"
         text = str(error)
-        assert f"memory cap of {limits.format_size(cap)}" in text and str(error.pid) in text
+        assert f"memory cap of {format_size(cap)}" in text and str(error.pid) in text
         # The rlimit refused it, and the message says so, with the sizes that explain why.
         assert "data-segment limit (RLIMIT_DATA) of " in text, text
-        assert "in its data segment" in text and f"{limits.format_size(error.peak)} resident" in text, text
+        assert "in its data segment" in text and f"{format_size(error.peak)} resident" in text, text
         assert pool.apply_async(os.getpid).get(WAIT) > 0  # the node serves on, with a replacement worker
 
 
 def test_native_threads_follow_the_cap_and_the_cpus() -> None:
     """A small cap gets one native thread however many CPUs there are; an operator's count still wins."""
     cpus = len(os.sched_getaffinity(0))
-    small = limits.thread_environment(1, {}, limits.parse_size("200MB"))
+    small = limits.thread_environment(1, {}, parse_size("200MB"))
     assert small["OPENBLAS_NUM_THREADS"] == small["OMP_NUM_THREADS"] == "1"
     assert limits.thread_environment(1, {})["OPENBLAS_NUM_THREADS"] == str(cpus)
     assert limits.thread_environment(1, {"OPENBLAS_NUM_THREADS": "8"}, 10**8)["OPENBLAS_NUM_THREADS"] == "8"
     # An operator's count also widens the rlimit: 8 threads' buffers fit under it.
-    cap = limits.parse_size("200MB") or 0
+    cap = parse_size("200MB") or 0
     assert limits.rlimit_for(cap, 8) - limits.rlimit_for(cap) == 7 * limits.RESERVED_PER_NATIVE_THREAD
     assert limits.native_threads_of({"OMP_NUM_THREADS": "3,2", "OPENBLAS_NUM_THREADS": "2"}) == 3
 
 
 def test_a_worker_stuck_at_its_rlimit_is_pinned_and_one_under_it_is_not() -> None:
     """The watchdog's pinned rule measures a process against its own rlimit, not against the cap."""
-    cap = limits.parse_size("200MB") or 0
+    cap = parse_size("200MB") or 0
     # The child sets its rlimit this far above its own data segment, then waits.
     code = ("import resource, sys, time\n"
             "data = int(open('/proc/self/statm').read().split()[5]) * resource.getpagesize()\n"
@@ -167,19 +168,19 @@ def test_a_worker_stuck_at_its_rlimit_is_pinned_and_one_under_it_is_not() -> Non
 ], ids=["one big request", "reservations", "at the cap"])
 def test_a_refusal_names_the_limit_the_data_segment_resident_memory_and_the_cause(
         data_mib: Any, resident_mib: int, says: str) -> None:
-    cap = limits.parse_size("200MB") or 0
+    cap = parse_size("200MB") or 0
     rlimit = limits.rlimit_for(cap)
     data = rlimit - 2**20 if data_mib is None else data_mib * 2**20
     text = limits.describe_refusal(17, cap, "n1", 4121, limits.DataSegment(rlimit, data, resident_mib * 2**20))
     assert says in text, text
-    assert f"data-segment limit (RLIMIT_DATA) of {limits.format_size(rlimit)}" in text
-    assert f"{limits.format_size(data)} in its data segment and {resident_mib:.1f} MiB resident (worker 4121)" in text
+    assert f"data-segment limit (RLIMIT_DATA) of {format_size(rlimit)}" in text
+    assert f"{format_size(data)} in its data segment and {resident_mib:.1f} MiB resident (worker 4121)" in text
     assert text.startswith("task 17 ") and "node n1" in text and text.endswith("the worker is replaced")
     assert ("OPENBLAS_NUM_THREADS" in text) == (says.startswith("while under"))
 
 
 def test_a_pressure_breach_needs_the_pinned_segment_and_describes_it() -> None:
-    cap = limits.parse_size("200MB") or 0
+    cap = parse_size("200MB") or 0
     under_cap = limits.Limits(memory=cap)
     pressure = limits.PRESSURE_SAMPLES
     # A count without the segment is a data segment past the cap alone: numpy and scipy under their cap.
@@ -187,6 +188,6 @@ def test_a_pressure_breach_needs_the_pinned_segment_and_describes_it() -> None:
     pinned = limits.DataSegment(limits.rlimit_for(cap), limits.rlimit_for(cap) - 2**20, 0)
     breach = limits.check(under_cap, 1.0, 80 * 2**20, None, pressure, pinned)
     assert breach is not None and breach.kind is limits.LimitKind.MEMORY and breach.measured == 80 * 2**20
-    assert f"(RLIMIT_DATA) of {limits.format_size(pinned.limit)}" in breach.detail
-    assert "80.0 MiB resident" in breach.detail and limits.format_size(pinned.data) in breach.detail
+    assert f"(RLIMIT_DATA) of {format_size(pinned.limit)}" in breach.detail
+    assert "80.0 MiB resident" in breach.detail and format_size(pinned.data) in breach.detail
     assert limits.check(under_cap, 1.0, 80 * 2**20, None, pressure - 1, pinned) is None

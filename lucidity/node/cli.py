@@ -24,7 +24,7 @@ DEFAULT_CONTROL = "tcp://127.0.0.1:3030"
 
 
 def _size(text: str) -> int:
-    from .limits import parse_size
+    from ..sizes import parse_size
 
     try:
         size = parse_size(text)

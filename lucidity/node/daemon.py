@@ -36,6 +36,7 @@ from ..security import Role
 from .processes import STOP_GRACE, Child, stop_children
 from .skeleton import Daemon
 from . import limits
+from ..sizes import format_size
 from .slots import SlotState, SlotTable, SlotView
 from .workers import WorkerProcess, WorkerState, failure_report, peak_rss, watch
 
@@ -110,8 +111,8 @@ class NodeDaemon(Daemon):
         self._heartbeat_interval = heartbeat_interval
         self._client_timeout = client_timeout
         if memory_limit is not None and memory_limit < limits.MIN_WORKER_MEMORY:
-            raise ValueError(f"a memory limit of {limits.format_size(memory_limit)} is too small to start a worker; "
-                             f"a worker needs at least {limits.format_size(limits.MIN_WORKER_MEMORY)}")
+            raise ValueError(f"a memory limit of {format_size(memory_limit)} is too small to start a worker; "
+                             f"a worker needs at least {format_size(limits.MIN_WORKER_MEMORY)}")
         self.memory_limit = memory_limit
         self._worker_options: list[str] = []
         for option, value in (("--memory-limit", memory_limit), ("--max-tasks", max_tasks_per_worker),

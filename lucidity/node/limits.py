@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 import resource
-from typing import Mapping, NamedTuple, Optional, Union
+from typing import Mapping, NamedTuple, Optional
 
-__all__ = ["parse_size", "format_size", "LimitKind", "Limits", "Breach", "check", "memory_of",
+from ..sizes import format_size
+
+__all__ = ["LimitKind", "Limits", "Breach", "check", "memory_of",
            "set_hard_memory_cap", "set_task_memory_cap", "thread_environment", "MIN_WORKER_MEMORY",
            "rlimit_for", "native_threads_for", "pinned_segment", "DataSegment", "data_segment",
            "describe_refusal"]
@@ -71,44 +72,8 @@ PRESSURE_SAMPLES = 10
 #: Smallest cap a worker can start under (its interpreter, ZeroMQ and lucidity), in bytes.
 MIN_WORKER_MEMORY = 64 * 2**20
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
-          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 _MEMORY_FAILURES = ("MemoryError", "Cannot allocate memory", "std::bad_alloc", "out of memory",
                     "Memory allocation failed", "OpenBLAS")
-
-
-def parse_size(size: Union[int, str, None]) -> Optional[int]:
-    """Bytes from 1048576, "200MB", "1.5GiB" (decimal MB/GB, binary MiB/GiB); None stays None.
-
-    Raises:
-        ValueError: for anything else, naming the accepted forms.
-    """
-    if size is None:
-        return None
-    if isinstance(size, bool):
-        raise ValueError(f"not a size: {size!r}")
-    if isinstance(size, int):
-        if size <= 0:
-            raise ValueError(f"a size must be positive, not {size}")
-        return size
-    match = _SIZE.match(str(size))
-    unit = match.group(2).lower() if match else None
-    if match is None or unit not in _UNITS:
-        raise ValueError(f"not a size: {size!r} (use bytes or a number with B, KB, MB, GB, KiB, MiB, GiB)")
-    value = int(float(match.group(1)) * _UNITS[unit])
-    if value <= 0:
-        raise ValueError(f"a size must be positive, not {size!r}")
-    return value
-
-
-def format_size(size: Optional[int]) -> str:
-    if size is None:
-        return "none"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
 
 
 class LimitKind(enum.Enum):

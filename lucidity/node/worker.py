@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..security import Guard
 from ..errors import MemoryLimitExceeded, ProtocolError
 from . import limits
+from ..sizes import format_size
 from .slots import SlotTable
 
 ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE, protocol.Kind.DROP})
@@ -380,8 +381,8 @@ class Worker:
         if self._options.recycle_memory:
             resident = limits.memory_of(os.getpid()) or 0
             if resident > self._options.recycle_memory:
-                print(f"lucidity worker {os.getpid()}: {limits.format_size(resident)} resident after a task, over "
-                      f"the recycle threshold of {limits.format_size(self._options.recycle_memory)}; retiring",
+                print(f"lucidity worker {os.getpid()}: {format_size(resident)} resident after a task, over "
+                      f"the recycle threshold of {format_size(self._options.recycle_memory)}; retiring",
                       file=sys.stderr)
                 self._retiring = True
 

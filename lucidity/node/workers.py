@@ -20,6 +20,7 @@ import zmq
 
 from ..errors import describe_exit
 from . import limits
+from ..sizes import format_size
 from .processes import Child
 from .slots import SlotState, SlotTable, SlotView
 
@@ -164,7 +165,7 @@ def failure_report(worker: WorkerProcess, slot: SlotView, code: int, node: str) 
 
 def _measure(breach: limits.Breach) -> str:
     if breach.kind is limits.LimitKind.MEMORY:
-        return limits.format_size(int(breach.measured))
+        return format_size(int(breach.measured))
     return f"{breach.measured:.2f} s"
 
 

@@ -7,6 +7,7 @@ from typing import Any, Optional
 import pytest
 
 from lucidity.node import limits
+from lucidity.sizes import format_size, parse_size
 from lucidity.node.limits import Breach, LimitKind, Limits, check
 
 MB = 10**6
@@ -18,13 +19,13 @@ MB = 10**6
     (None, None),
 ])
 def test_sizes_parse(text: Any, expected: Optional[int]) -> None:
-    assert limits.parse_size(text) == expected
+    assert parse_size(text) == expected
 
 
 @pytest.mark.parametrize("text", ["lots", "", "MB", "10 XB", "-5MB", "0MB", 0, -1, True, "1.5.2GB", "2e9"])
 def test_bad_sizes_raise_value_error(text: Any) -> None:
     with pytest.raises(ValueError):
-        limits.parse_size(text)
+        parse_size(text)
 
 
 @pytest.mark.parametrize("size, text", [
@@ -32,13 +33,13 @@ def test_bad_sizes_raise_value_error(text: Any) -> None:
     (int(1.5 * 2**30), "1.5 GiB"),
 ])
 def test_sizes_format_for_people(size: Optional[int], text: str) -> None:
-    assert limits.format_size(size) == text
+    assert format_size(size) == text
 
 
 def test_a_formatted_size_parses_back_to_about_the_same() -> None:
     for size in (5_000, 200 * MB, 3 * 2**30):
-        number, unit = limits.format_size(size).split()
-        assert abs(limits.parse_size(number + unit) - size) <= 0.05 * size  # type: ignore[operator]  # 1 decimal
+        number, unit = format_size(size).split()
+        assert abs(parse_size(number + unit) - size) <= 0.05 * size  # type: ignore[operator]  # 1 decimal
 
 
 def test_limits_know_whether_any_is_set() -> None:
