@@ -10,26 +10,48 @@ fields depend on the kind (`SCHEMA`); it never holds code, so it is safe to pars
 `lucidity.serialization` alone interprets. This module knows frames, not sockets, and never looks inside
 a payload.
 
+No frame on the wire is larger than `MAX_FRAME_BYTES`, apart from a meta frame (always small in
+practice), so that a listening socket can refuse bigger frames before its peer is authenticated
+(`security.Guard.listen`). `encode` sends a larger payload frame as slices of that size, views of the
+caller's buffer (no copy), and names them in the meta field ``_slices``: a list of ``[index, count]``, the
+payload frame's index as the caller gave it and the number of slices it became. `decode` joins them back
+into one writable buffer (`JoinedFrame`, one copy) and removes the field, so callers see the frames they
+sent.
+
 `decode` is the boundary check: it names what is wrong in a `ProtocolError` so that daemons can log the
-message, drop it and keep serving.
+message, drop it and keep serving. It refuses meta nested deeper than `MAX_META_DEPTH` (checked before
+parsing: a deep one would exhaust Python's recursion limit) and integers outside 64 bits.
 """
 
 from __future__ import annotations
 
+import builtins
 import enum
 import json
 from typing import Any, Iterable, NamedTuple, Sequence, Union
 
 from .errors import ProtocolError, VersionMismatch
 
-__all__ = ["VERSION", "Kind", "Message", "encode", "decode"]
+__all__ = ["VERSION", "Kind", "Message", "JoinedFrame", "encode", "decode"]
 
 #: 2: small item payloads packed into one frame (`pack_items`). 3: the caller's __main__ travels by name to
-#: a per-client namespace in each worker (TASKS ``main``; `lucidity.mainscript`).
-VERSION = 3
+#: a per-client namespace in each worker (TASKS ``main``; `lucidity.mainscript`). 4: payload frames over
+#: `MAX_FRAME_BYTES` travel in slices named by the meta field ``_slices`` (issue 11).
+VERSION = 4
 
+#: Largest payload frame on the wire, in bytes; `encode` slices larger ones. Listening sockets refuse frames
+#: a little larger than this (`security.MAX_INBOUND_FRAME_BYTES`, with room for CURVE's overhead).
+MAX_FRAME_BYTES = 1024 * 1024
 #: Largest JSON meta frame a peer may send, in bytes.
 MAX_META_BYTES = 4 * 1024 * 1024
+#: Deepest nesting of JSON arrays and objects in a meta frame; the object itself is level 1. Real metas
+#: nest 5 levels at most (NODES: nodes, workers, a worker's fields).
+MAX_META_DEPTH = 32
+#: Integers in meta must fit a signed 64-bit field (task ids and limits are packed into the slot table).
+META_INT_MIN = -(2 ** 63)
+META_INT_MAX = 2 ** 63 - 1
+#: The meta field naming the sliced payload frames (see the module docstring).
+SLICES_FIELD = "_slices"
 #: Most payload frames in one message (a batch of tasks with their buffers).
 MAX_PAYLOAD_FRAMES = 100_000
 
@@ -101,7 +123,7 @@ SCHEMA: dict[Kind, dict[str, Union[type, tuple[type, ...]]]] = {
 
 
 class Message(NamedTuple):
-    """A decoded message: its kind, its checked meta, and its payload frames untouched."""
+    """A decoded message: its kind, its checked meta, and its payload frames as received (sliced ones joined)."""
 
     kind: Kind
     meta: dict[str, Any]
@@ -109,8 +131,58 @@ class Message(NamedTuple):
 
 
 def encode(kind: Kind, meta: dict[str, Any], payload: Iterable[Payload] = ()) -> list[Payload]:
-    """Frames for one message. Payload frames are passed through without copying."""
-    return [bytes((VERSION, kind)), json.dumps(meta, separators=(",", ":")).encode(), *payload]
+    """Frames for one message. Payload frames are passed through without copying.
+
+    A payload frame (bytes or any contiguous buffer: memoryview, zmq.Frame, PickleBuffer, numpy array)
+    larger than `MAX_FRAME_BYTES` goes as slices of that size, views of its buffer: still no copy, so
+    the caller must keep the buffer unchanged until the frames are sent, as before. The slices are named
+    in the meta field ``_slices``, which the caller's `meta` must not use (ValueError).
+    """
+    frames: list[Payload] = []
+    slices: list[list[int]] = []
+    for index, frame in enumerate(payload):
+        size = len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+        if size <= MAX_FRAME_BYTES:
+            frames.append(frame)
+            continue
+        view = memoryview(frame).cast("B")
+        slices.append([index, -(-size // MAX_FRAME_BYTES)])
+        frames.extend(view[start:start + MAX_FRAME_BYTES] for start in range(0, size, MAX_FRAME_BYTES))
+    if slices:
+        if SLICES_FIELD in meta:
+            raise ValueError(f"the meta field {SLICES_FIELD!r} is the protocol's own")
+        meta = {**meta, SLICES_FIELD: slices}
+    return [bytes((VERSION, kind)), json.dumps(meta, separators=(",", ":")).encode(), *frames]
+
+
+class JoinedFrame(bytearray):
+    """A payload frame that `decode` joined from its slices.
+
+    Writable, like a received zmq.Frame (a numpy array rebuilt on it is writable), and, like one, it
+    answers ``.bytes`` (a copy) and ``.buffer`` (a view), so callers need not tell the two apart.
+    """
+
+    __slots__ = ()
+
+    @property
+    def bytes(self) -> builtins.bytes:
+        return builtins.bytes(self)
+
+    @property
+    def buffer(self) -> memoryview:
+        return memoryview(self)
+
+
+def _join(parts: Sequence[Frame]) -> JoinedFrame:
+    # The copy costs about 26 ms per 64 MiB, mostly page faults of the new memory. Growing by += costs no
+    # more than filling a buffer made to size, which bytearray zeroes first (22 against 26 ms). A private
+    # mapping with transparent huge pages asked for joined 64 MiB in 6 ms, but the first join took 130 ms
+    # of system time in 2 of 10 new processes, and a new pool's 64 MiB round trips got slower, not faster
+    # (issue 11): not worth it.
+    whole = JoinedFrame()
+    for part in parts:
+        whole += part
+    return whole
 
 
 def _frame_bytes(frame: Frame) -> bytes:
@@ -123,13 +195,16 @@ def _frame_bytes(frame: Frame) -> bytes:
 
 
 def _frame_size(frame: Frame) -> int:
-    if isinstance(frame, (bytes, memoryview)):
+    if isinstance(frame, (bytes, bytearray, memoryview)):
         return len(frame)
     return len(frame.buffer)
 
 
 def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
     """Check a message's envelope and meta; return it, or raise `ProtocolError` saying what is wrong.
+
+    Sliced payload frames (see `encode`) come back joined, each as one `JoinedFrame`; the others are
+    returned as received.
 
     Args:
         frames: the frames as received (routing identities already removed).
@@ -154,12 +229,7 @@ def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
         raise ProtocolError(f"message kind {kind.name} is not accepted here")
     if _frame_size(frames[1]) > MAX_META_BYTES:
         raise ProtocolError(f"{kind.name} meta frame exceeds {MAX_META_BYTES} bytes")
-    try:
-        meta = json.loads(_frame_bytes(frames[1]))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"{kind.name} meta is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict):
-        raise ProtocolError(f"{kind.name} meta is a {type(meta).__name__}, not an object")
+    meta = _parse_meta(_frame_bytes(frames[1]), kind)
     for name, expected in SCHEMA[kind].items():
         value = meta.get(name)
         if not isinstance(value, expected) or isinstance(value, bool) and expected is int:
@@ -167,7 +237,103 @@ def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
     client = meta.get("client")
     if client is not None and not (isinstance(client, str) and len(client) == 32 and not client.strip(_HEX)):
         raise ProtocolError(f"{kind.name} meta field 'client' is not a client id")
-    return Message(kind, meta, frames[2:])
+    payload = frames[2:]
+    slices = meta.pop(SLICES_FIELD, None)
+    if slices is not None:
+        payload = _joined(payload, slices, kind)
+    return Message(kind, meta, payload)
+
+
+def _parse_meta(raw: bytes, kind: Kind) -> dict[str, Any]:
+    """The meta object, within the limits: depth (checked before parsing), 64-bit integers, no NaN or Infinity."""
+    if not _is_shallow(raw):
+        raise ProtocolError(f"{kind.name} meta nests arrays and objects deeper than {MAX_META_DEPTH} levels "
+                            "(or its brackets do not balance)")
+    # An integer outside 64 bits has at least 19 digits, after a separator or a sign. Only a meta with such a
+    # run pays for the decoder that checks every integer; the digits of a float's fraction or exponent
+    # follow "." or "e" and do not count (a string's may, harmlessly: that only picks the slower decoder).
+    decoder = _BOUNDED_DECODER if _LONG_INTEGER in raw.translate(_DIGIT_RUNS) else _DECODER
+    try:
+        meta = decoder.decode(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"{kind.name} meta is not valid JSON: {str(exc)[:200]}") from None
+    except (ValueError, RecursionError) as exc:  # a bound of ours; RecursionError cannot pass _is_shallow
+        raise ProtocolError(f"{kind.name} meta is refused: {str(exc)[:200]}") from None
+    if not isinstance(meta, dict):
+        raise ProtocolError(f"{kind.name} meta is a {type(meta).__name__}, not an object")
+    return meta
+
+
+def _is_shallow(raw: bytes) -> bool:
+    """Whether JSON text nests at most `MAX_META_DEPTH` levels, found with bytes operations alone (C speed).
+
+    Brackets inside strings do not count. Text that json would reject may pass, but then json stops at its
+    first error, within the nesting measured here: json never recurses deeper than this allows.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= MAX_META_DEPTH:
+        return True
+    if b"\\" in raw:
+        # Removing escaped backslashes, then escaped quotes, leaves no quote that is not a string's delimiter
+        # (pairs are removed left to right, as json reads escapes).
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    marks = raw.translate(_AS_BRACKETS, _NOT_STRUCTURE)  # quotes and brackets, braces as brackets
+    # Strings without brackets are now adjacent quote pairs. If removing those leaves a quote, some string
+    # holds brackets: drop every other stretch between quotes instead (slower, rare).
+    brackets = marks.replace(b'""', b"")
+    if b'"' in brackets:
+        brackets = b"".join(marks.split(b'"')[::2])
+    # Each pass removes exactly the innermost level (a replaced pair is not searched again).
+    for _ in range(MAX_META_DEPTH):
+        if not brackets:
+            return True
+        inner_removed = brackets.replace(b"[]", b"")
+        if len(inner_removed) == len(brackets):
+            return False  # unbalanced
+        brackets = inner_removed
+    return not brackets
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text) if len(text) <= 20 else META_INT_MAX + 1
+    if not META_INT_MIN <= value <= META_INT_MAX:
+        raise ValueError(f"the integer {text[:24]}{'...' if len(text) > 24 else ''} does not fit in 64 bits")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number (the JSON extension NaN/Infinity is not accepted)")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+_BOUNDED_DECODER = json.JSONDecoder(parse_int=_bounded_int, parse_constant=_no_constant)
+#: Digits become "0", what may come before an integer (separators, whitespace, a sign) " ", the rest "x".
+_DIGIT_RUNS = bytes(b"0"[0] if byte in b"0123456789" else b" "[0] if byte in b"[,: \t\r\n-" else b"x"[0]
+                    for byte in range(256))
+_LONG_INTEGER = b" " + b"0" * 19
+_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'"[]{}')))
+
+
+def _joined(payload: Sequence[Frame], slices: Any, kind: Kind) -> list[Frame]:
+    """The payload with each sliced frame joined back into one `JoinedFrame` (see `encode`)."""
+    if type(slices) is not list or not slices:
+        raise ProtocolError(f"{kind.name} meta field {SLICES_FIELD!r} is not a list of [index, count]")
+    joined: list[Frame] = []
+    position = 0  # in the received payload
+    for entry in slices:
+        if not (type(entry) is list and len(entry) == 2 and type(entry[0]) is int and type(entry[1]) is int):
+            raise ProtocolError(f"{kind.name} meta field {SLICES_FIELD!r} has a bad entry {str(entry)[:40]}")
+        index, count = entry
+        unsliced = index - len(joined)  # whole frames before this one
+        if unsliced < 0 or count < 2 or position + unsliced + count > len(payload):
+            raise ProtocolError(f"{kind.name} meta field {SLICES_FIELD!r} does not match the {len(payload)} "
+                                f"payload frames ({str(entry)[:40]})")
+        joined.extend(payload[position:position + unsliced])
+        position += unsliced
+        joined.append(_join(payload[position:position + count]))
+        position += count
+    joined.extend(payload[position:])
+    return joined
 
 
 #: Item frames up to this size travel packed together in one frame (one send instead of one per item).

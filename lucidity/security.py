@@ -4,8 +4,9 @@ Owns: reading and writing the secret, deriving one CURVE keypair per `Role` from
 turn CURVE on, the ZAP handler (`Authenticator`) that admits exactly the cluster's keys and labels each
 connection with its role, `peer_role` to read that label back from a received frame, and `HandshakeWatch`,
 which turns a silent reconnect loop into an error message. Deliberately not here: which socket gets which
-role, what a daemon does about a dead authenticator, MAXMSGSIZE (set with the other limits), and any message
-framing. It depends on `errors` and `transport` only.
+role, what a daemon does about a dead authenticator, and any message framing. `Guard.listen` caps inbound
+frames (MAXMSGSIZE), because a listening socket needs the cap before any peer is authenticated (see there).
+It depends on `errors`, `protocol` (for its frame size) and `transport` only.
 
 API (the daemons and the client are written against exactly this)::
 
@@ -98,6 +99,7 @@ from typing import Any, Mapping, Optional
 import zmq
 from zmq.utils import z85
 
+from . import protocol
 from .errors import AuthenticationError
 from .addresses import is_loopback, parse
 from .transport import Waker
@@ -112,6 +114,7 @@ __all__ = [
     "Authenticator",
     "peer_role",
     "HandshakeWatch",
+    "MAX_INBOUND_FRAME_BYTES",
     "MIN_SECRET_BYTES",
     "SECRET_ENV",
     "SECRET_FILE_ENV",
@@ -140,6 +143,10 @@ AUTHENTICATOR_START_TIMEOUT = 10.0
 AUTHENTICATOR_STOP_TIMEOUT = 10.0
 #: Consecutive HANDSHAKE_FAILED_NO_DETAIL events on one endpoint before `HandshakeWatch` calls it a failure.
 NO_DETAIL_FAILURES = 3
+#: Largest frame a listening socket takes (MAXMSGSIZE, set by `Guard.listen`), in bytes: `protocol.encode`
+#: slices payloads into frames of `protocol.MAX_FRAME_BYTES`, and CURVE adds 33 bytes to each on the wire
+#: (measured; the cap applies to the encrypted frame). The allowance also leaves meta frames some room.
+MAX_INBOUND_FRAME_BYTES = protocol.MAX_FRAME_BYTES + 64 * 1024
 
 # Domain separation for key derivation: `person` names the purpose and version, `salt` the role. Changing
 # either changes every key of every cluster, so both are part of the wire format.
@@ -611,9 +618,9 @@ class Guard:
     """Everything one process needs to secure its sockets, or nothing when the cluster has no secret.
 
     Without keys (an embedded cluster on ipc:// sockets in a private directory, or a loopback cluster run
-    without a secret) every method is a no-op and every kind is accepted from everyone. With keys, the
-    process's listening sockets are CURVE servers behind an `Authenticator`, its connecting sockets pin the
-    daemon key, and `accepted` narrows the kinds of message taken from a peer to those of its role.
+    without a secret) every kind is accepted from everyone and only `listen`'s frame cap applies. With keys,
+    the process's listening sockets are CURVE servers behind an `Authenticator`, its connecting sockets pin
+    the daemon key, and `accepted` narrows the kinds of message taken from a peer to those of its role.
     """
 
     def __init__(self, context: zmq.Context[Any], keys: Optional[ClusterKeys]) -> None:
@@ -628,9 +635,26 @@ class Guard:
         return self.keys is not None
 
     def listen(self, sock: zmq.Socket[Any]) -> None:
-        """Call before bind."""
+        """Call before bind: a CURVE server when secure, and in any case a cap on the size of inbound frames.
+
+        The cap is what bounds memory before authentication. libzmq allocates the size a frame announces as
+        soon as its header arrives, during the handshake too, and an unauthenticated connection that
+        announced 2 GiB and kept writing for 3 s made a CURVE server hold +1.4 GiB of RSS (2 GiB reserved)
+        until HANDSHAKE_IVL dropped it. libzmq checks MAXMSGSIZE per frame, in its decoder, before it
+        allocates (measured with libzmq 4.3.5: three frames of 0.9 MiB in one message pass a 1 MiB cap, one
+        frame of 1 MiB + 1 does not; with the cap the 2 GiB announcement is refused at once and the
+        connection closed, +0 MiB). So the cap does not limit messages, only frames, and `protocol.encode`
+        keeps every payload frame within it.
+
+        HANDSHAKE_IVL stays at the transport's 5 s: with the cap, a connection that never authenticates
+        holds at most about 1 MiB while it lasts, and an attacker who reconnects at once holds as much with
+        a shorter window. A shorter window would cost honest clients instead: a worker's ZAP handler is a
+        Python thread, and a task holding the GIL in a C call stalls it (measured: a 3 s ``sum(range(...))``
+        made a 1 s window fail twice before the handshake got through; a 5 s window waited it out).
+        """
         if self.keys is not None:
             secure_server(sock, self.keys)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_FRAME_BYTES)
 
     def connect(self, sock: zmq.Socket[Any], role: Role) -> None:
         """Call before connect."""
