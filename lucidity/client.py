@@ -291,11 +291,11 @@ class Client:
         finally:
             self._close_sockets()
 
-    def _watch(self, sock: zmq.Socket[Any], handler: Callable[[list[Any]], None]) -> None:
+    def _register(self, sock: zmq.Socket[Any], handler: Callable[[list[Any]], None]) -> None:
         self._by_socket[sock] = handler
         self._poller.register(sock, zmq.POLLIN)
 
-    def _unwatch(self, sock: zmq.Socket[Any]) -> None:
+    def _unregister(self, sock: zmq.Socket[Any]) -> None:
         self._connecting.pop(sock, None)
         if self._by_socket.pop(sock, None) is not None:
             self._poller.unregister(sock)
@@ -459,7 +459,7 @@ class Client:
                 sock.connect(addresses.parse(entry["address"]).zmq)
                 node = NodeLink(name, entry["address"], str(entry.get("instance")), str(entry.get("host", "")), sock)
                 self._nodes[name] = node
-                self._watch(sock, lambda f, n=node: self._on_node(n, f))  # type: ignore[misc]
+                self._register(sock, lambda f, n=node: self._on_node(n, f))  # type: ignore[misc]
                 self._send(sock, protocol.encode(protocol.Kind.HELLO, {"client": node.session}))
         self._update_ready()
 
@@ -493,7 +493,7 @@ class Client:
                 link = WorkerLink(node.name, worker_id, entry["pid"], sock, address)
                 node.workers[worker_id] = link
                 self._links[link.key] = link
-                self._watch(sock, lambda f, w=link: self._on_worker(w, f))  # type: ignore[misc]
+                self._register(sock, lambda f, w=link: self._on_worker(w, f))  # type: ignore[misc]
                 self._connecting[sock] = link
                 self._poller.modify(sock, zmq.POLLIN | zmq.POLLOUT)
         self._update_ready()
@@ -526,7 +526,7 @@ class Client:
         for link in list(node.workers.values()):
             self._drop_worker(node, link, lost=lost)
         del self._nodes[node.name]
-        self._unwatch(node.sock)
+        self._unregister(node.sock)
         with self._lock:
             self._known_nodes = frozenset(self._nodes)
             stranded = self._pending_for.pop(node.name, None)
@@ -543,7 +543,7 @@ class Client:
         del node.workers[link.worker_id]
         del self._links[link.key]
         self._main_sent.discard(link.key)
-        self._unwatch(link.sock)
+        self._unregister(link.sock)
         out_of_retries = []
         with self._lock:
             unfinished = [t for t in link.inflight.values() if t.state is TaskState.SENT and t.worker == link.key]

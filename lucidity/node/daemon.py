@@ -38,7 +38,7 @@ from .skeleton import Daemon
 from . import limits
 from ..sizes import format_size
 from .slots import SlotState, SlotTable, SlotView
-from .workers import WorkerProcess, WorkerState, failure_report, peak_rss, watch
+from .supervision import WorkerProcess, WorkerState, enforce_limits, failure_report, peak_rss
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class NodeDaemon(Daemon):
                               ("--recycle-memory", recycle_memory)):
             if value is not None:
                 self._worker_options += [option, str(value)]
-        self._watching = False
+        self._limited_running = False
         self.control_address = self._control_endpoint.zmq
         # The CPUs this process may use (taskset, a Slurm allocation), not all of the machine's.
         self.processes = processes or len(os.sched_getaffinity(0)) or 1
@@ -188,9 +188,9 @@ class NodeDaemon(Daemon):
                     self._expire_clients(now)
                 self._restart_due(now)
                 deadlines = [next_heartbeat if self._joined else now + 1.0, *self._restart_at.values()]
-                if self._watching:
-                    self._watching = self._watch(now)
-                    if self._watching:
+                if self._limited_running:
+                    self._limited_running = self._enforce_limits(now)
+                    if self._limited_running:
                         deadlines.append(now + limits.WATCH_INTERVAL)
                 deadline = min(deadlines)
                 self._poll_once(max(0.0, deadline - time.monotonic()))
@@ -425,7 +425,7 @@ class NodeDaemon(Daemon):
             worker.ready_fd = None
             return
         if worker.state is not WorkerState.STARTING:
-            self._watching = True
+            self._limited_running = True
             return
         if not data.endswith(b"\n"):
             return  # it died before binding; its exit is handled through the pidfd
@@ -508,8 +508,8 @@ class NodeDaemon(Daemon):
             if record.client_id == slot.client.hex():
                 self._send(identity, frames)
 
-    def _watch(self, now: float) -> bool:
-        return watch(self._workers.values(), self._slots, now, self.name)
+    def _enforce_limits(self, now: float) -> bool:
+        return enforce_limits(self._workers.values(), self._slots, now, self.name)
 
 
     # -- status ------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from .slots import SlotState, SlotTable, SlotView
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WorkerState", "WorkerProcess", "watch", "failure_report", "peak_rss"]
+__all__ = ["WorkerState", "WorkerProcess", "enforce_limits", "failure_report", "peak_rss"]
 
 #: Bytes of each worker's stderr kept for crash reports, and the part sent with a report.
 STDERR_TAIL = 8192
@@ -104,7 +104,7 @@ class WorkerProcess:
         del self.stderr_tail[:-STDERR_TAIL]
 
 
-def watch(workers: Iterable[WorkerProcess], slots: SlotTable, now: float, node: str) -> bool:
+def enforce_limits(workers: Iterable[WorkerProcess], slots: SlotTable, now: float, node: str) -> bool:
     """One watchdog round over the workers running limited tasks; True while any still runs.
 
     A worker over a limit has its process group killed and its breach recorded; its exit is then reported
