@@ -669,7 +669,8 @@ class Client:
             meta["modules"] = {name: digest for name, digest in digests.items() if digest is not None}
         payload.extend(ref.data for ref in functions)
         payload.extend(task_frames)
-        if self._send(link.sock, protocol.encode(protocol.Kind.TASKS, meta, payload)):
+        # Sliced only for a cluster with a secret: only then do workers cap frame sizes (before authentication).
+        if self._send(link.sock, protocol.encode(protocol.Kind.TASKS, meta, payload, sliced=self._keys is not None)):
             return
         # Its connection broke (a worker link is written to only while connected): take the batch back,
         # as if it had never been sent, and wait for the connection to be made again.
@@ -693,7 +694,8 @@ class Client:
                 reply = protocol.encode(protocol.Kind.MODULE, {"name": name, "found": False, "reason": reason})
             else:
                 link.modules.add(name)
-                reply = protocol.encode(protocol.Kind.MODULE, _module_meta(source), [source.source])
+                reply = protocol.encode(protocol.Kind.MODULE, _module_meta(source), [source.source],
+                                        sliced=self._keys is not None)
             self._send(link.sock, reply)
             return
         if message.kind is protocol.Kind.REFUSED:

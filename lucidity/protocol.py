@@ -10,9 +10,11 @@ fields depend on the kind (`SCHEMA`); it never holds code, so it is safe to pars
 `lucidity.serialization` alone interprets. This module knows frames, not sockets, and never looks inside
 a payload.
 
-No frame on the wire is larger than `MAX_FRAME_BYTES`, apart from a meta frame (always small in
-practice), so that a listening socket can refuse bigger frames before its peer is authenticated
-(`security.Guard.listen`). `encode` sends a larger payload frame as slices of that size, views of the
+No frame sent to a socket that caps frame sizes is larger than `MAX_FRAME_BYTES`, apart from a meta frame
+(always small in practice), so that a listening socket can refuse bigger frames before its peer is
+authenticated (`security.Guard.listen`: the listening sockets of a cluster with a secret). Messages to a
+socket without that cap (a client's; a worker of a cluster without a secret) go whole (``sliced=False``),
+sparing the receiver the copy a join costs. `encode` sends a larger payload frame as slices of that size, views of the
 caller's buffer (no copy), and names them in the meta field ``_slices``: a list of ``[index, count]``, the
 payload frame's index as the caller gave it and the number of slices it became. `decode` joins them back
 into one writable buffer (`JoinedFrame`, one copy) and removes the field, so callers see the frames they
@@ -130,14 +132,21 @@ class Message(NamedTuple):
     payload: Sequence[Frame] = ()
 
 
-def encode(kind: Kind, meta: dict[str, Any], payload: Iterable[Payload] = ()) -> list[Payload]:
+def encode(kind: Kind, meta: dict[str, Any], payload: Iterable[Payload] = (), *,
+           sliced: bool = True) -> list[Payload]:
     """Frames for one message. Payload frames are passed through without copying.
 
     A payload frame (bytes or any contiguous buffer: memoryview, zmq.Frame, PickleBuffer, numpy array)
     larger than `MAX_FRAME_BYTES` goes as slices of that size, views of its buffer: still no copy, so
     the caller must keep the buffer unchanged until the frames are sent, as before. The slices are named
     in the meta field ``_slices``, which the caller's `meta` must not use (ValueError).
+
+    ``sliced=False`` sends large frames whole, for a receiver whose socket caps no frame size (a client's
+    sockets; a worker of a cluster without a secret): joining slices costs the receiver a copy of the
+    payload, about 26 ms per 64 MiB, which only a capped socket needs to pay.
     """
+    if not sliced:
+        return [bytes((VERSION, kind)), json.dumps(meta, separators=(",", ":")).encode(), *payload]
     frames: list[Payload] = []
     slices: list[list[int]] = []
     for index, frame in enumerate(payload):

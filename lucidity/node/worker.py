@@ -403,7 +403,8 @@ class Worker:
             layout, frames = protocol.pack_items(items)
             for result, entry in zip(results, layout):
                 result["n"] = entry
-            self._send(identity, protocol.encode(protocol.Kind.RESULTS, {"results": results}, frames))
+            # Whole: a client's sockets cap no frame size, and joining slices would cost it a copy.
+            self._send(identity, protocol.encode(protocol.Kind.RESULTS, {"results": results}, frames, sliced=False))
         self._outbox.clear()
         self._outbox_count = 0
 
