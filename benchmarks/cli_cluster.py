@@ -74,7 +74,7 @@ class CliCluster:
         return [node.pid for node in self._nodes]
 
     def _wait_ready(self) -> None:
-        from lucidity.node.cli import query_status
+        from lucidity.status import query_status
 
         deadline = time.monotonic() + READY_TIMEOUT
         report: dict[str, Any] = {}

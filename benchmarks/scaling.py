@@ -4,7 +4,7 @@ Two measurements, on clusters started from the CLI as an operator would (`benchm
 127.0.0.1 only, with ports outside the ephemeral range:
 
 **idle**: ``python -m lucidity control --bind tcp://127.0.0.1:PORT`` and 16 ``python -m lucidity node
-tcp://127.0.0.1:PORT --processes 1 --name nK``, waited for with `lucidity.node.cli.query_status`. After a
+tcp://127.0.0.1:PORT --processes 1 --name nK``, waited for with `lucidity.status.query_status`. After a
 few seconds to settle, the CPU time (psutil ``cpu_times()``, user + system, all threads) of the control
 daemon, of each node daemon and of each worker is read at the start and the end of a window of idleness
 (``--windows`` windows of ``--idle-seconds``), and reported as a percentage of one core: CPU seconds ÷ wall
@@ -256,7 +256,7 @@ IDLE_PHASES = ["no client", "1 idle client"]
 
 def run_idle(nodes: int, seconds: float, windows: int) -> IdleResults:
     results = IdleResults(nodes, seconds)
-    from lucidity.node.cli import query_status
+    from lucidity.status import query_status
 
     cluster = Cluster(nodes, 1)
     client: Optional[HeldClient] = None

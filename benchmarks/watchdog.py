@@ -25,7 +25,7 @@ import psutil
 
 import lucidity
 from lucidity.node import limits
-from lucidity.node.cli import query_status
+from lucidity.status import query_status
 
 #: How long to wait for a cluster's workers, or for tasks to start, in seconds.
 READY_TIMEOUT = 120.0

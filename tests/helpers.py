@@ -25,7 +25,7 @@ import time
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import lucidity
-from lucidity.node.cli import query_status
+from lucidity.status import query_status
 
 __all__ = ["WAIT", "WaitTimeout", "wait_until", "Rendezvous", "hold", "CliCluster", "free_port", "connected"]
 

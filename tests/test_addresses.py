@@ -17,7 +17,7 @@ import pytest
 import lucidity
 from lucidity import addresses
 from lucidity.addresses import Endpoint, parse
-from lucidity.node.cli import query_status
+from lucidity.status import query_status
 
 from conftest import CliCluster, free_port
 

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import lucidity
-from lucidity.node.cli import format_status, query_status
+from lucidity.status import format_status, query_status
 
 from helpers import CliCluster, free_port
 

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from lucidity import addresses
-from lucidity.node.cli import _parser
+from lucidity.cli import _parser
 from lucidity.security import write_secret_file
 from testhosts import Network
 

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from lucidity.node.cli import query_status
+from lucidity.status import query_status
 
 from conftest import CliCluster
 

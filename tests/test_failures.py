@@ -19,7 +19,7 @@ import zmq
 
 import lucidity
 from lucidity import protocol
-from lucidity.node.cli import query_status
+from lucidity.status import query_status
 
 from helpers import CliCluster, wait_until
 from tasks import identity

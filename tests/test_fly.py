@@ -43,7 +43,7 @@ def fly_api(monkeypatch):
 
 
 def cli(*argv: str) -> int:
-    """`lucidity fly ...` through a parser built the way lucidity/node/cli.py builds its own."""
+    """`lucidity fly ...` through a parser built the way lucidity/cli.py builds its own."""
     parser = argparse.ArgumentParser(prog="lucidity")
     commands = parser.add_subparsers(dest="command", required=True)
     fly.add_command(commands)
@@ -391,7 +391,7 @@ def test_the_stand_in_catches_what_the_api_would_refuse(fly_api):
 @pytest.mark.timeout(30)
 def test_the_node_command_is_one_the_node_cli_accepts():
     """What a node machine runs parses as `lucidity node` (the private _parser is the CLI's own)."""
-    from lucidity.node.cli import _parser
+    from lucidity.cli import _parser
 
     args = _parser().parse_args(fly.node_command("lucidity-node-1", CONTROL))
     assert (args.command, args.control_address, args.bind) == ("node", CONTROL, "tcp://fly-local-6pn:3031")

@@ -20,7 +20,7 @@ import pytest
 import lucidity
 from lucidity import job
 from lucidity.cluster import default_client
-from lucidity.node.cli import query_status
+from lucidity.status import query_status
 
 from helpers import WAIT, CliCluster, connected, wait_until
 

@@ -30,7 +30,7 @@ import lucidity
 from lucidity import job
 from lucidity.node import limits
 from lucidity.sizes import format_size
-from lucidity.node.cli import format_status, query_status
+from lucidity.status import format_status, query_status
 
 from helpers import WAIT, CliCluster, connected, free_port, wait_until
 from tasks import identity

@@ -15,7 +15,7 @@ import zmq
 import lucidity
 from lucidity import protocol
 from lucidity.errors import ProtocolError
-from lucidity.node.cli import query_status
+from lucidity.status import query_status
 
 from conftest import CliCluster, free_port
 

@@ -22,7 +22,7 @@ import pytest
 
 import lucidity
 from lucidity import security
-from lucidity.node.cli import query_status
+from lucidity.status import query_status
 
 from conftest import CliCluster
 

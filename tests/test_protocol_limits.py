@@ -22,7 +22,7 @@ import zmq
 import lucidity
 from lucidity import protocol, serialization
 from lucidity.errors import ProtocolError, VersionMismatch
-from lucidity.node.cli import query_status
+from lucidity.status import query_status
 from lucidity.protocol import MAX_FRAME_BYTES, MAX_META_DEPTH, Kind
 from lucidity.security import ClusterKeys, Role, secure_client
 

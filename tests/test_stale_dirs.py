@@ -17,7 +17,7 @@ from typing import Iterator
 import psutil
 import pytest
 
-from lucidity.node.cli import query_status
+from lucidity.status import query_status
 from lucidity.transport import CREATOR_FILE, NODE_DIRECTORY_PREFIX, private_directory, remove_stale_directories
 
 from conftest import CliCluster

@@ -572,7 +572,7 @@ class HostCluster:
     def lucidity(self, *args: str, secret_file: Optional[Path] = None) -> list[str]:
         """The argv of ``lucidity ARGS``, with the cluster's (or the given) secret file."""
         secret = secret_file or self.secret_file
-        return [sys.executable, "-m", "lucidity.node.cli", *args, *(["--secret-file", str(secret)] if secret else [])]
+        return [sys.executable, "-m", "lucidity", *args, *(["--secret-file", str(secret)] if secret else [])]
 
     def start_control(self, host: Host, bind: str, secret_file: Optional[Path] = None,
                       extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:

@@ -1,4 +1,4 @@
-"""`lucidity control | node | status | demo`: parse, configure logging, run.
+"""`lucidity control | node | status | secret | fly | demo`: parse, configure logging, run.
 
 This is the only place that configures logging handlers. Logic lives in the daemons; a test never needs
 to go through here to reach it.
@@ -13,18 +13,18 @@ import os
 import sys
 from typing import Optional
 
-from .. import addresses
-from .._version import __version__
-from ..errors import AuthenticationError, ClusterUnavailable
-from ..status import STATUS_TIMEOUT, format_status, query_status
+from . import addresses
+from ._version import __version__
+from .errors import AuthenticationError, ClusterUnavailable
+from .status import STATUS_TIMEOUT, format_status, query_status
 
-__all__ = ["main", "format_status", "query_status"]  # the status client lives in lucidity.status
+__all__ = ["main"]
 
 DEFAULT_CONTROL = "tcp://127.0.0.1:3030"
 
 
 def _size(text: str) -> int:
-    from ..sizes import parse_size
+    from .sizes import parse_size
 
     try:
         size = parse_size(text)
@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
                                help="run the pythagorean example on an embedded cluster")
     demo.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
 
-    from .. import fly
+    from . import fly
 
     fly.add_command(commands)
     return parser
@@ -117,7 +117,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     level = getattr(args, "log_level", None) or args.global_log_level or "INFO"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     if args.command == "control":
-        from .control import ControlDaemon
+        from .node.control import ControlDaemon
 
         secret = _secret(args)
         try:
@@ -129,7 +129,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
         return control.run()
     if args.command == "node":
-        from .daemon import NodeDaemon
+        from .node.daemon import NodeDaemon
 
         for option, value in (("--processes", args.processes), ("--max-tasks-per-worker", args.max_tasks_per_worker)):
             if value is not None and value < 1:
@@ -166,7 +166,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             sys.stdout = open(os.devnull, "w")
         return 0
     if args.command == "secret":
-        from ..security import write_secret_file
+        from .security import write_secret_file
 
         try:
             write_secret_file(args.path)
@@ -176,11 +176,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"wrote a new cluster secret to {args.path} (mode 0600)")
         return 0
     if args.command == "fly":
-        from .. import fly
+        from . import fly
 
         return fly.run(args)
     if args.command == "demo":
-        from .. import demo
+        from . import demo
 
         demo.run(args.processes)
         return 0
@@ -188,7 +188,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _secret(args: argparse.Namespace) -> Optional[bytes]:
-    from ..security import load_secret
+    from .security import load_secret
 
     try:
         return load_secret(secret_file=args.secret_file)
