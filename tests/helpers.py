@@ -153,6 +153,22 @@ def free_port() -> int:
             return port
 
 
+def stop_process(proc: "subprocess.Popen[Any]", sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    """Signal a process started in its own session and reap it; its exit status. If it outlasts `timeout`,
+    SIGKILL its process group, reap it, and raise subprocess.TimeoutExpired."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(5)
+        raise
+
+
 class CliCluster:
     """A control node and node daemons started through the `lucidity` CLI, as an operator would.
 
@@ -217,15 +233,7 @@ class CliCluster:
 
     def stop(self, key: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Signal the daemon `key` and reap it; its exit status. SIGKILLs its group if it outlasts `timeout`."""
-        proc = self.processes.pop(key)
-        if proc.poll() is None:
-            proc.send_signal(sig)
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-            raise
+        return stop_process(self.processes.pop(key), sig, timeout)
 
     def close(self) -> None:
         for key in [k for k in self.processes if k != "control"] + [k for k in self.processes if k == "control"]:

@@ -55,14 +55,13 @@ import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import psutil
 import pytest
 
-from lucidity.security import write_secret_file
 from test_hosts import MAP, client_env, run_client, script
-from testhosts import Host, HostCluster, LineReader, Network, NetworkError
+from testhosts import Host, HostCluster, LineReader, Network, NetworkError, secured_cluster
 
 #: Seconds of chaos: every fault starts and ends within them (recoveries may run a little past).
 CHAOS_SECONDS = 60.0
@@ -636,15 +635,7 @@ def longest_stall(arrivals: list[float], start: float, end: float) -> tuple[floa
     return gap, at
 
 
-@pytest.fixture
-def cluster(test_hosts: Network, tmp_path: Path) -> Iterator[HostCluster]:
-    secret = tmp_path / "secret"
-    write_secret_file(str(secret))
-    hosts = HostCluster(test_hosts, tmp_path, secret)
-    try:
-        yield hosts
-    finally:
-        hosts.close()
+cluster = pytest.fixture(name="cluster")(secured_cluster)
 
 
 @pytest.mark.timeout(180)

@@ -13,12 +13,12 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import pytest
 
 from lucidity.security import write_secret_file
-from testhosts import Host, HostCluster, LineReader, Network
+from testhosts import Host, HostCluster, LineReader, Network, secured_cluster
 
 CONTROL_PORT = 3030
 #: Client side: a node silent this long is lost (small, so that a pulled cable costs the map seconds, not more).
@@ -75,16 +75,8 @@ if __name__ == "__main__":
 """
 
 
-@pytest.fixture
-def cluster(test_hosts: Network, tmp_path: Path) -> Iterator[HostCluster]:
-    """No daemon yet, a cluster secret in tmp_path; daemons stopped by SIGTERM after the test."""
-    secret = tmp_path / "secret"
-    write_secret_file(str(secret))
-    hosts = HostCluster(test_hosts, tmp_path, secret)
-    try:
-        yield hosts
-    finally:
-        hosts.close()
+#: No daemon yet, a cluster secret in tmp_path; daemons stopped by SIGTERM after the test.
+cluster = pytest.fixture(name="cluster")(secured_cluster)
 
 
 @pytest.fixture

@@ -12,13 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from lucidity.security import write_secret_file
 from test_hosts import MAP, client_env, run_client, script
-from testhosts import Host, HostCluster, LineReader, Network
+from testhosts import Host, HostCluster, LineReader, Network, secured_cluster
 
 #: A map that runs until stopped, printing [argument, node, arrival time] for each result, then "done".
 STREAM = """
@@ -61,15 +60,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.fixture
-def cluster(test_hosts: Network, tmp_path: Path) -> Iterator[HostCluster]:
-    secret = tmp_path / "secret"
-    write_secret_file(str(secret))
-    hosts = HostCluster(test_hosts, tmp_path, secret)
-    try:
-        yield hosts
-    finally:
-        hosts.close()
+cluster = pytest.fixture(name="cluster")(secured_cluster)
 
 
 def hosts(network: Network, *names: str) -> list[Host]:

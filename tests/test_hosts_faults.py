@@ -10,25 +10,16 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+
 
 import pytest
 
-from lucidity.security import write_secret_file
 from test_hosts import client_env, script
 from test_hosts_addresses import STREAM, Client, hosts
-from testhosts import HostCluster, Network
+from testhosts import HostCluster, Network, secured_cluster
 
 
-@pytest.fixture
-def cluster(test_hosts: Network, tmp_path: Path) -> Iterator[HostCluster]:
-    secret = tmp_path / "secret"
-    write_secret_file(str(secret))
-    hosts_ = HostCluster(test_hosts, tmp_path, secret)
-    try:
-        yield hosts_
-    finally:
-        hosts_.close()
+cluster = pytest.fixture(name="cluster")(secured_cluster)
 
 
 def read_all(client: Client, first: list, timeout: float) -> list:

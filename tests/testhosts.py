@@ -58,6 +58,8 @@ from typing import IO, Any, Iterable, Iterator, Optional, Sequence, Union
 import psutil
 import pytest
 
+from helpers import stop_process
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 #: Every namespace name made here starts with this, then the pytest pid and a dash.
@@ -93,7 +95,7 @@ STATUS_INTERVAL = 0.1
 LOG_TAIL_LINES = 30
 
 __all__ = ["Network", "Host", "DnsServer", "HostCluster", "LineReader", "NetworkError", "NetworkSession", "ip",
-           "kill_namespace", "remove_leftovers", "test_hosts", "test_hosts_session"]
+           "kill_namespace", "remove_leftovers", "test_hosts", "test_hosts_session", "secured_cluster"]
 
 
 class NetworkError(RuntimeError):
@@ -547,6 +549,20 @@ def test_hosts(test_hosts_session: NetworkSession, tmp_path: Path) -> Iterator[N
         network.close()
 
 
+def secured_cluster(test_hosts: Network, tmp_path: Path) -> Iterator["HostCluster"]:
+    """A `HostCluster` with a cluster secret in tmp_path and no daemon yet; its daemons are stopped after the
+    test. Test files make it their ``cluster`` fixture: ``cluster = pytest.fixture(name="cluster")(secured_cluster)``."""
+    from lucidity.security import write_secret_file
+
+    secret = tmp_path / "secret"
+    write_secret_file(str(secret))
+    hosts = HostCluster(test_hosts, tmp_path, secret)
+    try:
+        yield hosts
+    finally:
+        hosts.close()
+
+
 class HostCluster:
     """lucidity daemons on test hosts, started through the CLI as an operator would (the counterpart of
     conftest's `CliCluster`), each with its log file in `workdir`.
@@ -646,16 +662,7 @@ class HostCluster:
     def stop(self, key: str, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
         """Signal daemon `key` ("control" or a node's name), wait for it and return its exit status; SIGKILL
         its process group if it outlives `timeout` (and raise TimeoutExpired)."""
-        proc = self.processes.pop(key)
-        if proc.poll() is None:
-            proc.send_signal(sig)
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(KILL_TIMEOUT)
-            raise
+        return stop_process(self.processes.pop(key), sig, timeout)
 
     def close(self) -> None:
         """Stop the nodes, then the control (SIGTERM each, bounded); the network's teardown kills the rest."""
