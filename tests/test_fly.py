@@ -170,7 +170,7 @@ def test_creates_keep_to_the_documented_rate_limit(fly_api):
 
 @pytest.mark.timeout(30)
 def test_a_slow_start_is_waited_out_over_several_wait_requests(fly_api, monkeypatch):
-    monkeypatch.setattr(fly, "WAIT_REQUEST_SECONDS", 1)
+    monkeypatch.setattr(fly.api, "WAIT_REQUEST_SECONDS", 1)
     fly_api.start_delay = 1.6
 
     [node] = fly.ensure_nodes(1, image=IMAGE)
