@@ -33,10 +33,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import zmq
 
-from . import addresses, mainscript, protocol, security, serialization, shipping, transport, waiting
+from . import addresses, mainscript, messages, protocol, security, serialization, shipping, transport, waiting
 from .errors import (AuthenticationError, ClusterUnavailable, NodeLost, ProtocolError, SerializationError,
                      VersionMismatch)
 from .links import NodeInfo, NodeLink, WorkerLink, failure_error
+from .messages import FailureReason, FailureReport, NodeEntry, ResultStatus, TaskMode, WorkerEntry
 from .task import FunctionRef, Task, TaskState
 
 logger = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ class Client:
         """Serialize a task's data; names of the caller's main script travel as `lucidity.mainscript` decided."""
         return serialization.dumps(obj, what, self._main.defined)
 
-    def new_task(self, function: FunctionRef, mode: str, frames: list[Any],
+    def new_task(self, function: FunctionRef, mode: TaskMode, frames: list[Any],
                  on_done: Callable[[bool, Any], None], **options: Any) -> Task:
         options.setdefault("lost_retries", NODE_LOSS_RETRIES)
         return Task(next(self._ids), function, mode, frames, on_done, **options)
@@ -351,9 +352,9 @@ class Client:
                         f"{protocol.VERSION}; install the same lucidity release on the client and the nodes")
                     self._ready.set()
                 logger.warning("lucidity client dropped a message: %s", exc)
-            except (ProtocolError, KeyError, TypeError, ValueError) as exc:
-                logger.warning("lucidity client dropped a malformed message: %s: %s", type(exc).__name__, exc)
-            except Exception:  # one message drops itself, never the I/O thread every task depends on
+            except ProtocolError as exc:
+                logger.warning("lucidity client dropped a malformed message: %s", exc)
+            except Exception:  # a bug of ours: one message drops itself, never the I/O thread every task depends on
                 logger.exception("lucidity client dropped a message it could not handle")
 
     def _new_socket(self) -> zmq.Socket[Any]:
@@ -391,7 +392,7 @@ class Client:
         if now - max(self._control_heard, self._control_dialed) > CONTROL_SILENCE and self._dialer.may_move:
             self._dialer.retry()  # another of its addresses, or its name resolved again: it may have moved
             self._control_dialed = now
-        self._send(self._control, protocol.encode(protocol.Kind.WATCH, {}))
+        self._send(self._control, messages.encode(messages.Watch()))
         for node in list(self._nodes.values()):
             if not node.has_reported:
                 # Never reached (a firewall, a route): not lost, and not waited for; ZeroMQ keeps trying.
@@ -404,7 +405,7 @@ class Client:
             if now - node.last_seen > self._node_timeout:
                 self._drop_node(node, f"stopped answering for {now - node.last_seen:.1f} s", lost=True)
                 continue
-            self._send(node.sock, protocol.encode(protocol.Kind.HEARTBEAT, {"client": node.session}))
+            self._send(node.sock, messages.encode(messages.Heartbeat(node.session)))
             for link in node.workers.values():
                 if not link.connected and now - link.created > self._node_timeout and not link.unreachable:
                     link.unreachable = True
@@ -423,24 +424,21 @@ class Client:
     # -- membership --------------------------------------------------------------------------------------
 
     def _on_control(self, frames: list[Any]) -> None:
-        message = protocol.decode(frames, CONTROL_KINDS)
+        body = messages.Nodes.from_meta(protocol.decode(frames, CONTROL_KINDS).meta)
         now = time.monotonic()
         if self._control_heard and now - self._control_heard > CONTROL_SILENCE:
             # Cut off from the control node for a while: it may have lost our nodes' heartbeats too, and
             # lists them again only once they reach it. Until then a node missing from its list is not lost.
             self._control_changed_at = now
         self._control_heard = now
-        if message.meta["instance"] != self._control_instance:
+        if body.instance != self._control_instance:
             # A new control node (a restart) knows no node until they heartbeat again: while it relearns
             # the cluster, a node missing from its list is not a node lost. (The first list is not a restart.)
             if self._control_instance:
                 self._control_changed_at = now
-            self._control_instance = message.meta["instance"]
+            self._control_instance = body.instance
         relearning = now - self._control_changed_at < self._node_timeout and bool(self._nodes)
-        listed: dict[str, dict[str, Any]] = {}
-        for entry in message.meta["nodes"]:
-            if isinstance(entry, dict) and isinstance(entry.get("name"), str) and _dialable(entry.get("address")):
-                listed[entry["name"]] = entry
+        listed: dict[str, NodeEntry] = {entry.name: entry for entry in body.nodes if _dialable(entry.address)}
         for name, node in list(self._nodes.items()):
             entry = listed.get(name)
             if entry is None and (relearning or now - node.last_seen < UNLISTED_GRACE):
@@ -448,36 +446,34 @@ class Client:
                 # the list says (the control node may have lost its heartbeats). A node that left stops
                 # answering, and goes with the next list.
                 continue
-            if entry is None or entry["address"] != node.address or entry.get("instance") != node.instance:
+            if entry is None or entry.address != node.address or entry.instance != node.instance:
                 self._drop_node(node, "left the cluster", lost=True)
         for name, entry in listed.items():
-            running = entry.get("running")
-            if name in self._nodes and isinstance(running, int):
-                self._nodes[name].running = running
-            if name not in self._nodes:
+            if name in self._nodes:
+                self._nodes[name].running = entry.running
+            else:
                 sock = self._new_socket()
-                sock.connect(addresses.parse(entry["address"]).zmq)
-                node = NodeLink(name, entry["address"], str(entry.get("instance")), str(entry.get("host", "")), sock)
+                sock.connect(addresses.parse(entry.address).zmq)
+                node = NodeLink(name, entry.address, entry.instance, entry.host, sock)
                 self._nodes[name] = node
                 self._register(sock, lambda f, n=node: self._on_node(n, f))  # type: ignore[misc]
-                self._send(sock, protocol.encode(protocol.Kind.HELLO, {"client": node.session}))
+                self._send(sock, messages.encode(messages.Hello(node.session)))
         self._update_ready()
 
     def _on_node(self, node: NodeLink, frames: list[Any]) -> None:
-        message = protocol.decode(frames, NODE_KINDS)
+        body = messages.parse(protocol.decode(frames, NODE_KINDS))
         node.last_seen = time.monotonic()
-        if message.kind is protocol.Kind.WORKERS:
-            self._update_workers(node, message.meta["workers"])
-        elif message.kind is protocol.Kind.TASK_FAILED:
-            self._on_task_failed(node, message.meta)
+        if isinstance(body, messages.Workers):
+            self._update_workers(node, body.workers)
+        elif isinstance(body, FailureReport):
+            self._on_task_failed(node, body)
 
-    def _update_workers(self, node: NodeLink, workers: list[Any]) -> None:
+    def _update_workers(self, node: NodeLink, workers: Sequence[WorkerEntry]) -> None:
         node.has_reported = True
         if node.unreachable:
             node.unreachable = False
             logger.warning("lucidity client: node %s answered; using it", node.name)
-        listed = {w["id"]: w for w in workers if isinstance(w, dict) and isinstance(w.get("id"), str)
-                  and _dialable(w.get("address")) and isinstance(w.get("pid"), int)}
+        listed = {worker.id: worker for worker in workers if _dialable(worker.address)}
         for worker_id, link in list(node.workers.items()):
             if worker_id not in listed:
                 self._drop_worker(node, link)
@@ -488,9 +484,9 @@ class Client:
                 # cannot reach never holds any. IMMEDIATE makes the socket writable only from then on, and
                 # libzmq completes the handshake even while the worker's Python is busy with a long task.
                 sock.setsockopt(zmq.IMMEDIATE, 1)
-                address = addresses.parse(entry["address"]).zmq
+                address = addresses.parse(entry.address).zmq
                 sock.connect(address)
-                link = WorkerLink(node.name, worker_id, entry["pid"], sock, address)
+                link = WorkerLink(node.name, worker_id, entry.pid, sock, address)
                 node.workers[worker_id] = link
                 self._links[link.key] = link
                 self._register(sock, lambda f, w=link: self._on_worker(w, f))  # type: ignore[misc]
@@ -643,34 +639,35 @@ class Client:
                     functions.append(ref)
             link.inflight[task.id] = task
         layout, task_frames = protocol.pack_items([task.frames for task in batch])
-        specs = [task.spec() for task in batch]
-        for spec, entry in zip(specs, layout):
-            spec["n"] = entry
-        # The node's session, not this client's id: the node forgets a connection, not a client (see NodeLink).
-        meta: dict[str, Any] = {"client": self._nodes[link.node].session, "functions": [ref.digest for ref in functions],
-                                "tasks": specs}
+        # The payload in the order `messages.Tasks` names: shipped modules, the main script, functions, tasks.
         payload: list[Any] = []
+        ship: tuple[messages.Module, ...] = ()
         shipping_now = bool(self._ship) and not link.has_shipped
         if shipping_now:
             link.has_shipped = True
-            meta["ship"] = [_module_meta(m) for m in self._ship]
+            ship = tuple(_module_entry(m) for m in self._ship)
             payload.extend(m.source for m in self._ship)
             link.modules.update(m.name for m in self._ship)
+        main = None
         main_now = link.key not in self._main_sent
         if main_now:
             # Each worker learns once how to give this client's tasks the caller's __main__ and argv.
             self._main_sent.add(link.key)
-            meta["main"] = self._main.to_meta()
+            main = self._main.entry()
             if self._main.source is not None:
                 payload.append(self._main.source.source)
+        modules = None
         if link.modules:
             digests = {name: self._modules.digest(name) for name in link.modules}
             # A module whose file is gone keeps the copy the worker has.
-            meta["modules"] = {name: digest for name, digest in digests.items() if digest is not None}
+            modules = {name: digest for name, digest in digests.items() if digest is not None}
         payload.extend(ref.data for ref in functions)
         payload.extend(task_frames)
+        # The node's session, not this client's id: the node forgets a connection, not a client (see NodeLink).
+        body = messages.Tasks(self._nodes[link.node].session, tuple(ref.digest for ref in functions),
+                              tuple([task.spec() for task in batch]), tuple(layout), ship, main, modules)
         # Sliced only for a cluster with a secret: only then do workers cap frame sizes (before authentication).
-        if self._send(link.sock, protocol.encode(protocol.Kind.TASKS, meta, payload, sliced=self._keys is not None)):
+        if self._send(link.sock, messages.encode(body, payload, sliced=self._keys is not None)):
             return
         # Its connection broke (a worker link is written to only while connected): take the batch back,
         # as if it had never been sent, and wait for the connection to be made again.
@@ -687,50 +684,50 @@ class Client:
 
     def _on_worker(self, link: WorkerLink, frames: list[Any]) -> None:
         message = protocol.decode(frames, WORKER_KINDS)
-        if message.kind is protocol.Kind.FETCH:
-            name = message.meta["module"]
-            source, reason = self._modules.lookup(name)
-            if source is None:
-                reply = protocol.encode(protocol.Kind.MODULE, {"name": name, "found": False, "reason": reason})
-            else:
-                link.modules.add(name)
-                reply = protocol.encode(protocol.Kind.MODULE, _module_meta(source), [source.source],
-                                        sliced=self._keys is not None)
-            self._send(link.sock, reply)
+        if message.kind is protocol.Kind.RESULTS:
+            self._on_results(link, message)
             return
-        if message.kind is protocol.Kind.REFUSED:
+        body = messages.parse(message)
+        if isinstance(body, messages.Fetch):
+            source, reason = self._modules.lookup(body.module)
+            if source is None:
+                reply = messages.encode(messages.Module(body.module, False, reason=reason))
+            else:
+                link.modules.add(body.module)
+                reply = messages.encode(_module_entry(source), [source.source], sliced=self._keys is not None)
+            self._send(link.sock, reply)
+        elif isinstance(body, messages.Refused):
             # The worker could not read a batch of ours; which tasks it held is unknown, so fail all we sent it.
             self._fail_link(link, ProtocolError(f"worker {link.pid} on node {link.node} refused a batch of tasks: "
-                                                f"{message.meta['reason']}"))
-            return
-        if message.kind is protocol.Kind.MISSING:
-            link.functions.difference_update(d for d in message.meta["digests"] if isinstance(d, str))
-            if message.meta.get("main"):
+                                                f"{body.reason}"))
+        elif isinstance(body, messages.Missing):
+            link.functions.difference_update(body.digests)
+            if body.main:
                 self._main_sent.discard(link.key)
             with self._lock:
-                for task_id in message.meta["tasks"]:
+                for task_id in body.tasks:
                     task = link.inflight.pop(task_id, None)
                     if task is not None and task.state is TaskState.SENT and task.worker == link.key:
                         self._requeue(task)
-            return
-        entries = message.meta["results"]
-        # Check every entry before any leaves the in-flight table: a task popped for a bad entry would
-        # never be answered.
-        if type(entries) is not list or not all(
-                type(entry) is dict and type(entry.get("id")) is int and entry.get("status") in ("ok", "error")
-                and "n" in entry for entry in entries):
+
+    def _on_results(self, link: WorkerLink, message: protocol.Message) -> None:
+        # Check every entry and the frames before any task leaves the in-flight table: a task popped for a
+        # bad entry would never be answered.
+        try:
+            body = messages.Results.from_meta(message.meta)
+            items = body.split(message.payload)
+        except ProtocolError as exc:
             # Which of our tasks it answered is unknown: fail them all rather than wait for them forever.
             self._fail_link(link, ProtocolError(f"worker {link.pid} on node {link.node} sent a malformed "
-                                                "result message"))
-            raise ProtocolError("malformed result entry")
-        items = protocol.unpack_items([entry.get("n") for entry in entries], message.payload)
-        for entry, frames_of_task in zip(entries, items):
-            task = link.inflight.pop(entry["id"], None)
-            if isinstance(entry.get("t"), float):
-                link.observe(entry["t"])
+                                                f"result message: {exc}"))
+            raise
+        ok = ResultStatus.OK
+        for entry, frames_of_task in zip(body.results, items):
+            task = link.inflight.pop(entry.id, None)
+            link.observe(entry.seconds)
             if task is None or task.is_final:
                 continue  # a late duplicate of a task that was already resolved
-            if entry["status"] == "ok":
+            if entry.status is ok:
                 try:
                     value = serialization.loads(frames_of_task)
                 except Exception as exc:
@@ -748,24 +745,23 @@ class Client:
             del link.inflight[task.id]
             self._finish(task, False, error)
 
-    def _on_task_failed(self, node: NodeLink, meta: dict[str, Any]) -> None:
-        worker_id = meta.get("worker")
-        link = node.workers.get(worker_id) if isinstance(worker_id, str) else None
-        key = f"{node.name}/{worker_id}"
-        task = (link.inflight.pop(meta["task"], None) if link is not None else None) or self._tasks.get(meta["task"])
+    def _on_task_failed(self, node: NodeLink, report: FailureReport) -> None:
+        link = node.workers.get(report.worker)
+        key = f"{node.name}/{report.worker}"
+        task = (link.inflight.pop(report.task, None) if link is not None else None) or self._tasks.get(report.task)
         if task is None or task.worker != key or task.is_final:
             return
-        reason = meta["reason"]
-        if reason == "crashed":
-            task.failures.append(str(meta["message"]))
-        if reason == "crashed" and task.retries > 0:
+        crashed = report.reason is FailureReason.CRASHED
+        if crashed:
+            task.failures.append(report.message)
+        if crashed and task.retries > 0:
             task.retries -= 1
-            logger.warning("lucidity client: %s; retrying task %d (%d retries left)", meta["message"], task.id,
+            logger.warning("lucidity client: %s; retrying task %d (%d retries left)", report.message, task.id,
                            task.retries)
             with self._lock:
                 self._requeue(task)
             return
-        self._finish(task, False, failure_error(task, node.name, meta))
+        self._finish(task, False, failure_error(task, node.name, report))
 
     def _finish(self, task: Task, succeeded: bool, value: Any) -> None:
         with self._lock:
@@ -801,11 +797,11 @@ class Client:
             for key, ids in by_link.items():
                 link = self._links.get(key)
                 if link is not None:
-                    self._send(link.sock, protocol.encode(protocol.Kind.CANCEL, {"tasks": ids}))
+                    self._send(link.sock, messages.encode(messages.Cancel(tuple(ids))))
             for node in self._nodes.values():
-                self._send(node.sock, protocol.encode(protocol.Kind.ABANDON, {"client": node.session}))
+                self._send(node.sock, messages.encode(messages.Abandon(node.session)))
         for node in self._nodes.values():
-            self._send(node.sock, protocol.encode(protocol.Kind.BYE, {"client": node.session}))
+            self._send(node.sock, messages.encode(messages.Bye(node.session)))
         linger = int(transport.LINGER * 1000)
         if self._handshake is not None:
             self._handshake.close()
@@ -818,7 +814,7 @@ class Client:
                 self._finish(task, False, error)
 
 
-def _dialable(address: Any) -> bool:
+def _dialable(address: str) -> bool:
     """Whether an address a daemon sent can be connected to (never a wildcard, never malformed)."""
     try:
         return not addresses.parse(address).is_wildcard
@@ -826,7 +822,6 @@ def _dialable(address: Any) -> bool:
         return False
 
 
-def _module_meta(source: shipping.ModuleSource) -> dict[str, Any]:
-    return {"name": source.name, "found": True, "package": source.is_package, "filename": source.filename,
-            "digest": source.digest}
+def _module_entry(source: shipping.ModuleSource) -> messages.Module:
+    return messages.Module(source.name, True, source.is_package, source.filename, source.digest)
 

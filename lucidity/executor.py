@@ -50,6 +50,7 @@ from . import waiting
 from .client import Client
 from .cluster import LocalCluster, open_client
 from .feed import WINDOW, Feed, MapCall
+from .messages import TaskMode
 from .sizes import parse_size
 from .options import TaskOptions
 
@@ -91,8 +92,8 @@ class TaskFuture(concurrent.futures.Future[T]):
         made_by, items, node: as `TaskOptions.new_task`.
     """
 
-    def __init__(self, client: Client, function: FunctionRef, mode: str, frames: list[Any], options: TaskOptions, *,
-                 owner: object = None, made_by: str, items: Optional[range] = None,
+    def __init__(self, client: Client, function: FunctionRef, mode: TaskMode, frames: list[Any],
+                 options: TaskOptions, *, owner: object = None, made_by: str, items: Optional[range] = None,
                  node: Optional[str] = None) -> None:
         super().__init__()
         self._client = client
@@ -280,7 +281,7 @@ class Executor(concurrent.futures.Executor):
         self._check_open()
         function = self._client.function(fn)
         frames = self._client.dumps((args, kwargs), f"arguments of {function.description}")
-        future: TaskFuture[T] = TaskFuture(self._client, function, "call", frames, self._options, owner=self,
+        future: TaskFuture[T] = TaskFuture(self._client, function, TaskMode.CALL, frames, self._options, owner=self,
                                            made_by="submit")
         with self._lock:
             # Checked again under the lock: a submit that passes is one that shutdown() waits for.
@@ -312,7 +313,7 @@ class Executor(concurrent.futures.Executor):
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else time.monotonic() + timeout
         self._check_open()
-        call = MapCall(self._client, self._options, self._client.function(fn), "starmap", "map")
+        call = MapCall(self._client, self._options, self._client.function(fn), TaskMode.STARMAP, "map")
         # The feed holds the executor: a map alive, or its tasks in flight, keep it from being torn down.
         feed = Feed(call, zip(*iterables), chunksize, owner=self)
         with self._lock:

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 from . import waiting
 from .client import Client
+from .messages import TaskMode
 from .options import TaskOptions
 from .task import FunctionRef, Task
 
@@ -73,14 +74,14 @@ class MapCall:
         client: the face's client.
         options: the face's task options.
         function: the mapped function, serialized.
-        mode: "map" (``function(item)``) or "starmap" (``function(*item)``).
+        mode: MAP (``function(item)``) or STARMAP (``function(*item)``).
         made_by: the public call ("imap", "map_async", ...), for error messages.
     """
 
     client: Client
     options: TaskOptions
     function: FunctionRef
-    mode: str
+    mode: TaskMode
     made_by: str
 
     def task(self, chunk: list[Any], items: range, on_done: Callable[[bool, Any], None]) -> Task:

@@ -33,6 +33,7 @@ from .client import Client
 from .cluster import current_node, default_client
 from .errors import ClusterUnavailable
 from .executor import TaskFuture
+from .messages import TaskMode
 from .sizes import parse_size
 from .options import TaskOptions
 from .placement import Fanout, local_node, place
@@ -182,7 +183,7 @@ class JobFunction(Generic[T]):
         jobs: list[Job[T]] = []
         for index, ((args, kwargs), node) in enumerate(zip(calls, nodes)):
             frames = client.dumps((args, kwargs), f"arguments of {function.description}")
-            jobs.append(Job(client, function, "call", frames, self._task_options, made_by=made_by,
+            jobs.append(Job(client, function, TaskMode.CALL, frames, self._task_options, made_by=made_by,
                             items=range(index, index + 1) if fanned else None, node=node))
         client.submit([one.task for one in jobs])
         return jobs

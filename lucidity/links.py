@@ -17,6 +17,7 @@ from typing import Any
 import zmq
 
 from .errors import CpuLimitExceeded, JobTimeout, LucidityError, MemoryLimitExceeded, WorkerCrashed
+from .messages import FailureReason, FailureReport
 from .task import Task
 
 __all__ = ["WorkerLink", "NodeLink", "NodeInfo", "failure_error"]
@@ -95,27 +96,25 @@ class NodeLink:
         self.workers: dict[str, WorkerLink] = {}
 
 
-def failure_error(task: Task, node: str, meta: dict[str, Any]) -> LucidityError:
+def failure_error(task: Task, node: str, report: FailureReport) -> LucidityError:
     """The exception for a task its node reported failed: a limit it broke, or its worker's crash.
 
     The node knows a task by its number only; the message names what the task carried instead (for a map
     chunk, the items that were running), and the error keeps both as ``task`` and ``items``.
     """
-    reason = meta.get("reason")
-    message = _name_task(str(meta.get("message")), task)
-    facts = {"pid": meta.get("pid"), "node": node, "task": task.id, "items": task.items}
-    if reason == "memory":
-        return MemoryLimitExceeded(message, limit=meta.get("limit"), peak=meta.get("peak"), **facts)
-    if reason == "timeout":
-        return JobTimeout(message, limit=meta.get("limit"), **facts)
-    if reason == "cpu":
-        return CpuLimitExceeded(message, limit=meta.get("limit"), used=meta.get("measured"), **facts)
+    message = _name_task(report.message, task)
+    facts = {"pid": report.pid, "node": node, "task": task.id, "items": task.items}
+    if report.reason is FailureReason.MEMORY:
+        return MemoryLimitExceeded(message, limit=report.limit, peak=report.peak, **facts)
+    if report.reason is FailureReason.TIMEOUT:
+        return JobTimeout(message, limit=report.limit, **facts)
+    if report.reason is FailureReason.CPU:
+        return CpuLimitExceeded(message, limit=report.limit, used=report.measured, **facts)
     if len(task.failures) > 1:
         message += f"\nit was run {len(task.failures)} times, crashing each time:\n  " + "\n  ".join(task.failures)
-    stderr = meta.get("stderr")
-    if isinstance(stderr, str) and stderr.strip():
-        message += "\nlast lines of the worker's stderr:\n" + stderr.rstrip()
-    return WorkerCrashed(message, exit_code=meta.get("exit_code"), signal=meta.get("signal"), **facts)
+    if report.stderr.strip():
+        message += "\nlast lines of the worker's stderr:\n" + report.stderr.rstrip()
+    return WorkerCrashed(message, exit_code=report.exit_code, signal=report.signal, **facts)
 
 
 def _name_task(message: str, task: Task) -> str:

@@ -27,6 +27,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .messages import MainEntry
 from .shipping import ModuleSource
 
 __all__ = ["MainScript", "describe", "is_importing", "MAIN_NAME"]
@@ -57,12 +58,11 @@ class MainScript:
     start_method: str
     reason: str = ""
 
-    def to_meta(self) -> dict[str, Any]:
+    def entry(self) -> MainEntry:
         """The ``main`` entry of a TASKS message (the source, if any, travels as a payload frame)."""
-        meta: dict[str, Any] = {"argv": list(self.argv), "start": self.start_method}
-        if self.source is not None:
-            meta.update(filename=self.source.filename, digest=self.source.digest, package=self.package or "")
-        return meta
+        if self.source is None:
+            return MainEntry(self.argv, self.start_method)
+        return MainEntry(self.argv, self.start_method, self.source.filename, self.source.digest, self.package or "")
 
 
 def describe(main: Optional[types.ModuleType] = None) -> MainScript:

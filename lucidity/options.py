@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
 from .client import Client
+from .messages import TaskMode
 from .task import FunctionRef, Task
 
 __all__ = ["TaskOptions"]
@@ -64,7 +65,7 @@ class TaskOptions:
         serialized = None if initializer is None else client.function((initializer, tuple(initargs)))
         return cls(pool=uuid.uuid4().hex, initializer=serialized, max_tasks=max_tasks, memory=memory)
 
-    def new_task(self, client: Client, function: FunctionRef, mode: str, frames: list[Any],
+    def new_task(self, client: Client, function: FunctionRef, mode: TaskMode, frames: list[Any],
                  on_done: Callable[[bool, Any], None], *, made_by: str, items: Optional[range] = None,
                  node: Optional[str] = None) -> Task:
         """A task of `client` with these options (see `lucidity.task.Task` for the arguments); not submitted."""

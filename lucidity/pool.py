@@ -49,6 +49,7 @@ from . import waiting
 from .client import Client
 from .cluster import LocalCluster, open_client
 from .feed import Feed, MapCall, chunks
+from .messages import TaskMode
 from .sizes import parse_size
 from .options import TaskOptions
 from .task import Task
@@ -312,7 +313,7 @@ class Pool:
         if self._state is not PoolState.RUN:
             raise ValueError("Pool not running")
 
-    def _map_call(self, func: Callable[..., Any], mode: str, made_by: str) -> MapCall:
+    def _map_call(self, func: Callable[..., Any], mode: TaskMode, made_by: str) -> MapCall:
         """What the chunks of one map share; serializes `func`, raising the pickler's exception from the call."""
         return MapCall(self._client, self._options, self._client.function(func), mode, made_by)
 
@@ -342,30 +343,31 @@ class Pool:
         function = self._client.function(func)
         frames = self._client.dumps((tuple(args), dict(kwds)), f"arguments of {function.description}")
         result: ApplyResult[T] = ApplyResult(callback, error_callback, self._cache)
-        self._submit([self._options.new_task(self._client, function, "call", frames,
+        self._submit([self._options.new_task(self._client, function, TaskMode.CALL, frames,
                                              lambda ok, value: result._set(0, ok, value), made_by=made_by)], result)
         return result
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None) -> list[T]:
         """``list(map(func, iterable))`` computed on the workers, in chunks."""
-        return self._map_async(func, iterable, "map", chunksize, made_by="map").get()
+        return self._map_async(func, iterable, TaskMode.MAP, chunksize, made_by="map").get()
 
     def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                 chunksize: Optional[int] = None) -> list[T]:
         """Like `map`, with each item unpacked as the arguments: ``func(*item)``."""
-        return self._map_async(func, iterable, "starmap", chunksize, made_by="starmap").get()
+        return self._map_async(func, iterable, TaskMode.STARMAP, chunksize, made_by="starmap").get()
 
     def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None,
                   callback: Optional[Callable[[list[T]], object]] = None,
                   error_callback: Optional[Callable[[BaseException], object]] = None) -> MapResult[T]:
-        return self._map_async(func, iterable, "map", chunksize, callback, error_callback, "map_async")
+        return self._map_async(func, iterable, TaskMode.MAP, chunksize, callback, error_callback, "map_async")
 
     def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                       chunksize: Optional[int] = None, callback: Optional[Callable[[list[T]], object]] = None,
                       error_callback: Optional[Callable[[BaseException], object]] = None) -> MapResult[T]:
-        return self._map_async(func, iterable, "starmap", chunksize, callback, error_callback, "starmap_async")
+        return self._map_async(func, iterable, TaskMode.STARMAP, chunksize, callback, error_callback,
+                               "starmap_async")
 
-    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], mode: str,
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], mode: TaskMode,
                    chunksize: Optional[int] = None, callback: Optional[Callable[[list[Any]], object]] = None,
                    error_callback: Optional[Callable[[BaseException], object]] = None,
                    made_by: str = "map") -> MapResult[Any]:
@@ -399,7 +401,7 @@ class Pool:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        call = self._map_call(func, "map", made_by)
+        call = self._map_call(func, TaskMode.MAP, made_by)
         job = self._cache.new_job()
         # In the cache until the feeder has read the input and every result has arrived, as the stdlib's.
         feed = Feed(call, iterable, chunksize, ordered=kind._ordered,

@@ -4,11 +4,11 @@ Every message is a list of frames::
 
     [header, meta, *payload]
 
-``header`` is two bytes, the protocol version and the `Kind`. ``meta`` is a JSON object whose required
-fields depend on the kind (`SCHEMA`); it never holds code, so it is safe to parse from any peer. The
-``payload`` frames are opaque here: serialized calls, results and their out-of-band buffers, which
-`lucidity.serialization` alone interprets. This module knows frames, not sockets, and never looks inside
-a payload.
+``header`` is two bytes, the protocol version and the `Kind`. ``meta`` is a JSON object, the message's
+body: `lucidity.messages` has a class for each kind's, which writes it and reads it back checked. It never
+holds code, so it is safe to parse from any peer. The ``payload`` frames are opaque here: serialized calls,
+results and their out-of-band buffers, which `lucidity.serialization` alone interprets. This module knows
+frames, not sockets, and never looks inside a payload.
 
 No frame sent to a socket that caps frame sizes is larger than `MAX_FRAME_BYTES`, apart from a meta frame
 (always small in practice), so that a listening socket can refuse bigger frames before its peer is
@@ -20,9 +20,10 @@ payload frame's index as the caller gave it and the number of slices it became. 
 into one writable buffer (`JoinedFrame`, one copy) and removes the field, so callers see the frames they
 sent.
 
-`decode` is the boundary check: it names what is wrong in a `ProtocolError` so that daemons can log the
-message, drop it and keep serving. It refuses meta nested deeper than `MAX_META_DEPTH` (checked before
-parsing: a deep one would exhaust Python's recursion limit) and integers outside 64 bits.
+`decode` is the boundary check of the envelope: it names what is wrong in a `ProtocolError` so that daemons
+can log the message, drop it and keep serving. It refuses meta nested deeper than `MAX_META_DEPTH` (checked
+before parsing: a deep one would exhaust Python's recursion limit), integers outside 64 bits, and a meta
+without its kind's top-level fields (`SCHEMA`). The body's own check, complete, is `lucidity.messages.parse`.
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ class Kind(enum.IntEnum):
 
 _KINDS = {kind.value: kind for kind in Kind}
 
-#: Required meta fields and their JSON types, per kind. Extra fields are allowed (forward compatible).
+#: The top-level meta fields each kind must have, and their JSON types: what `decode` refuses a message
+#: without, before anyone reads its body. The body classes of `lucidity.messages` check these again, with
+#: everything else (a test there shows that every body they write passes here). Extra fields are allowed.
 SCHEMA: dict[Kind, dict[str, Union[type, tuple[type, ...]]]] = {
     Kind.JOIN: {"name": str, "address": str, "processes": int, "instance": str},
     Kind.WELCOME: {"instance": str},
@@ -375,17 +378,21 @@ def unpack_items(layout: Sequence[Any], frames: Sequence[Frame]) -> list[list[An
     packed = _frame_view(frames[0]) if has_pack and frames else memoryview(b"")
     position = 1 if has_pack else 0
     items: list[list[Any]] = []
+    packed_size = len(packed)
     for entry in layout:
-        if type(entry) is int and entry >= 1:
+        # Plain checks, no generator: this runs for every task and every result.
+        if type(entry) is list and len(entry) == 2:
+            start, length = entry
+            if type(start) is not int or type(length) is not int or start < 0 or length < 0:
+                raise ProtocolError(f"bad item layout entry {str(entry)[:40]}")
+            if start + length > packed_size:
+                raise ProtocolError("a packed item lies outside its frame")
+            items.append([packed[start:start + length]])
+        elif type(entry) is int and entry >= 1:
             if position + entry > len(frames):
                 raise ProtocolError("message announces more frames than it carries")
             items.append([_frame_view(f) for f in frames[position:position + entry]])
             position += entry
-        elif type(entry) is list and len(entry) == 2 and all(type(v) is int and v >= 0 for v in entry):
-            start, length = entry
-            if start + length > len(packed):
-                raise ProtocolError("a packed item lies outside its frame")
-            items.append([packed[start:start + length]])
         else:
             raise ProtocolError(f"bad item layout entry {str(entry)[:40]}")
     if position != len(frames):

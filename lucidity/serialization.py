@@ -360,6 +360,8 @@ def loads_exception(frames: Sequence[Buffer]) -> BaseException:
 
     try:
         exc, _remote_frames, text = pickle.loads(frames[0])
+        if not isinstance(exc, BaseException) or not isinstance(text, str):
+            raise TypeError(f"the payload holds a {type(exc).__name__}, not an exception and its traceback")
     except Exception as failure:
         return errors.RemoteError(
             f"the task's exception could not be rebuilt here: {type(failure).__name__}: {failure}",
@@ -368,7 +370,7 @@ def loads_exception(frames: Sequence[Buffer]) -> BaseException:
         )
     exc = exc.with_traceback(None)  # tblib restored the remote frames; they are in the text already
     exc.__cause__ = RemoteTraceback(f'\n"""\n{text}"""')
-    return exc  # type: ignore[no-any-return]
+    return exc
 
 
 def _pickle_with_traceback(exc: BaseException, text: str) -> bytes:

@@ -33,7 +33,7 @@ import importlib.machinery
 import os
 import sys
 import types
-from typing import Callable, Iterable, NamedTuple, Optional, Sequence
+from typing import Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 __all__ = ["ModuleSource", "ModuleServer", "ShippedFinder", "INTERPRETER_PROBES"]
 
@@ -149,7 +149,7 @@ class ShippedFinder:
         for module in modules:
             store[module.name] = module
 
-    def prepare(self, client: bytes, manifest: dict[str, str]) -> bool:
+    def prepare(self, client: bytes, manifest: Mapping[str, str]) -> bool:
         """Before running a task of `client`: forget modules that are stale for it. True if any was."""
         self.client = client
         stale = [name for name, (owner, digest) in self._loaded.items()

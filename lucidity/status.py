@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import zmq
 
-from . import addresses, protocol, transport
+from . import addresses, messages, protocol, transport
 from .errors import ClusterUnavailable, ProtocolError
 
 __all__ = ["query_status", "format_status", "STATUS_TIMEOUT"]
@@ -27,11 +27,13 @@ def _request(context: zmq.Context[Any], address: str, timeout: float, secret: Op
         secure_client(sock, ClusterKeys.derive(secret), Role.CLIENT)
     try:
         sock.connect(address)
-        sock.send_multipart(protocol.encode(protocol.Kind.STATUS, {}))
+        sock.send_multipart(messages.encode(messages.Status()))
         if not sock.poll(int(timeout * 1000)):
             raise ClusterUnavailable(f"no answer from {address} within {timeout:g} s")
         try:
-            return protocol.decode(sock.recv_multipart(), frozenset({protocol.Kind.STATUS_REPLY})).meta
+            reply = messages.parse(protocol.decode(sock.recv_multipart(), frozenset({protocol.Kind.STATUS_REPLY})))
+            # The report as checked: whatever format_status reads is there and of its type.
+            return reply.to_meta()
         except ProtocolError as exc:
             raise ClusterUnavailable(f"{address} answered with a malformed status: {exc}") from exc
     finally:

@@ -17,6 +17,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from .messages import TaskMode, TaskSpec
+
 __all__ = ["TaskState", "Task", "FunctionRef", "IllegalTransition"]
 
 
@@ -62,7 +64,7 @@ class Task:
     Attributes:
         id: unique within the client.
         function: what to call; ``initializer`` runs once per worker before the first task of its pool.
-        mode: "call" (payload is ``(args, kwargs)``), "map" or "starmap" (payload is a chunk of items).
+        mode: CALL (payload is ``(args, kwargs)``), MAP or STARMAP (payload is a chunk of items).
         frames: the serialized payload, kept until the task ends so it can be resent.
         on_done: called exactly once with ``(succeeded, value_or_exception)``.
         node: run on this node while it is a member (a placement preference, not a guarantee).
@@ -75,7 +77,7 @@ class Task:
 
     id: int
     function: FunctionRef
-    mode: str
+    mode: TaskMode
     frames: list[Any]
     on_done: Callable[[bool, Any], None]
     pool: Optional[str] = None
@@ -125,18 +127,9 @@ class Task:
             return f"{self.made_by}({function}) (task {self.id})"
         return f"task {self.id} ({function})"
 
-    def spec(self) -> dict[str, Any]:
+    def spec(self) -> TaskSpec:
         """The task's entry in a TASKS message (everything but the payload frames)."""
-        spec: dict[str, Any] = {"id": self.id, "fn": self.function.digest, "mode": self.mode}
-        if self.initializer is not None:
-            spec["init"] = self.initializer.digest
-        if self.max_tasks:
-            spec["max"] = self.max_tasks
-            spec["pool"] = self.pool or ""
-        if self.memory:
-            spec["mem"] = self.memory
-        if self.timeout:
-            spec["timeout"] = self.timeout
-        if self.cpu_time:
-            spec["cpu"] = self.cpu_time
-        return spec
+        return TaskSpec(self.id, self.function.digest, self.mode,
+                        None if self.initializer is None else self.initializer.digest, self.max_tasks or 0,
+                        (self.pool or "") if self.max_tasks else "", self.memory or 0, self.timeout or 0.0,
+                        self.cpu_time or 0.0)

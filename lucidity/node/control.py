@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 import zmq
 
-from .. import addresses, protocol
+from .. import addresses, messages, protocol
 from ..errors import ProtocolError
 from ..security import Role
 from .skeleton import Daemon
@@ -63,9 +63,8 @@ class NodeRecord:
     last_seen: float
     host: str = ""
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "address": self.address, "processes": self.processes,
-                "instance": self.instance, "running": self.running, "host": self.host}
+    def describe(self) -> messages.NodeEntry:
+        return messages.NodeEntry(self.name, self.address, self.processes, self.instance, self.running, self.host)
 
 
 class ControlDaemon(Daemon):
@@ -140,47 +139,47 @@ class ControlDaemon(Daemon):
         return 0
 
     def _receive(self, identity: bytes, frames: list[Any], accepted: frozenset[protocol.Kind]) -> None:
-        self._handle(identity, protocol.decode(frames, accepted))
+        self._handle(identity, messages.parse(protocol.decode(frames, accepted)))
 
-    def _handle(self, identity: bytes, message: protocol.Message) -> None:
-        kind, meta = message.kind, message.meta
+    def _handle(self, identity: bytes, body: messages.Body) -> None:
         now = time.monotonic()
-        if kind is protocol.Kind.JOIN:
-            self._join(identity, meta, now)
-            self._send(identity, protocol.encode(protocol.Kind.WELCOME, {"instance": self.instance}))
-        elif kind is protocol.Kind.LEAVE:
+        if isinstance(body, messages.NodeEntry):  # JOIN
+            self._join(identity, body, now)
+            self._send(identity, messages.encode(messages.Welcome(self.instance)))
+        elif isinstance(body, messages.Leave):
             record = self._nodes.pop(identity, None)
             if record is not None:
                 logger.info("node %s left", record.name)
                 self._broadcast()
-        elif kind is protocol.Kind.WATCH or kind is protocol.Kind.HEARTBEAT:
+        elif isinstance(body, (messages.Watch, messages.Heartbeat)):
             self._watchers[identity] = now
             self._send(identity, self._nodes_message())
-        elif kind is protocol.Kind.STATUS:
-            reply = {"role": "control", "address": self.address, "instance": self.instance,
-                     "nodes": [r.describe() for r in self._nodes.values()], "watchers": len(self._watchers)}
-            self._send(identity, protocol.encode(protocol.Kind.STATUS_REPLY, reply))
+        elif isinstance(body, messages.Status):
+            reply = messages.ControlStatus(self.address, self.instance,
+                                           tuple(r.describe() for r in self._nodes.values()), len(self._watchers))
+            self._send(identity, messages.encode(reply))
 
-    def _join(self, identity: bytes, meta: dict[str, Any], now: float) -> None:
+    def _join(self, identity: bytes, join: messages.NodeEntry, now: float) -> None:
         record = self._nodes.get(identity)
-        if record is None or record.address != meta["address"]:
+        if record is None or record.address != join.address:
             # Clients connect to what is listed here: only an address someone can dial is listed.
-            endpoint = addresses.parse(meta["address"], what="a joining node's address")
+            try:
+                endpoint = addresses.parse(join.address, what="a joining node's address")
+            except ValueError as exc:
+                raise ProtocolError(f"node {join.name!r} cannot be listed: {exc}") from None
             if endpoint.is_wildcard:
-                raise ProtocolError(f"node {meta['name']!r} joined with the wildcard address {meta['address']}")
-        if record is not None and record.address == meta["address"] and record.instance == meta["instance"]:
+                raise ProtocolError(f"node {join.name!r} joined with the wildcard address {join.address}")
+        if record is not None and record.address == join.address and record.instance == join.instance:
             record.last_seen = now
-            running = meta.get("running")
-            record.running = running if isinstance(running, int) else 0
+            record.running = join.running
             return
         for other, existing in list(self._nodes.items()):
-            if existing.name == meta["name"] and other != identity:
+            if existing.name == join.name and other != identity:
                 logger.info("node %s rejoined as a new instance; forgetting the old one", existing.name)
                 del self._nodes[other]
-        host = meta.get("host")
-        self._nodes[identity] = NodeRecord(identity, meta["name"], meta["address"], meta["processes"],
-                                           meta["instance"], 0, now, host if isinstance(host, str) else "")
-        logger.info("node %s joined from %s with %d workers", meta["name"], meta["address"], meta["processes"])
+        self._nodes[identity] = NodeRecord(identity, join.name, join.address, join.processes, join.instance, 0, now,
+                                           join.host)
+        logger.info("node %s joined from %s with %d workers", join.name, join.address, join.processes)
         self._broadcast()
 
     def _expire(self, now: float) -> float:
@@ -206,8 +205,7 @@ class ControlDaemon(Daemon):
         return max(0.05, min(deadlines, default=now + WATCHER_TIMEOUT) - now)
 
     def _nodes_message(self) -> list[Any]:
-        nodes = [r.describe() for r in self._nodes.values()]
-        return protocol.encode(protocol.Kind.NODES, {"nodes": nodes, "instance": self.instance})
+        return messages.encode(messages.Nodes(tuple(r.describe() for r in self._nodes.values()), self.instance))
 
     def _broadcast(self) -> None:
         frames = self._nodes_message()

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 
 import zmq
 
-from .. import addresses, protocol, security, transport
+from .. import addresses, messages, protocol, security, transport
 from ..errors import describe_exit
 from ..security import Role
 from .processes import STOP_GRACE, Child, stop_children
@@ -201,7 +201,7 @@ class NodeDaemon(Daemon):
     def _shutdown(self) -> None:
         logger.info("node %s stopping: leaving the cluster and stopping %d workers", self.name, len(self._workers))
         try:
-            self._control.send_multipart(protocol.encode(protocol.Kind.LEAVE, {"name": self.name}), zmq.NOBLOCK)
+            self._control.send_multipart(messages.encode(messages.Leave(self.name)), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass
         workers = list(self._workers.values())
@@ -259,29 +259,28 @@ class NodeDaemon(Daemon):
     # -- clients -----------------------------------------------------------------------------------------
 
     def _on_client_message(self, identity: bytes, frames: list[Any], accepted: frozenset[protocol.Kind]) -> None:
-        message = protocol.decode(frames, accepted)
-        kind, meta = message.kind, message.meta
+        body = messages.parse(protocol.decode(frames, accepted))
         now = time.monotonic()
-        if kind is protocol.Kind.HELLO:
-            self._clients[identity] = ClientRecord(identity, meta["client"], now)
+        if isinstance(body, messages.Hello):
+            self._clients[identity] = ClientRecord(identity, body.client, now)
             self._send_workers(identity)
-        elif kind is protocol.Kind.HEARTBEAT:
+        elif isinstance(body, messages.Heartbeat):
             record = self._clients.get(identity)
             if record is not None:
                 record.last_seen = now
-                self._send(identity, protocol.encode(protocol.Kind.HEARTBEAT, {}))
-        elif kind is protocol.Kind.BYE:
+                self._send(identity, messages.encode(messages.Heartbeat()))
+        elif isinstance(body, messages.Bye):
             record = self._clients.pop(identity, None)
             if record is not None:
                 self._drop_at_workers(record.client_id)  # its main namespace and anything still queued
-        elif kind is protocol.Kind.ABANDON:
-            self._abandon(meta["client"])
-        elif kind is protocol.Kind.STATUS:
-            self._send(identity, protocol.encode(protocol.Kind.STATUS_REPLY, self._status()))
+        elif isinstance(body, messages.Abandon):
+            self._abandon(body.client)
+        elif isinstance(body, messages.Status):
+            self._send(identity, messages.encode(self._status()))
 
     def _send_workers(self, identity: Optional[bytes] = None) -> None:
-        ready = [w.describe() for w in self._workers.values() if w.state is WorkerState.READY]
-        frames = protocol.encode(protocol.Kind.WORKERS, {"node": self.name, "workers": ready})
+        ready = tuple(w.describe() for w in self._workers.values() if w.state is WorkerState.READY)
+        frames = messages.encode(messages.Workers(self.name, ready))
         targets = [identity] if identity is not None else list(self._clients)
         for target in targets:
             self._send(target, frames)
@@ -314,7 +313,7 @@ class NodeDaemon(Daemon):
 
     def _drop_at_workers(self, client_id: str) -> None:
         """Tell every worker to forget a client: its queued tasks and its main namespace."""
-        drop = protocol.encode(protocol.Kind.DROP, {"client": client_id})
+        drop = messages.encode(messages.Drop(client_id))
         for worker in self._workers.values():
             if worker.control is not None:
                 try:
@@ -325,10 +324,9 @@ class NodeDaemon(Daemon):
     # -- control -----------------------------------------------------------------------------------------
 
     def _on_control_message(self, frames: list[bytes]) -> None:
-        message = protocol.decode(frames, CONTROL_KINDS)
+        messages.Welcome.from_meta(protocol.decode(frames, CONTROL_KINDS).meta)  # the only kind accepted
         self._control_heard = time.monotonic()
-        if message.kind is protocol.Kind.WELCOME:
-            self._announce(self.address)
+        self._announce(self.address)
 
     def _check_control_handshake(self) -> None:
         """Say why the control node refuses us (a wrong secret is otherwise a silent reconnect loop)."""
@@ -350,10 +348,9 @@ class NodeDaemon(Daemon):
             self._control_dialer.retry()  # another of its addresses, or its name resolved again: it may have moved
             self._control_heard = time.monotonic()
         running = sum(1 for w in self._workers.values() if self._slots.read(w.index).state is SlotState.RUNNING)
-        meta = {"name": self.name, "address": self.address, "processes": self.processes,
-                "instance": self.instance, "running": running, "host": socket.gethostname()}
+        join = messages.NodeEntry(self.name, self.address, self.processes, self.instance, running, socket.gethostname())
         try:
-            self._control.send_multipart(protocol.encode(protocol.Kind.JOIN, meta), zmq.NOBLOCK)
+            self._control.send_multipart(messages.encode(join), zmq.NOBLOCK)
         except zmq.Again:
             pass  # control unreachable right now; the next heartbeat tries again
 
@@ -501,9 +498,9 @@ class NodeDaemon(Daemon):
     def _report_failure(self, worker: WorkerProcess, slot: SlotView, code: int) -> None:
         """Tell the task's client why its task failed: a limit the watchdog enforced, or a crash."""
         self._tasks_failed += 1
-        meta = failure_report(worker, slot, code, self.name)
-        logger.warning("%s", meta["message"])
-        frames = protocol.encode(protocol.Kind.TASK_FAILED, meta)
+        report = failure_report(worker, slot, code, self.name)
+        logger.warning("%s", report.message)
+        frames = messages.encode(report)
         for identity, record in self._clients.items():
             if record.client_id == slot.client.hex():
                 self._send(identity, frames)
@@ -514,19 +511,17 @@ class NodeDaemon(Daemon):
 
     # -- status ------------------------------------------------------------------------------------------
 
-    def _status(self) -> dict[str, Any]:
+    def _status(self) -> messages.NodeStatus:
         workers = []
         for worker in sorted(self._workers.values(), key=lambda w: w.index):
             slot = self._slots.read(worker.index)
-            rss = limits.memory_of(worker.child.pid) or 0  # the worker and anything its task started
-            state = "busy" if slot.state is SlotState.RUNNING else worker.state.value
             running = slot.state is SlotState.RUNNING
-            workers.append({"pid": worker.child.pid, "address": worker.address, "state": state, "rss": rss, "tasks_done": slot.tasks_done,
-                            "task": slot.task_id if running else None, "peak": peak_rss(worker.child.pid),
-                            "cap": (slot.limits.memory if running and slot.limits.memory else self.memory_limit)})
-        return {"role": "node", "name": self.name, "address": self.address, "instance": self.instance,
-                "memory_limit": self.memory_limit,
-                "processes": self.processes, "workers": workers, "clients": len(self._clients),
-                "tasks_done": self._tasks_done_by_exited + sum(int(w["tasks_done"]) for w in workers),  # type: ignore[call-overload]
-                "tasks_crashed": self._tasks_failed,
-                "running": sum(1 for w in workers if w["state"] == "busy")}
+            workers.append(messages.WorkerStatus(
+                worker.child.pid, worker.address, "busy" if running else worker.state.value,
+                limits.memory_of(worker.child.pid) or 0,  # the worker and anything its task started
+                slot.tasks_done, slot.task_id if running else None, peak_rss(worker.child.pid),
+                slot.limits.memory if running and slot.limits.memory else self.memory_limit))
+        return messages.NodeStatus(
+            self.name, self.address, self.instance, self.memory_limit, self.processes, tuple(workers),
+            len(self._clients), self._tasks_done_by_exited + sum(w.tasks_done for w in workers), self._tasks_failed,
+            sum(1 for w in workers if w.state == "busy"))

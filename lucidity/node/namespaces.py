@@ -14,8 +14,9 @@ import collections
 import enum
 import sys
 import types
-from typing import Any, Optional
+from typing import Optional
 
+from ..messages import MainEntry
 from ..shipping import ModuleSource
 
 __all__ = ["ClientMain", "MainNamespaces"]
@@ -97,17 +98,16 @@ class MainNamespaces:
         self._active: Optional[ClientMain] = None
         self._own_main = sys.modules.get("__main__")  # the worker's entry module, kept alive
 
-    def receive(self, identity: bytes, client: str, meta: dict[str, Any], source: Optional[bytes]) -> None:
-        """A client's ``main`` entry (`lucidity.mainscript.MainScript.to_meta`) and the script, if sent."""
-        argv = [str(a) for a in meta.get("argv", [])]
+    def receive(self, identity: bytes, client: str, main: MainEntry, source: Optional[bytes]) -> None:
+        """A client's ``main`` entry (`lucidity.mainscript.MainScript.entry`) and the script, if sent."""
+        argv = list(main.argv)
         module = None
         if source is not None:
-            module = ModuleSource(MAIN_NAME, False, str(meta.get("filename", "")), str(meta.get("digest", "")), source)
+            module = ModuleSource(MAIN_NAME, False, main.filename or "", main.digest, source)
         previous = self._by_identity.get(identity)
         if previous is not None and previous._lucidity_source == module and previous._lucidity_argv == argv:
             return  # the same script again: keep its namespace
-        self._by_identity[identity] = ClientMain(client, argv, module, str(meta.get("package") or ""),
-                                                 str(meta.get("start") or ""))
+        self._by_identity[identity] = ClientMain(client, argv, module, main.package, main.start)
         if previous is not None and previous is self._active:
             self._active = None
         while len(self._by_identity) > MAX_CLIENTS:

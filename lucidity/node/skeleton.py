@@ -152,12 +152,9 @@ class Daemon:
                 return
             try:
                 handle(frames)
-            except ProtocolError as exc:
+            except ProtocolError as exc:  # the envelope (`protocol.decode`) or the body (`lucidity.messages`)
                 self._log_drop(exc)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                # A message that passed the envelope check but still made no sense.
-                self._log_drop(ProtocolError(f"{type(exc).__name__}: {exc}"))
-            except Exception as exc:  # one message drops itself, never the daemon
+            except Exception as exc:  # a bug of ours, logged as one: one message drops itself, never the daemon
                 if self._may_log():
                     logger.exception("%s dropped a message it could not handle: %s", self.who, exc)
 

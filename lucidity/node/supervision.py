@@ -19,6 +19,7 @@ from typing import Any, Iterable, Optional
 import zmq
 
 from ..errors import describe_exit
+from ..messages import FailureReason, FailureReport, WorkerEntry
 from . import limits
 from ..sizes import format_size
 from .processes import Child
@@ -73,8 +74,8 @@ class WorkerProcess:
         self.history.append(self.state)
         self.state = new
 
-    def describe(self) -> dict[str, Any]:
-        return {"id": str(self.child.pid), "pid": self.child.pid, "address": self.address}
+    def describe(self) -> WorkerEntry:
+        return WorkerEntry(str(self.child.pid), self.child.pid, self.address)
 
     def close_pipes(self) -> None:
         """Close the readiness pipe, and stderr after passing on what is left in it."""
@@ -140,27 +141,26 @@ def enforce_limits(workers: Iterable[WorkerProcess], slots: SlotTable, now: floa
     return limited
 
 
-def failure_report(worker: WorkerProcess, slot: SlotView, code: int, node: str) -> dict[str, Any]:
-    """The TASK_FAILED meta for the task a worker was running when it ended: a limit it broke, or a crash."""
+def failure_report(worker: WorkerProcess, slot: SlotView, code: int, node: str) -> FailureReport:
+    """Why the task a worker was running when it ended failed: a limit it broke, or a crash."""
     pid, task_id = worker.child.pid, slot.task_id
     tail = bytes(worker.stderr_tail).decode(errors="replace")
     breach = worker.breach
     if breach is None and limits.looks_like_memory_failure(tail, worker.last_memory, slot.limits.memory):
         breach = limits.Breach(limits.LimitKind.MEMORY, slot.limits.memory, worker.task_peak)
-    meta: dict[str, Any] = {"task": task_id, "pid": pid, "node": node, "worker": str(pid)}
     if breach is not None:
         what = {"memory": "memory cap", "timeout": "wall-time limit", "cpu": "CPU-time limit"}[breach.kind.value]
-        meta.update(reason=breach.kind.value, limit=breach.limit, measured=breach.measured,
-                    peak=max(worker.task_peak, worker.last_memory))
         reached = breach.detail or f"reached {_measure(breach)}"
-        meta["message"] = (f"task {task_id} went over its {what} of "
-                           f"{_measure(limits.Breach(breach.kind, breach.limit, breach.limit))} on node "
-                           f"{node} (worker {pid} {reached}); the worker was stopped and replaced")
-    else:
-        meta.update(reason="crashed", exit_code=code if code >= 0 else None, signal=-code if code < 0 else None,
-                    stderr=tail[-STDERR_REPORT:])
-        meta["message"] = f"worker {pid} on node {node} {describe_exit(code)} while running task {task_id}"
-    return meta
+        message = (f"task {task_id} went over its {what} of "
+                   f"{_measure(limits.Breach(breach.kind, breach.limit, breach.limit))} on node "
+                   f"{node} (worker {pid} {reached}); the worker was stopped and replaced")
+        return FailureReport(task_id, pid, node, str(pid), FailureReason(breach.kind.value), message,
+                             limit=breach.limit, measured=breach.measured,
+                             peak=max(worker.task_peak, worker.last_memory))
+    message = f"worker {pid} on node {node} {describe_exit(code)} while running task {task_id}"
+    return FailureReport(task_id, pid, node, str(pid), FailureReason.CRASHED, message,
+                         exit_code=code if code >= 0 else None, signal=-code if code < 0 else None,
+                         stderr=tail[-STDERR_REPORT:])
 
 
 def _measure(breach: limits.Breach) -> str:

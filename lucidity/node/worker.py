@@ -22,11 +22,12 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import zmq
 
-from .. import protocol, serialization, shipping, transport, waiting
+from .. import messages, protocol, serialization, shipping, transport, waiting
+from ..messages import ResultEntry, ResultStatus, TaskMode, TaskSpec
 from .namespaces import MainNamespaces
 
 if TYPE_CHECKING:
@@ -56,7 +57,6 @@ RESULT_BATCH_DELAY = 0.002
 BURST_QUEUE = 8
 BURST_TASK_TIME = 0.0002
 
-_MODES = frozenset({"call", "map", "starmap"})
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -64,8 +64,8 @@ _PR_SET_CHILD_SUBREAPER = 36
 class _Task:
     __slots__ = ("identity", "client", "spec", "frames", "modules")
 
-    def __init__(self, identity: bytes, client: bytes, spec: dict[str, Any], frames: Sequence[Any],
-                 modules: dict[str, str]) -> None:
+    def __init__(self, identity: bytes, client: bytes, spec: TaskSpec, frames: Sequence[Any],
+                 modules: Mapping[str, str]) -> None:
         self.identity = identity
         self.client = client
         self.spec = spec
@@ -102,7 +102,7 @@ class Worker:
         self._functions: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
         self._mains = MainNamespaces()
         self._queue: collections.deque[_Task] = collections.deque()
-        self._outbox: dict[bytes, tuple[list[dict[str, Any]], list[Any]]] = {}
+        self._outbox: dict[bytes, tuple[list[ResultEntry], list[Any]]] = {}
         self._outbox_count = 0
         self._outbox_since = 0.0
         self._tasks_done = 0
@@ -146,9 +146,11 @@ class Worker:
                 self._accept(frames)
             except ProtocolError as exc:
                 print(f"lucidity worker {os.getpid()}: dropped a message: {exc}", file=sys.stderr)
-            except Exception as exc:  # a message this worker could not handle drops itself, never the worker
-                print(f"lucidity worker {os.getpid()}: dropped a message it could not handle: "
-                      f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            except Exception:  # a bug of ours: the message drops itself, never the worker
+                import traceback
+
+                print(f"lucidity worker {os.getpid()}: dropped a message it could not handle:", file=sys.stderr)
+                traceback.print_exc()
 
     def _accept(self, frames: list[Any]) -> None:
         if len(frames) < 2:
@@ -156,71 +158,51 @@ class Worker:
         identity = frames[0].bytes
         accepted = ACCEPTED if self._guard is None else self._guard.accepted(frames[0], self._accepted_by_role, ACCEPTED)
         message = protocol.decode(frames[1:], accepted)
-        if message.kind is protocol.Kind.CANCEL:
-            ids = message.meta["tasks"]
-            if type(ids) is not list or not all(_is_task_id(i) for i in ids):
-                raise ProtocolError("CANCEL 'tasks' must be a list of task ids")
-            cancelled = set(ids)
+        if message.kind is protocol.Kind.TASKS:
+            self._accept_tasks(identity, message)
+            return
+        body = messages.parse(message)
+        if isinstance(body, messages.Cancel):
+            cancelled = set(body.tasks)
             self._queue = collections.deque(
-                t for t in self._queue if not (t.identity == identity and t.spec["id"] in cancelled)
+                t for t in self._queue if not (t.identity == identity and t.spec.id in cancelled)
             )
-            return
-        if message.kind is protocol.Kind.DROP:
-            gone = _client_id(message.meta["client"])
+        elif isinstance(body, messages.Drop):
+            gone = bytes.fromhex(body.client)
             self._queue = collections.deque(t for t in self._queue if t.client != gone)
-            self._mains.drop(message.meta["client"])
-            return
-        if message.kind is protocol.Kind.MODULE:
+            self._mains.drop(body.client)
+        elif isinstance(body, messages.Module):
             if identity != self._identity:
                 raise ProtocolError("a module arrived from a client this worker did not ask")
-            self._module_replies[message.meta["name"]] = _module_from(message)
-            return
-        meta = message.meta
-        payload = message.payload
-        client = _client_id(meta["client"])
-        functions = meta.get("functions", [])
-        shipped = meta.get("ship", [])
-        modules = meta.get("modules", {})
-        main = meta.get("main")
-        main_frames = 1 if isinstance(main, dict) and "filename" in main else 0
+            self._module_replies[body.name] = _module_source(body, message.payload)
+
+    def _accept_tasks(self, identity: bytes, message: protocol.Message) -> None:
         try:
-            if not isinstance(shipped, list) or not isinstance(modules, dict):
-                raise ProtocolError("TASKS 'ship' must be a list and 'modules' an object")
-            if not all(type(entry) is dict for entry in shipped) or not all(
-                    type(name) is str and type(digest) is str for name, digest in modules.items()):
-                raise ProtocolError("TASKS 'ship' entries must be objects, and 'modules' map names to digests")
-            if main is not None and (not isinstance(main, dict) or not isinstance(main.get("argv", []), list)):
-                raise ProtocolError("TASKS 'main' must be an object with an 'argv' list")
-            _check_batch(functions, meta["tasks"])
-            task_frames = protocol.unpack_items([spec["n"] for spec in meta["tasks"]],
-                                                payload[len(shipped) + main_frames + len(functions):])
+            body = messages.Tasks.from_meta(message.meta)
+            payload = body.split(message.payload)
         except ProtocolError as exc:
             # Tell the sender, whose tasks would otherwise wait for results that never come.
-            self._send(identity, protocol.encode(protocol.Kind.REFUSED, {"reason": str(exc)}))
+            self._send(identity, messages.encode(messages.Refused(str(exc))))
             raise
-        received = []
-        for position, entry in enumerate(shipped):
-            received.append(_module_from(protocol.Message(protocol.Kind.MODULE, entry, [payload[position]]))[0])
+        received = [_module_source(entry, [frame])[0] for entry, frame in zip(body.ship, payload.modules)]
         # Shipped modules are kept per connection: a client cannot file code under another client's id.
         self._finder.receive(identity, [m for m in received if m is not None])
-        offset = len(shipped)
-        if main is not None:
-            source = payload[offset].bytes if main_frames else None
-            self._mains.receive(identity, meta["client"], main, source)
-            offset += main_frames
-        for name in functions:
-            self._functions[name] = [payload[offset], None, b""]  # loaded lazily, on first use
+        if body.main is not None:
+            self._mains.receive(identity, body.client, body.main, None if payload.main is None else payload.main.bytes)
+        for name, data in zip(body.functions, payload.functions):
+            self._functions[name] = [data, None, b""]  # loaded lazily, on first use
             self._functions.move_to_end(name)
-            offset += 1
         while len(self._functions) > FUNCTION_CACHE_SIZE:
             self._functions.popitem(last=False)
-        for spec, frames in zip(meta["tasks"], task_frames):
+        client = bytes.fromhex(body.client)
+        modules = body.modules or {}
+        for spec, frames in zip(body.tasks, payload.items):
             self._queue.append(_Task(identity, client, spec, frames, modules))
 
     def _fetch_module(self, name: str) -> tuple[Optional[shipping.ModuleSource], str]:
         """Ask the current task's client for a module's source (called by the import hook)."""
         self._module_replies.pop(name, None)
-        self._send(self._identity, protocol.encode(protocol.Kind.FETCH, {"module": name}))
+        self._send(self._identity, messages.encode(messages.Fetch(name)))
         deadline = time.monotonic() + FETCH_TIMEOUT
         while name not in self._module_replies:
             remaining = deadline - time.monotonic()
@@ -246,22 +228,21 @@ class Worker:
         spec = task.spec
         if not self._mains.knows(task.identity):
             # Forgotten (DROP, or too many clients): the client sends its main entry again with the task.
-            self._send(task.identity, protocol.encode(protocol.Kind.MISSING, {"tasks": [spec["id"]], "digests": [],
-                                                                             "main": True}))
+            self._send(task.identity, messages.encode(messages.Missing((spec.id,), (), main=True)))
             return
-        missing = [name for name in (spec["fn"], spec.get("init")) if name and name not in self._functions]
+        missing = [name for name in (spec.function, spec.initializer) if name and name not in self._functions]
         if missing:
-            self._send(task.identity, protocol.encode(protocol.Kind.MISSING, {"tasks": [spec["id"]], "digests": missing}))
+            self._send(task.identity, messages.encode(messages.Missing((spec.id,), tuple(missing))))
             return
         task_limits = self._limits_of(spec)
         if task_limits.any:
             if task_limits.memory:
                 limits.set_task_memory_cap(task_limits.memory)
-            self._slots.begin(self._index, spec["id"], task.client, self._tasks_done, task_limits, time.process_time())
+            self._slots.begin(self._index, spec.id, task.client, self._tasks_done, task_limits, time.process_time())
             if self._options.notify_fd is not None:
                 os.write(self._options.notify_fd, b"L")  # wakes the daemon's watchdog
         else:
-            self._slots.begin(self._index, spec["id"], task.client, self._tasks_done)
+            self._slots.begin(self._index, spec.id, task.client, self._tasks_done)
         started = time.perf_counter()
         self._identity = task.identity
         start_method = self._mains.activate(task.identity)
@@ -272,13 +253,13 @@ class Worker:
                 entry[1] = None  # functions of forgotten modules must be looked up again
         try:
             frames = self._execute(spec, task.frames)
-            status = "ok"
+            status = ResultStatus.OK
         except BaseException as exc:  # noqa: B036 - SystemExit and KeyboardInterrupt belong to the task
             if task_limits.memory and not isinstance(exc, MemoryLimitExceeded) and (
                     isinstance(exc, MemoryError) or limits.thread_failed_for_memory(exc)):
-                exc = self._memory_breach(spec["id"], task_limits.memory, exc)
+                exc = self._memory_breach(spec.id, task_limits.memory, exc)
             frames = serialization.dumps_exception(self._finder.explain(exc), skip_frames_of=__file__)
-            status = "error"
+            status = ResultStatus.ERROR
         elapsed = time.perf_counter() - started
         self._mean_task_time = 0.8 * self._mean_task_time + 0.2 * elapsed
         self._tasks_done += 1
@@ -287,33 +268,31 @@ class Worker:
             limits.set_task_memory_cap(None)
         self._after_task()
         results, items = self._outbox.setdefault(task.identity, ([], []))
-        results.append({"id": spec["id"], "status": status, "t": elapsed})
+        results.append(ResultEntry(spec.id, status, elapsed))
         items.append(frames)
         if not self._outbox_count:
             self._outbox_since = time.monotonic()
         self._outbox_count += 1
 
-    def _execute(self, spec: dict[str, Any], frames: Sequence[Any]) -> list[Any]:
-        init = spec.get("init")
+    def _execute(self, spec: TaskSpec, frames: Sequence[Any]) -> list[Any]:
+        init = spec.initializer
         initialized = self._mains.initialized(self._identity)
         if init and init not in initialized:
             initializer, initargs = self._function(init)  # type: ignore[misc]
             initializer(*initargs)
             initialized.add(init)
-        function = self._function(spec["fn"])
+        function = self._function(spec.function)
         if function is None:
-            raise ProtocolError(f"function {spec['fn']} is not cached on this worker")
+            raise ProtocolError(f"function {spec.function} is not cached on this worker")
         arguments = serialization.loads(frames)
-        mode = spec["mode"]
-        if mode == "call":
+        mode = spec.mode
+        if mode is TaskMode.CALL:
             args, kwargs = arguments
             value = function(*args, **kwargs)
-        elif mode == "map":
+        elif mode is TaskMode.MAP:
             value = [function(item) for item in arguments]
-        elif mode == "starmap":
-            value = [function(*item) for item in arguments]
         else:
-            raise ProtocolError(f"unknown task mode {mode!r}")
+            value = [function(*item) for item in arguments]
         try:
             return serialization.dumps(value, "result", serialization.EVERYTHING)
         except Exception as exc:
@@ -351,12 +330,12 @@ class Worker:
                 self._receive(block=False)
         return event.is_set()
 
-    def _limits_of(self, spec: dict[str, Any]) -> limits.Limits:
-        memory = spec.get("mem") or 0
+    def _limits_of(self, spec: TaskSpec) -> limits.Limits:
+        memory = spec.memory
         node_cap = self._options.memory_limit
         if node_cap:
             memory = min(memory, node_cap) if memory else node_cap
-        return limits.Limits(int(memory), float(spec.get("timeout") or 0.0), float(spec.get("cpu") or 0.0))
+        return limits.Limits(memory, float(spec.timeout), float(spec.cpu_time))
 
     def _memory_breach(self, task_id: int, cap: int, error: BaseException) -> MemoryLimitExceeded:
         """A MemoryError under a cap: report the breach, and retire (the heap may be fragmented or full)."""
@@ -387,12 +366,11 @@ class Worker:
                 self._retiring = True
 
     def _must_retire(self, task: _Task) -> bool:
-        limit = task.spec.get("max")
+        limit = task.spec.max_tasks
         if not limit:
             return False
-        pool = str(task.spec.get("pool", ""))
-        self._pool_counts[pool] += 1
-        return bool(self._pool_counts[pool] >= limit)
+        self._pool_counts[task.spec.pool] += 1
+        return self._pool_counts[task.spec.pool] >= limit
 
     # -- sending -----------------------------------------------------------------------------------------
 
@@ -401,10 +379,8 @@ class Worker:
             _flush_output()  # what the tasks printed is written before their results leave
         for identity, (results, items) in self._outbox.items():
             layout, frames = protocol.pack_items(items)
-            for result, entry in zip(results, layout):
-                result["n"] = entry
             # Whole: a client's sockets cap no frame size, and joining slices would cost it a copy.
-            self._send(identity, protocol.encode(protocol.Kind.RESULTS, {"results": results}, frames, sliced=False))
+            self._send(identity, messages.encode(messages.Results(tuple(results), tuple(layout)), frames, sliced=False))
         self._outbox.clear()
         self._outbox_count = 0
 
@@ -412,65 +388,15 @@ class Worker:
         transport.send_frames(self._sock, [identity, *frames])
 
 
-def _module_from(message: protocol.Message) -> tuple[Optional[shipping.ModuleSource], str]:
-    meta = message.meta
-    if not meta.get("found"):
-        return None, str(meta.get("reason", "the client cannot find it"))
-    fields = (meta.get("name"), meta.get("filename"), meta.get("digest"))
-    if not all(isinstance(f, str) for f in fields) or len(message.payload) != 1:
-        raise ProtocolError("MODULE message without name, filename, digest and one source frame")
-    source = message.payload[0]
+def _module_source(module: messages.Module, frames: Sequence[Any]) -> tuple[Optional[shipping.ModuleSource], str]:
+    """A shipped module and its one source frame, or None and why the client could not ship it."""
+    if not module.found:
+        return None, module.reason
+    if len(frames) != 1:
+        raise ProtocolError(f"module {module.name} came with {len(frames)} source frames, not 1")
+    source = frames[0]
     data = source.bytes if hasattr(source, "bytes") else bytes(source)
-    return shipping.ModuleSource(meta["name"], bool(meta.get("package")), meta["filename"], meta["digest"], data), ""
-
-
-def _check_batch(functions: Any, tasks: list[Any]) -> None:
-    """Refuse a TASKS batch with a malformed entry, before anything is queued (frames: `unpack_items`)."""
-    if type(functions) is not list:
-        raise ProtocolError("TASKS 'functions' must be a list of digests")
-    for name in functions:
-        if type(name) is not str:
-            raise ProtocolError("TASKS 'functions' must be a list of digests")
-    for spec in tasks:
-        if type(spec) is not dict or not _is_task_spec(spec):
-            raise ProtocolError(f"malformed task entry {str(spec)[:80]}")
-
-
-#: Bounds of the integers a task spec carries (they go into fixed-width slots, or count tasks).
-MAX_INT64 = 2**63 - 1
-MAX_SECONDS = 10**9
-
-
-def _is_task_id(value: Any) -> bool:
-    return type(value) is int and 0 <= value <= MAX_INT64
-
-
-def _client_id(text: Any) -> bytes:
-    """A client's id (32 hex digits, 16 bytes in a slot), or ProtocolError."""
-    if type(text) is not str or len(text) != 32:
-        raise ProtocolError("a client id must be 32 hex digits")
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise ProtocolError("a client id must be 32 hex digits") from None
-
-
-def _is_task_spec(spec: dict[str, Any]) -> bool:
-    if not _is_task_id(spec.get("id")) or type(spec.get("fn")) is not str or "n" not in spec:
-        return False
-    if spec.get("mode") not in _MODES or type(spec.get("init", "")) is not str:
-        return False
-    memory = spec.get("mem", 0)
-    if type(memory) is not int or not 0 <= memory <= MAX_INT64:
-        return False
-    for key in ("timeout", "cpu"):
-        value = spec.get(key, 0)
-        if type(value) not in (int, float) or not 0 <= value <= MAX_SECONDS:  # NaN fails too
-            return False
-    limit = spec.get("max")
-    if limit is not None and (type(limit) is not int or not 0 <= limit <= MAX_INT64):
-        return False
-    return True
+    return shipping.ModuleSource(module.name, module.package, module.filename, module.digest, data), ""
 
 
 def _flush_output() -> None:

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 import lucidity
-from lucidity.links import WINDOW_MAX, WINDOW_MIN, NodeInfo, WorkerLink, failure_error
+from lucidity import links
+from lucidity.links import WINDOW_MAX, WINDOW_MIN, NodeInfo, WorkerLink
+from lucidity.messages import FailureReport
 from lucidity.task import FunctionRef, Task
 
 FUNCTION = FunctionRef("digest", b"", "work, defined in app.py:12")
@@ -72,6 +74,11 @@ def test_a_nodes_load_is_its_tasks_per_worker() -> None:
 
 
 # -- failure_error: real tasks, the reports a node sends ----------------------------------------------------
+
+def failure_error(task: Task, node: str, report: dict[str, Any]) -> lucidity.LucidityError:
+    """`links.failure_error` of a report as it arrives (checked by `FailureReport.from_meta`, as the client does)."""
+    return links.failure_error(task, node, FailureReport.from_meta(report))
+
 
 def crash_report(task_id: int = 17, **fields: Any) -> dict[str, Any]:
     report = {"task": task_id, "pid": 4121, "node": "n1", "worker": "4121", "reason": "crashed", "exit_code": None,

@@ -114,10 +114,10 @@ def test_the_meta_carries_argv_start_method_and_which_source(tmp_path: Path) -> 
     described = script(tmp_path, GUARDED, spec=ModuleSpec("pkg.app", None))
     assert described.argv == tuple(sys.argv) and described.package == "pkg"
     assert described.source is not None
-    meta = described.to_meta()
+    meta = described.entry().to_meta()
     assert meta == {"argv": list(sys.argv), "start": described.start_method, "filename": str(tmp_path / "app.py"),
                     "digest": described.source.digest, "package": "pkg"}
-    unimported = describe(types.ModuleType("__main__")).to_meta()
+    unimported = describe(types.ModuleType("__main__")).entry().to_meta()
     assert set(unimported) == {"argv", "start"}
 
 

@@ -91,7 +91,7 @@ def test_a_task_describes_what_it_carries(options: dict[str, Any], expected: str
 
 
 def test_the_spec_names_the_function_and_mode_and_only_the_limits_set() -> None:
-    assert make_task().spec() == {"id": 17, "fn": "digest-of-work", "mode": "map"}
+    assert make_task().spec().to_meta() == {"id": 17, "fn": "digest-of-work", "mode": "map"}
     limited = make_task(initializer=INITIALIZER, max_tasks=3, pool="p1", memory=2**20, timeout=1.5, cpu_time=0.5)
-    assert limited.spec() == {"id": 17, "fn": "digest-of-work", "mode": "map", "init": "digest-of-setup",
+    assert limited.spec().to_meta() == {"id": 17, "fn": "digest-of-work", "mode": "map", "init": "digest-of-setup",
                               "max": 3, "pool": "p1", "mem": 2**20, "timeout": 1.5, "cpu": 0.5}

@@ -1,0 +1,84 @@
+"""Every message body: one frozen dataclass per kind and per nested entry, read and checked in one place.
+
+`lucidity.protocol` owns the envelope (version, kind, frames, the limits of a meta frame) and hands its
+receiver a `protocol.Message` whose meta is plain JSON. This package owns what that JSON says. Each body
+class has ``to_meta()``, the JSON object it travels as, and ``from_meta(meta)``, which checks it completely
+(types, required fields, ids and sizes within 64 bits, client ids of 32 hex digits, finite non-negative
+seconds, enum values) and raises `ProtocolError` naming the field, before the receiver changes any state::
+
+    sender:   messages.encode(Tasks(...), payload)  =  protocol.encode(Kind.TASKS, body.to_meta(), payload)
+    receiver: messages.parse(protocol.decode(frames, accepted))  ->  a Tasks, checked
+
+Receivers that answer a bad body (a worker REFUSED a batch; a client fails the tasks of a worker whose
+RESULTS it cannot read) call the kind's ``from_meta`` themselves and catch its `ProtocolError`.
+
+The JSON is what lucidity sent before these classes existed, key for key and in the same order (the enums
+are str-valued, and json writes them as their strings), so peers of one release agree byte for byte. A
+field an earlier reader did without (a node's ``host``, a MODULE's ``reason``) may still be absent; one of
+the wrong type is refused.
+
+A batch's payload layout (`protocol.pack_items`, each entry's ``"n"``) travels inside the task and result
+entries but is kept apart here (`Tasks.layout`, `Results.layout`): it describes frames, not work, and a
+task sent again has the same `TaskSpec` and a new layout.
+
+Modules: `membership` (the cluster's own messages), `work` (the task path), `fields` (the checks of single
+fields). Deliberately not here: framing (`lucidity.protocol`), and what a message means to its receiver
+(addresses are parsed by `lucidity.addresses`; failure reports become exceptions in `lucidity.links`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Union
+
+from .. import protocol
+from ..protocol import Kind
+from .fields import Meta
+from .membership import (Abandon, Bye, ControlStatus, Drop, FailureReason, FailureReport, Heartbeat, Hello, Leave,
+                         NodeEntry, Nodes, NodeStatus, Status, Watch, Welcome, WorkerEntry, Workers, WorkerStatus,
+                         status_reply)
+from .work import (Cancel, Fetch, MainEntry, Missing, Module, Refused, ResultEntry, Results, ResultStatus, TaskMode,
+                   Tasks, TasksPayload, TaskSpec)
+
+__all__ = ["TaskMode", "ResultStatus", "FailureReason", "NodeEntry", "Welcome", "Heartbeat", "Leave", "Watch",
+           "Nodes", "Hello", "WorkerEntry", "Workers", "FailureReport", "Abandon", "Bye", "Status", "WorkerStatus",
+           "NodeStatus", "ControlStatus", "MainEntry", "Module", "TaskSpec", "Tasks", "TasksPayload",
+           "ResultEntry", "Results", "Cancel", "Missing", "Fetch", "Drop", "Refused", "Body", "BODIES", "parse",
+           "encode"]
+
+Body = Union[NodeEntry, Welcome, Heartbeat, Leave, Watch, Nodes, Hello, Workers, FailureReport, Abandon, Bye,
+             Status, NodeStatus, ControlStatus, Tasks, Results, Cancel, Missing, Fetch, Module, Drop, Refused]
+
+#: How each kind's body is read.
+BODIES: dict[Kind, Callable[[Meta], Body]] = {
+    Kind.JOIN: NodeEntry.from_meta,
+    Kind.WELCOME: Welcome.from_meta,
+    Kind.HEARTBEAT: Heartbeat.from_meta,
+    Kind.LEAVE: Leave.from_meta,
+    Kind.WATCH: Watch.from_meta,
+    Kind.NODES: Nodes.from_meta,
+    Kind.HELLO: Hello.from_meta,
+    Kind.WORKERS: Workers.from_meta,
+    Kind.TASK_FAILED: FailureReport.from_meta,
+    Kind.ABANDON: Abandon.from_meta,
+    Kind.BYE: Bye.from_meta,
+    Kind.STATUS: Status.from_meta,
+    Kind.STATUS_REPLY: status_reply,
+    Kind.TASKS: Tasks.from_meta,
+    Kind.RESULTS: Results.from_meta,
+    Kind.CANCEL: Cancel.from_meta,
+    Kind.MISSING: Missing.from_meta,
+    Kind.FETCH: Fetch.from_meta,
+    Kind.MODULE: Module.from_meta,
+    Kind.DROP: Drop.from_meta,
+    Kind.REFUSED: Refused.from_meta,
+}
+
+
+def parse(message: protocol.Message) -> Body:
+    """The checked body of a decoded message; `ProtocolError` naming the field that is wrong."""
+    return BODIES[message.kind](message.meta)
+
+
+def encode(body: Body, payload: Iterable[Any] = (), *, sliced: bool = True) -> list[Any]:
+    """The frames of a message with this body (see `protocol.encode` for the payload and `sliced`)."""
+    return protocol.encode(body.KIND, body.to_meta(), payload, sliced=sliced)
