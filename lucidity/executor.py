@@ -85,11 +85,15 @@ class TaskFuture(concurrent.futures.Future[T]):
 
     Args:
         client: the client that will run the task.
-        function, mode, frames: as `Client.new_task`; the payload is serialized already.
+        function: as `Client.new_task`.
+        mode: as `Client.new_task`.
+        frames: as `Client.new_task`; the payload is serialized already.
         options: the face's task options.
         owner: kept alive until the future is done, so that an executor referenced only by its pending
             futures (``Executor().submit(f)``) is not torn down under them.
-        made_by, items, node: as `TaskOptions.new_task`.
+        made_by: as `TaskOptions.new_task`.
+        items: as `TaskOptions.new_task`.
+        node: as `TaskOptions.new_task`.
     """
 
     def __init__(self, client: Client, function: FunctionRef, mode: TaskMode, frames: list[Any],
@@ -220,8 +224,8 @@ class Executor(concurrent.futures.Executor):
             at most this many of this executor's tasks run at once (default: as many as the cluster has
             workers).
         mp_context: accepted for compatibility and ignored (workers are started by node daemons).
-        initializer, initargs: ``initializer(*initargs)`` runs on a worker before its first task of this
-            executor.
+        initializer: ``initializer(*initargs)`` runs on a worker before its first task of this executor.
+        initargs: the arguments of ``initializer``.
         max_tasks_per_child: a worker is replaced after running this many tasks of this executor.
         address: a running cluster's control address (default: ``$LUCIDITY_ADDRESS``; else an embedded
             cluster is started, and stopped when the executor shuts down).
@@ -276,7 +280,7 @@ class Executor(concurrent.futures.Executor):
         Raises:
             RuntimeError: the executor is shut down.
             The pickler's own exception (TypeError, pickle.PicklingError...): the function or an argument
-            cannot be serialized; nothing was sent.
+                cannot be serialized; nothing was sent.
         """
         self._check_open()
         function = self._client.function(fn)
@@ -307,7 +311,7 @@ class Executor(concurrent.futures.Executor):
             ValueError: chunksize < 1.
             The pickler's own exception: ``fn`` cannot be serialized.
             From ``next()``: TimeoutError, or the exception of a call, at its position; the calls not yet
-            consumed are then cancelled where they have not started.
+                consumed are then cancelled where they have not started.
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")

@@ -206,7 +206,7 @@ def job(*, memory: Union[int, str, None] = None, timeout: Optional[float] = None
 def job(function: Any = None, **options: Any) -> Any:
     """Give a function the crate's five ways to run. Use as ``@job`` or ``@job(fanout="least_loaded", ...)``.
 
-    Args:
+    Keyword Args:
         memory: the task's memory cap, in bytes or as "200MB"/"1.5GiB"; the node's own cap applies too
             (the smaller wins). A breach raises `lucidity.MemoryLimitExceeded`.
         timeout: wall-time limit in seconds, enforced by the node (`lucidity.JobTimeout`).

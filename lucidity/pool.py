@@ -263,8 +263,8 @@ class Pool:
     Args:
         processes: worker processes of the embedded cluster (default: CPU count). With ``address``, at most
             this many workers of the cluster run this pool's tasks at once (default: all of them).
-        initializer, initargs: ``initializer(*initargs)`` runs on a worker before its first task for
-            this pool.
+        initializer: ``initializer(*initargs)`` runs on a worker before its first task for this pool.
+        initargs: the arguments of ``initializer``.
         maxtasksperchild: a worker is replaced after running this many tasks of this pool.
         context: accepted for compatibility and ignored (workers are started by node daemons).
         address: a running cluster's control address (default: ``$LUCIDITY_ADDRESS``; else an embedded
