@@ -52,6 +52,8 @@ class CliCluster:
         self._log: IO[bytes] = tempfile.NamedTemporaryFile(prefix="lucidity-bench-cluster-", suffix=".log")
         self._control: Optional[subprocess.Popen[bytes]] = None
         self._nodes: list[subprocess.Popen[bytes]] = []
+        #: Seconds `start` waits for every node and worker; hundreds of daemons on 2 cores need more.
+        self.ready_timeout = READY_TIMEOUT
 
     def _start(self, *args: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "lucidity", "--log-level", "WARNING", *args], env=self._env,
@@ -76,7 +78,7 @@ class CliCluster:
     def _wait_ready(self) -> None:
         from lucidity.status import query_status
 
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + self.ready_timeout
         report: dict[str, Any] = {}
         while time.monotonic() < deadline:
             for proc in [self._control, *self._nodes]:
@@ -94,7 +96,7 @@ class CliCluster:
                 return
             time.sleep(POLL_INTERVAL)
         raise TimeoutError(f"the CLI cluster did not reach {self.nodes} nodes x {self.processes} workers within "
-                           f"{READY_TIMEOUT:.0f} s; last status {report}; log:\n{self.log_tail()}")
+                           f"{self.ready_timeout:.0f} s; last status {report}; log:\n{self.log_tail()}")
 
     def stop(self) -> None:
         """SIGTERM the nodes, then the control daemon; kill the process group of any that does not exit."""

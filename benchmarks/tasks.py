@@ -23,3 +23,13 @@ def square(x: int) -> int:
 def identity(x: Any) -> Any:
     """Return the argument, so that a large array crosses to the worker and back."""
     return x
+
+
+def sleep_for(seconds: float) -> int:
+    """The task of the balance workloads: sleep (the machine has 2 cores, so 64 workers cannot all spin), then
+    name the worker that ran it, so that the harness can count the workers a map reached."""
+    import os
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
