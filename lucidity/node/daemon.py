@@ -33,6 +33,7 @@ import zmq
 from .. import addresses, messages, protocol, security, transport
 from ..errors import describe_exit
 from ..security import Role
+from .controllink import ControlLink
 from .processes import STOP_GRACE, Child, stop_children
 from .skeleton import Daemon
 from . import limits
@@ -56,16 +57,13 @@ RESTART_DELAY = 0.1
 RESTART_DELAY_MAX = 5.0
 #: A loop that went this many heartbeat intervals without a turn was stalled (SIGSTOP, starved CPU).
 STALL_FACTOR = 3
-#: Silence from the control node after which the node dials its other addresses (or resolves its name again).
-CONTROL_SILENCE = 3.0
-#: At most one "cannot join" line per this many seconds.
-HANDSHAKE_LOG_INTERVAL = 10.0
+#: At most one "cannot start a worker" line per this many seconds.
+SPAWN_LOG_INTERVAL = 10.0
 
 CLIENT_KINDS = frozenset({protocol.Kind.HELLO, protocol.Kind.HEARTBEAT, protocol.Kind.ABANDON,
                           protocol.Kind.BYE, protocol.Kind.STATUS})
 #: With a cluster secret, what each role may send to a node daemon.
 CLIENT_KINDS_BY_ROLE = {Role.CLIENT: CLIENT_KINDS, Role.NODE: frozenset({protocol.Kind.STATUS})}
-CONTROL_KINDS = frozenset({protocol.Kind.WELCOME})
 
 
 @dataclass
@@ -132,17 +130,14 @@ class NodeDaemon(Daemon):
         self._restart_failures = 0
         self._restart_at: dict[int, float] = {}
         self._spawn_failures = 0
-        self._last_spawn_log = -HANDSHAKE_LOG_INTERVAL
+        self._last_spawn_log = -SPAWN_LOG_INTERVAL
         self._joined = False
         self._tasks_failed = 0
         self._tasks_done_by_exited = 0
         self._last_expiry = time.monotonic()
-        self._last_handshake_log = -HANDSHAKE_LOG_INTERVAL
-        self._control = transport.new_socket(self._context, zmq.DEALER)
-        self._control_watch: Optional[security.HandshakeWatch] = None
+        self._link = ControlLink(self._context, self._control_endpoint, self.name)
         self.address = ""  # where clients reach this daemon (the advertised host)
         self._worker_host = ""  # what workers bind to, and what the daemon reaches them at
-        self._control_heard = time.monotonic()
         self._worker_env = limits.thread_environment(
             self.processes, dict(os.environ, LUCIDITY_NODE=self.name, LUCIDITY_ADDRESS=control_address),
             memory_limit)  # a small cap gets fewer native threads (their buffers count toward RLIMIT_DATA)
@@ -159,15 +154,12 @@ class NodeDaemon(Daemon):
         assert guard is not None
         if self._secret:
             self._worker_env[security.SECRET_ENV] = self._secret.decode()
-        guard.connect(self._control, Role.NODE)
+        self._link.connect(guard)
         bound = addresses.parse(self._bound, allow_port_zero=True)
         advertised = addresses.advertised_host(bound, self._control_endpoint, self._advertise)
         self.address = bound.with_host(advertised).zmq
         # Workers listen where the daemon does; the daemon itself reaches a wildcard-bound worker on loopback.
         self._worker_host = bound.host
-        if self._control_endpoint.scheme == "tcp":
-            self._control_watch = security.HandshakeWatch(self._control)
-        self._control_dialer = transport.Dialer(self._control, self.control_address)
         logger.info("node %s listening at %s, joining %s with %d workers", self.name, self.address,
                     self.control_address, self.processes)
         for index in range(self.processes):
@@ -200,10 +192,7 @@ class NodeDaemon(Daemon):
 
     def _shutdown(self) -> None:
         logger.info("node %s stopping: leaving the cluster and stopping %d workers", self.name, len(self._workers))
-        try:
-            self._control.send_multipart(messages.encode(messages.Leave(self.name)), zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
+        self._link.leave()
         workers = list(self._workers.values())
         stop_children([w.child for w in workers], STOP_GRACE)
         for worker in workers:
@@ -212,10 +201,8 @@ class NodeDaemon(Daemon):
         self._close()
 
     def _close(self, *others: zmq.Socket[Any], linger: float = 0.0) -> None:
-        if self._control_watch is not None:
-            self._control_watch.close()
-            self._control_watch = None
-        super()._close(self._control, *others, linger=0.1)  # time for the LEAVE to go out
+        self._link.close_watch()
+        super()._close(self._link.socket, *others, linger=0.1)  # time for the LEAVE to go out
         self._slots.close()
         shutil.rmtree(self._runtime, ignore_errors=True)
 
@@ -224,14 +211,14 @@ class NodeDaemon(Daemon):
     def _poll_once(self, timeout: float) -> None:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
-        poller.register(self._control, zmq.POLLIN)
+        poller.register(self._link.socket, zmq.POLLIN)
         poller.register(self._waker.read_fd, zmq.POLLIN)
         handlers: dict[int, Callable[[], None]] = {}
         if self._parent_fd is not None:
             poller.register(self._parent_fd, zmq.POLLIN)
             handlers[self._parent_fd] = self._on_parent_gone
-        if self._control_watch is not None:
-            poller.register(self._control_watch.fd_socket, zmq.POLLIN)
+        if self._link.watch is not None:
+            poller.register(self._link.watch.fd_socket, zmq.POLLIN)
         for worker in list(self._workers.values()):
             if worker.child.pidfd is not None:
                 poller.register(worker.child.pidfd, zmq.POLLIN)
@@ -248,10 +235,10 @@ class NodeDaemon(Daemon):
             self._waker.drain()
         if self._router in events:
             self._drain_router(self._on_client_message, CLIENT_KINDS_BY_ROLE, CLIENT_KINDS)
-        if self._control in events:
-            self._drain(self._control, self._on_control_message)
-        if self._control_watch is not None and self._control_watch.fd_socket in events:
-            self._check_control_handshake()
+        if self._link.socket in events:
+            self._drain(self._link.socket, self._on_control_message)
+        if self._link.watch is not None and self._link.watch.fd_socket in events:
+            self._link.check_handshake()
         for fd, handler in handlers.items():
             if fd in events:
                 handler()
@@ -324,35 +311,13 @@ class NodeDaemon(Daemon):
     # -- control -----------------------------------------------------------------------------------------
 
     def _on_control_message(self, frames: list[bytes]) -> None:
-        messages.Welcome.from_meta(protocol.decode(frames, CONTROL_KINDS).meta)  # the only kind accepted
-        self._control_heard = time.monotonic()
+        self._link.on_message(frames)
         self._announce(self.address)
 
-    def _check_control_handshake(self) -> None:
-        """Say why the control node refuses us (a wrong secret is otherwise a silent reconnect loop)."""
-        watch = self._control_watch
-        if watch is None:
-            return
-        reason = watch.check()
-        if watch.succeeded:
-            watch.close()
-            self._control_watch = None
-        elif reason is not None:
-            now = time.monotonic()
-            if now - self._last_handshake_log >= HANDSHAKE_LOG_INTERVAL:
-                self._last_handshake_log = now
-                logger.error("node %s cannot join %s: %s", self.name, self.control_address, reason)
-
     def _send_join(self) -> None:
-        if time.monotonic() - self._control_heard > CONTROL_SILENCE:
-            self._control_dialer.retry()  # another of its addresses, or its name resolved again: it may have moved
-            self._control_heard = time.monotonic()
         running = sum(1 for w in self._workers.values() if self._slots.read(w.index).state is SlotState.RUNNING)
-        join = messages.NodeEntry(self.name, self.address, self.processes, self.instance, running, socket.gethostname())
-        try:
-            self._control.send_multipart(messages.encode(join), zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # control unreachable right now; the next heartbeat tries again
+        self._link.send_join(messages.NodeEntry(self.name, self.address, self.processes, self.instance, running,
+                                                socket.gethostname()))
 
     @property
     def address_host(self) -> str:
@@ -384,7 +349,7 @@ class NodeDaemon(Daemon):
             self._spawn_failures += 1
             delay = min(RESTART_DELAY * 2 ** (self._spawn_failures - 1), RESTART_DELAY_MAX)
             now = time.monotonic()
-            if now - self._last_spawn_log >= HANDSHAKE_LOG_INTERVAL:
+            if now - self._last_spawn_log >= SPAWN_LOG_INTERVAL:
                 self._last_spawn_log = now
                 logger.error("node %s cannot start a worker (%s); trying again in %.1f s", self.name, exc, delay)
             self._restart_at[index] = now + delay

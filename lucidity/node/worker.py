@@ -1,4 +1,4 @@
-"""The worker process: entry point and loop, nothing else.
+"""The worker process: entry point and loop (what the process does for itself is in `workerprocess`).
 
 A worker is started by its node daemon, binds one ROUTER socket and tells the daemon its address through a
 pipe. Clients connect to it directly, so a task costs one hop each way::
@@ -10,15 +10,18 @@ pipe. Clients connect to it directly, so a task costs one hop each way::
 The loop is single-threaded: it drains whatever has arrived (tasks, cancellations), runs one task, and
 sends results in batches when no more work is waiting, so a lone apply is answered at once and a flood of
 tiny tasks is answered a batch at a time.
+
+Besides the current task, the worker keeps in its slot what it has done (`lucidity.node.slots`): tasks
+by outcome, a histogram of their durations, and the bytes it received and sent, which its daemon
+exports as metrics without a message per task. `lucidity.node.workerprocess` owns the rest of being a
+process: its arguments, dying with its daemon, its name, killing what tasks leave behind.
 """
 
 from __future__ import annotations
 
 import collections
-import ctypes
 import faulthandler
 import os
-import signal
 import sys
 import threading
 import time
@@ -36,6 +39,8 @@ from ..errors import MemoryLimitExceeded, ProtocolError
 from . import limits
 from ..sizes import format_size
 from .slots import SlotTable
+from .workerprocess import (apply_sys_path, die_with_parent, flush_output, kill_descendants, name_process,
+                            parse_arguments)
 
 ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE, protocol.Kind.DROP})
 #: With a cluster secret: clients send work and modules, the node daemon drops a vanished client's work.
@@ -57,8 +62,6 @@ RESULT_BATCH_DELAY = 0.002
 BURST_QUEUE = 8
 BURST_TASK_TIME = 0.0002
 
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
 
 
 class _Task:
@@ -247,7 +250,7 @@ class Worker:
         self._identity = task.identity
         start_method = self._mains.activate(task.identity)
         if start_method is not None:
-            _name_process(self._index, start_method)
+            name_process(self._index, start_method)
         if self._finder.prepare(task.identity, task.modules):
             for entry in self._functions.values():
                 entry[1] = None  # functions of forgotten modules must be looked up again
@@ -352,7 +355,7 @@ class Worker:
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass  # reap children that already exited
-            _kill_descendants()  # some child is still running
+            kill_descendants()  # some child is still running
         except ChildProcessError:
             pass  # no children: the usual case, one system call
         if self._options.max_tasks and self._tasks_done >= self._options.max_tasks:
@@ -376,7 +379,7 @@ class Worker:
 
     def _flush(self) -> None:
         if self._outbox:
-            _flush_output()  # what the tasks printed is written before their results leave
+            flush_output()  # what the tasks printed is written before their results leave
         for identity, (results, items) in self._outbox.items():
             layout, frames = protocol.pack_items(items)
             # Whole: a client's sockets cap no frame size, and joining slices would cost it a copy.
@@ -399,103 +402,8 @@ def _module_source(module: messages.Module, frames: Sequence[Any]) -> tuple[Opti
     return shipping.ModuleSource(module.name, module.package, module.filename, module.digest, data), ""
 
 
-def _flush_output() -> None:
-    """Write out what tasks printed: stdout to a file or a pipe is block-buffered, and a worker may be
-    stopped at any moment once its results are sent (multiprocessing's workers flush when they exit)."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass  # closed or replaced by the task: nothing of ours to write
-
-
-def _name_process(index: int, start_method: str) -> None:
-    """Name this worker as multiprocessing names a pool's workers ("ForkPoolWorker-3"), with its identity."""
-    import multiprocessing
-    from multiprocessing import process
-
-    start_method = start_method or multiprocessing.get_all_start_methods()[0]
-    prefix = {"fork": "ForkPoolWorker", "spawn": "SpawnPoolWorker", "forkserver": "ForkServerPoolWorker"}
-    current = process.current_process()
-    current.name = f"{prefix.get(start_method, 'PoolWorker')}-{index + 1}"
-    current._identity = (index + 1,)
-
-
-def _kill_descendants() -> None:
-    """SIGKILL and reap every process this worker's task started (orphans were reparented to us)."""
-    import psutil
-
-    me = psutil.Process()
-    children = me.children(recursive=True)
-    for child in children:
-        try:
-            child.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(children, timeout=5)
-    try:
-        while os.waitpid(-1, os.WNOHANG) != (0, 0):
-            pass
-    except ChildProcessError:
-        pass
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL this worker when its daemon dies (Linux), and check it has not already.
-
-    The worker is also made a subreaper, so that processes a task starts and abandons become its children
-    and can be stopped when the task ends.
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
-def _apply_sys_path() -> None:
-    """Put the caller's sys.path first, as multiprocessing's workers inherit it (embedded clusters only)."""
-    inherited = os.environ.get("LUCIDITY_SYS_PATH")
-    if inherited:
-        entries = [p for p in inherited.split(os.pathsep)]
-        sys.path[:] = entries + [p for p in sys.path if p not in entries]
-
-
-class _Arguments(NamedTuple):
-    slots: str
-    slot_count: int
-    slot_index: int
-    bind: str
-    ready_fd: int
-    parent: int
-    memory_limit: Optional[int]
-    max_tasks: Optional[int]
-    recycle_memory: Optional[int]
-    ports: Optional[str]  # LO-HI: listen on a port of this range (an operator's firewall opening)
-
-
-def _parse(argv: list[str]) -> _Arguments:
-    """The daemon's ``--name value`` arguments (argparse costs a worker start-up time and memory)."""
-    given = dict(zip(argv[::2], argv[1::2]))
-    unknown = set(given) - {f"--{name.replace('_', '-')}" for name in _Arguments._fields}
-    if len(argv) % 2 or unknown:
-        raise SystemExit(f"lucidity worker: bad arguments {argv} (it is started by `lucidity node`)")
-    values: dict[str, Any] = {}
-    for name, kind in _Arguments.__annotations__.items():
-        text = given.get(f"--{name.replace('_', '-')}")
-        if text is None and "Optional" not in str(kind):
-            raise SystemExit(f"lucidity worker: --{name.replace('_', '-')} is required")
-        values[name] = None if text is None else (text if name in ("slots", "bind", "ports") else int(text))
-    # argparse-style names: --slot-count, --slot-index, ...
-    return _Arguments(**values)
-
-
 def main(argv: Optional[list[str]] = None) -> None:
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
     # First, before anything a task could touch: the node's memory cap as a hard limit.
     if args.memory_limit:
         limits.set_hard_memory_cap(args.memory_limit)
@@ -503,8 +411,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     # Thread stacks count toward RLIMIT_DATA: 8 MiB each by default would make 16 idle threads cost a
     # 200 MB cap 130 MiB. Python threads a task starts get this much instead (native pools keep theirs).
     threading.stack_size(THREAD_STACK_SIZE)
-    _die_with_parent(args.parent)
-    _apply_sys_path()
+    die_with_parent(args.parent)
+    apply_sys_path()
     slots = SlotTable(args.slots, args.slot_count, create=False)
     context = transport.new_context()
     guard = None
