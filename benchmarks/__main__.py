@@ -12,7 +12,8 @@ all rounds are pooled and each cell is their median (percentiles for apply). The
 at the end, also on error or Ctrl-C.
 
 Options: ``--quick`` (smaller sizes, one round: a smoke test under a minute), ``--only apply,map``
-(workloads), ``--peers lucidity,mp-fork``, ``--markdown FILE`` (machine, table and targets as markdown).
+(workloads; ``--only latency`` is apply,map,map-chunk1,submit), ``--peers lucidity,mp-fork``,
+``--markdown FILE`` (machine, table and targets as markdown).
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ QUICK = RunSizes(1, workloads.Sizes(apply_calls=300, apply_warmup=20, map_items=
                                     timeout=30.0), peer_timeout=60.0)
 #: Lines of a failed peer process's stderr shown.
 STDERR_TAIL_LINES = 15
+#: Names --only accepts for several workloads: issue 13's latency rows (apply p50, chunksize=1 map, submit+wait,
+#: and the default-chunk map, whose lucidity-exec ÷ mp-fork column is Executor.map against Pool.map).
+GROUPS = {"latency": ["apply", "map", "map-chunk1", "submit"]}
 #: Node daemons of the CLI cluster, with PROCESSES // CLI_NODES workers each: 2 workers, as every other peer.
 CLI_NODES = 2
 
@@ -146,12 +150,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description="Every workload against lucidity "
                                      "and its peers, in one run, as one table (see docs/performance.md).")
     parser.add_argument("--quick", action="store_true", help="small sizes and one round: a smoke test")
-    parser.add_argument("--only", help=f"workloads to run, comma-separated: {','.join(workloads.ORDER)}")
+    parser.add_argument("--only", help=f"workloads to run, comma-separated: {','.join(workloads.ORDER)}; "
+                        f"or latency ({','.join(GROUPS['latency'])})")
     parser.add_argument("--peers", help=f"peers to run, comma-separated: {','.join(ALL_PEERS)}")
     parser.add_argument("--rounds", type=int, help="rounds (default 5; 1 with --quick)")
     parser.add_argument("--markdown", metavar="FILE", help="also write machine, table and targets as markdown")
     args = parser.parse_args(argv)
-    names = parse_names(args.only, workloads.ORDER, "workload")
+    only = args.only if args.only is None else ",".join(
+        ",".join(GROUPS.get(name.strip(), [name.strip()])) for name in args.only.split(","))
+    names = parse_names(only, workloads.ORDER, "workload")
     run_sizes = QUICK if args.quick else FULL
     if args.rounds is not None:
         if args.rounds < 1:

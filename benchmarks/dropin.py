@@ -132,7 +132,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"| {program.name} | {program.source} | "
               + " | ".join(cell(program, flavour, verdicts[flavour]) for flavour in flavours) + " |")
     totals = [f"{sum(verdicts[f].ok for _, verdicts in rows)}/{len(rows)} same" for f in flavours]
-    print(f"| **total** | | " + " | ".join(totals) + " |")
+    print("| **total** | | " + " | ".join(totals) + " |")
     print(f"\nReference: each program's {PROGRAMS[0].reference} run unless its manifest entry names another; "
           "the rules are in tests/corpus/__init__.py. Where the reference itself fails (a program that fails "
           "under the stdlib), \"same\" means failing with the same exception line. "
