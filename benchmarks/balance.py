@@ -211,9 +211,10 @@ def tables(plan: Plan, peers: list[str], workloads: list[str], collected: Collec
 
     rows: list[tuple[str, str, str, bool]] = []  # label, workload, field, higher is better
     for workload in workloads:
+        longs = plan.durations(workload).count(plan.tail_long)
         what = (f"cold map {plan.tasks:,} × {plan.duration * 1e3:g} ms" if workload == "cold" else
-                f"tail {plan.tail_tasks:,} × {plan.tail_short * 1e3:g} ms, {plan.tail_long_share:.0%} × "
-                f"{plan.tail_long * 1e3:g} ms")
+                f"tail {plan.tail_tasks:,} ({longs:,} × {plan.tail_long * 1e3:g} ms, {plan.tail_tasks - longs:,} × "
+                f"{plan.tail_short * 1e3:g} ms)")
         ideal = plan.ideal(workload)
         rows += [(f"{what}: % of ideal ({ideal:.3f} s) ↑", workload, "percent", True),
                  (f"{what}: makespan (s) ↓", workload, "makespan", False),
@@ -303,7 +304,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     machine = report.machine_info(REPOSITORY)
-    print("# lucidity balance: the first map of a fresh pool" + (" (--quick: not for comparison)" if args.quick else ""))
+    print("# lucidity balance: the first map of a fresh pool"
+          + (" (--quick: not for comparison)" if args.quick else ""))
     for label, value in machine:
         print(f"{label + ':':<24}{value}")
     print(f"{len(peers)} peers x {len(workloads)} workloads x {rounds} round(s), {plan.workers} workers each\n",

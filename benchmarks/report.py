@@ -150,6 +150,8 @@ class Results:
         for target in TARGETS:
             if target.row not in rows:  # its workload was not selected
                 continue
+            if target.peers is not None and not set(target.peers) & set(peers):  # nor the peers it is about
+                continue
             row = rows[target.row]
             cells = [target.text]
             for peer in peers:
