@@ -38,7 +38,8 @@ from .errors import (AuthenticationError, ClusterUnavailable, NodeLost, Protocol
                      VersionMismatch)
 from .links import NodeInfo, NodeLink, WorkerLink, failure_error
 from .messages import FailureReason, FailureReport, NodeEntry, ResultStatus, TaskMode, WorkerEntry
-from .task import FunctionRef, Task, TaskState
+from .task import FunctionRef, Task
+from .tasktable import TaskTable
 
 logger = logging.getLogger(__name__)
 
@@ -112,15 +113,11 @@ class Client:
         self._ship = self._modules.package_modules(ship)
         self.id = uuid.uuid4().hex
         self._max_running = max_running
+        # The table is shared with caller threads (submit, cancel): every use holds the lock.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._pending: collections.deque[Task] = collections.deque()
-        # Tasks placed on a particular node wait here, by node name, until one of its workers has credit.
-        self._pending_for: dict[str, collections.deque[Task]] = collections.defaultdict(collections.deque)
+        self._table = TaskTable(max_running)
         self._membership: tuple[NodeInfo, ...] = ()
-        self._placed: collections.Counter[str] = collections.Counter()  # unfinished tasks placed per node
-        self._known_nodes: frozenset[str] = frozenset()
-        self._tasks: dict[int, Task] = {}
         self._ids = itertools.count(1)
         # id(function) -> (a way back to the function, its serialized form); weak where possible
         self._functions: collections.OrderedDict[int, tuple[Callable[[], Any], FunctionRef]] = collections.OrderedDict()
@@ -196,11 +193,7 @@ class Client:
         with self._lock:
             if self._closing:
                 raise ValueError("client is shut down")
-            for task in tasks:
-                self._tasks[task.id] = task
-                self._queue_of(task).append(task)
-                if task.node is not None:
-                    self._placed[task.node] += 1
+            self._table.add(tasks)
             # One wake-up per turn of the I/O thread, not one system call per task.
             wake, self._wake_pending = not self._wake_pending, True
         if wake:
@@ -213,25 +206,21 @@ class Client:
         of placements sees the ones before it (the nodes' own counts arrive once a second).
         """
         with self._lock:
-            return tuple(dataclasses.replace(info, ours=self._placed[info.name]) for info in self._membership)
+            return tuple(dataclasses.replace(info, ours=self._table.placed_on(info.name)) for info in self._membership)
 
     def cancel(self, task: Task) -> bool:
         """Cancel a task that has not been sent to a worker yet; False if it is already on its way."""
         with self._lock:
-            if task.state is not TaskState.PENDING:
+            if not self._table.cancel(task):
                 return False
-            task.move(TaskState.CANCELLED)
-            del self._tasks[task.id]
-            if task.node is not None:
-                self._placed[task.node] -= 1
-            if not self._tasks:
+            if self._table.idle:
                 self._idle.notify_all()
             return True
 
     def wait_idle(self, timeout: Optional[float] = None) -> bool:
         """Block until every submitted task has ended; False on timeout."""
         with self._lock:
-            return self._idle.wait_for(lambda: not self._tasks, timeout)
+            return self._idle.wait_for(lambda: self._table.idle, timeout)
 
     def shutdown(self, cancel: bool = False) -> None:
         """Stop the I/O thread. With ``cancel``, unfinished tasks are dropped and stopped on the nodes."""
@@ -272,7 +261,8 @@ class Client:
                 with self._lock:
                     closing, abandon = self._closing, self._abandon
                     self._wake_pending = False  # from here on, a new submit wakes this thread again
-                if closing and (abandon or not self._tasks):
+                    idle = self._table.idle
+                if closing and (abandon or idle):
                     break
                 now = time.monotonic()
                 if now >= next_heartbeat:
@@ -320,7 +310,7 @@ class Client:
 
     def _await_connection(self, link: WorkerLink) -> None:
         """The worker's connection is down: send it nothing until it is made again."""
-        link.connected = False
+        link.lane.connected = False
         link.created = time.monotonic()  # the unreachable warning counts from here
         self._connecting[link.sock] = link
         self._poller.modify(link.sock, zmq.POLLIN | zmq.POLLOUT)
@@ -332,7 +322,7 @@ class Client:
         if link is None:
             return
         self._poller.modify(sock, zmq.POLLIN)
-        link.connected = True
+        link.lane.connected = True
         if link.unreachable:
             link.unreachable = False
             logger.warning("lucidity client: worker %s is reachable now; using it", link.key)
@@ -407,7 +397,7 @@ class Client:
                 continue
             self._send(node.sock, messages.encode(messages.Heartbeat(node.session)))
             for link in node.workers.values():
-                if not link.connected and now - link.created > self._node_timeout and not link.unreachable:
+                if not link.lane.connected and now - link.created > self._node_timeout and not link.unreachable:
                     link.unreachable = True
                     logger.warning("lucidity client: worker %d of node %s at %s is unreachable from this client; "
                                    "using the other workers and still trying it", link.pid, node.name, link.address)
@@ -486,7 +476,9 @@ class Client:
                 sock.setsockopt(zmq.IMMEDIATE, 1)
                 address = addresses.parse(entry.address).zmq
                 sock.connect(address)
-                link = WorkerLink(node.name, worker_id, entry.pid, sock, address)
+                with self._lock:
+                    lane = self._table.add_worker(f"{node.name}/{worker_id}", node.name)
+                link = WorkerLink(lane, worker_id, entry.pid, sock, address)
                 node.workers[worker_id] = link
                 self._links[link.key] = link
                 self._register(sock, lambda f, w=link: self._on_worker(w, f))  # type: ignore[misc]
@@ -501,10 +493,10 @@ class Client:
 
     def _update_ready(self) -> None:
         with self._lock:
-            self._known_nodes = frozenset(self._nodes)
-        answered = {n.name: sum(1 for w in n.workers.values() if w.connected) for n in self._nodes.values()}
+            self._table.set_nodes(frozenset(self._nodes))
+        answered = {n.name: sum(1 for w in n.workers.values() if w.lane.connected) for n in self._nodes.values()}
         self._membership = tuple(
-            NodeInfo(n.name, n.host, answered[n.name], n.running, sum(len(w.inflight) for w in n.workers.values()))
+            NodeInfo(n.name, n.host, answered[n.name], n.running, sum(len(w.lane.inflight) for w in n.workers.values()))
             for n in self._nodes.values() if answered[n.name])
         self._worker_count = sum(answered.values())
         self._update_unreachable()
@@ -514,7 +506,7 @@ class Client:
         elif not self._no_workers_since:
             self._no_workers_since = time.monotonic()
         if self._worker_count and all(n.has_reported or n.unreachable for n in self._nodes.values()) and all(
-                w.connected or w.unreachable for w in self._links.values()):
+                w.lane.connected or w.unreachable for w in self._links.values()):
             self._ready.set()
 
     def _drop_node(self, node: NodeLink, why: str, *, lost: bool) -> None:
@@ -524,35 +516,19 @@ class Client:
         del self._nodes[node.name]
         self._unregister(node.sock)
         with self._lock:
-            self._known_nodes = frozenset(self._nodes)
-            stranded = self._pending_for.pop(node.name, None)
-            if stranded:
-                self._pending.extendleft(reversed(stranded))
+            self._table.set_nodes(frozenset(self._nodes))
 
     def _drop_worker(self, node: NodeLink, link: WorkerLink, *, lost: bool = False) -> None:
-        """The worker is gone: send its unfinished tasks to other workers.
-
-        A worker that its node saw exit had not started them (the one it was running was reported on its
-        own); a worker lost with its node may have, so each such resend counts against the task's retries
-        and a task out of retries fails with `NodeLost`. Results are delivered at most once either way.
-        """
+        """The worker is gone: its unfinished tasks go to other workers (`TaskTable.remove_worker` says which),
+        and those out of retries fail with `NodeLost`. Results are delivered at most once either way."""
         del node.workers[link.worker_id]
         del self._links[link.key]
         self._main_sent.discard(link.key)
         self._unregister(link.sock)
-        out_of_retries = []
         with self._lock:
-            unfinished = [t for t in link.inflight.values() if t.state is TaskState.SENT and t.worker == link.key]
-            for task in sorted(unfinished, key=lambda t: t.id, reverse=True):
-                if lost:
-                    task.lost_retries -= 1
-                    if task.lost_retries < 0:
-                        out_of_retries.append(task)
-                        continue
-                self._requeue(task)
-        if unfinished:
-            logger.info("lucidity client: worker %s gone; resending %d unfinished task(s)", link.key,
-                        len(unfinished) - len(out_of_retries))
+            requeued, out_of_retries = self._table.remove_worker(link.key, lost=lost)
+        if requeued:
+            logger.info("lucidity client: worker %s gone; resending %d unfinished task(s)", link.key, len(requeued))
         for task in out_of_retries:
             self._finish(task, False, NodeLost(
                 f"{task.description} was on node {node.name}, which was lost, and has no retries left",
@@ -563,7 +539,7 @@ class Client:
         if self._worker_count or not self._no_workers_since or now - self._no_workers_since < self._wait_for_nodes:
             return
         with self._lock:
-            waiting = bool(self._pending) or any(self._pending_for.values())
+            waiting = self._table.waiting()
         if waiting:
             self._fail_all(NodeLost(
                 f"no node of the cluster at {self.address} has had a worker for {self._wait_for_nodes:.0f} s; "
@@ -571,64 +547,11 @@ class Client:
 
     # -- tasks -------------------------------------------------------------------------------------------
 
-    def _queue_of(self, task: Task) -> collections.deque[Task]:
-        """The pending queue for a task: its node's, while that node is known, else the general one."""
-        if task.node is not None and task.node in self._known_nodes:
-            return self._pending_for[task.node]
-        return self._pending
-
-    def _requeue(self, task: Task) -> None:
-        """Put a sent task that never ran back at the head of its queue (caller holds the lock)."""
-        task.move(TaskState.PENDING)
-        task.worker = None
-        self._queue_of(task).appendleft(task)
-
     def _dispatch(self) -> None:
-        for node in list(self._pending_for):
-            queue = self._pending_for[node]
-            if queue:
-                self._dispatch_queue(queue, node)
-            if not queue:
-                del self._pending_for[node]
-        self._dispatch_queue(self._pending, None)
-
-    def _dispatch_queue(self, queue: collections.deque[Task], node: Optional[str]) -> None:
-        while queue:
-            link, sharing = self._choose_worker(node)
-            if link is None:
-                return
-            batch: list[Task] = []
-            with self._lock:
-                # No more than a fair share of what waits, so that two slow tasks go to two idle workers.
-                credit = min(link.credit(), -(-len(queue) // sharing))
-                while queue and len(batch) < credit:
-                    task = queue.popleft()
-                    if task.state is not TaskState.PENDING:
-                        continue  # cancelled while queued
-                    task.move(TaskState.SENT)
-                    task.worker = link.key
-                    batch.append(task)
-            if not batch:
-                return
-            self._send_tasks(link, batch)
-
-    def _choose_worker(self, node: Optional[str]) -> tuple[Optional[WorkerLink], int]:
-        """The worker with the fewest of our tasks in flight that still has credit (round robin on ties),
-        and how many workers could take work now."""
-        links = self._links.values() if node is None else self._nodes[node].workers.values()
-        candidates = [w for w in links if w.connected and w.credit() > 0]
-        if self._max_running:
-            # At most max_running workers hold our tasks: the busy ones, and idle ones up to the cap.
-            free = self._max_running - sum(1 for w in self._links.values() if w.inflight)
-            idle = [w for w in candidates if not w.inflight]
-            candidates = [w for w in candidates if w.inflight] + idle[:max(0, free)]
-        if not candidates:
-            return None, 0
-        best = min(candidates, key=lambda w: len(w.inflight))
-        # Rotate so that ties go to a different worker next time.
-        self._links.pop(best.key)
-        self._links[best.key] = best
-        return best, len(candidates)
+        with self._lock:
+            batches = self._table.dispatch()
+        for lane, batch in batches:
+            self._send_tasks(self._links[lane.key], batch)
 
     def _send_tasks(self, link: WorkerLink, batch: list[Task]) -> None:
         functions: list[FunctionRef] = []
@@ -637,7 +560,6 @@ class Client:
                 if ref is not None and ref.digest not in link.functions:
                     link.functions.add(ref.digest)
                     functions.append(ref)
-            link.inflight[task.id] = task
         layout, task_frames = protocol.pack_items([task.frames for task in batch])
         # The payload in the order `messages.Tasks` names: shipped modules, the main script, functions, tasks.
         payload: list[Any] = []
@@ -676,10 +598,7 @@ class Client:
         if main_now:
             self._main_sent.discard(link.key)
         with self._lock:
-            for task in reversed(batch):
-                del link.inflight[task.id]
-                if task.state is TaskState.SENT and task.worker == link.key:
-                    self._requeue(task)
+            self._table.unsend(link.lane, batch)
         self._await_connection(link)
 
     def _on_worker(self, link: WorkerLink, frames: list[Any]) -> None:
@@ -705,10 +624,7 @@ class Client:
             if body.main:
                 self._main_sent.discard(link.key)
             with self._lock:
-                for task_id in body.tasks:
-                    task = link.inflight.pop(task_id, None)
-                    if task is not None and task.state is TaskState.SENT and task.worker == link.key:
-                        self._requeue(task)
+                self._table.give_back(link.lane, body.tasks)
 
     def _on_results(self, link: WorkerLink, message: protocol.Message) -> None:
         # Check every entry and the frames before any task leaves the in-flight table: a task popped for a
@@ -722,10 +638,11 @@ class Client:
                                                 f"result message: {exc}"))
             raise
         ok = ResultStatus.OK
+        lane = link.lane
         for entry, frames_of_task in zip(body.results, items):
-            task = link.inflight.pop(entry.id, None)
-            link.observe(entry.seconds)
-            if task is None or task.is_final:
+            with self._lock:
+                task = self._table.take(lane, entry.id, entry.seconds)
+            if task is None:
                 continue  # a late duplicate of a task that was already resolved
             if entry.status is ok:
                 try:
@@ -741,37 +658,29 @@ class Client:
 
     def _fail_link(self, link: WorkerLink, error: Exception) -> None:
         """Fail every task in flight on a worker whose messages cannot be trusted to answer them."""
-        for task in list(link.inflight.values()):
-            del link.inflight[task.id]
+        with self._lock:
+            tasks = self._table.take_all(link.lane)
+        for task in tasks:
             self._finish(task, False, error)
 
     def _on_task_failed(self, node: NodeLink, report: FailureReport) -> None:
-        link = node.workers.get(report.worker)
-        key = f"{node.name}/{report.worker}"
-        task = (link.inflight.pop(report.task, None) if link is not None else None) or self._tasks.get(report.task)
-        if task is None or task.worker != key or task.is_final:
-            return
-        crashed = report.reason is FailureReason.CRASHED
-        if crashed:
-            task.failures.append(report.message)
-        if crashed and task.retries > 0:
-            task.retries -= 1
+        with self._lock:
+            outcome = self._table.failed(f"{node.name}/{report.worker}", report.task,
+                                         crashed=report.reason is FailureReason.CRASHED, message=report.message)
+        if outcome is None:
+            return  # stale: the task ended, or was resent elsewhere
+        task, retried = outcome
+        if retried:
             logger.warning("lucidity client: %s; retrying task %d (%d retries left)", report.message, task.id,
                            task.retries)
-            with self._lock:
-                self._requeue(task)
-            return
-        self._finish(task, False, failure_error(task, node.name, report))
+        else:
+            self._finish(task, False, failure_error(task, node.name, report))
 
     def _finish(self, task: Task, succeeded: bool, value: Any) -> None:
         with self._lock:
-            if task.is_final:
+            if not self._table.finish(task, succeeded):
                 return
-            task.move(TaskState.DONE if succeeded else TaskState.FAILED)
-            self._tasks.pop(task.id, None)
-            if task.node is not None:
-                self._placed[task.node] -= 1
-            if not self._tasks:
+            if self._table.idle:
                 self._idle.notify_all()
         try:
             task.on_done(succeeded, value)
@@ -781,14 +690,14 @@ class Client:
 
     def _fail_all(self, error: Exception) -> None:
         with self._lock:
-            tasks = [t for t in self._tasks.values() if not t.is_final]
+            tasks = self._table.unfinished()
         for task in tasks:
             self._finish(task, False, error)
 
     def _close_sockets(self) -> None:
         with self._lock:
             abandon = self._abandon
-            unfinished = [t for t in self._tasks.values() if not t.is_final]
+            unfinished = self._table.unfinished()
         if abandon:
             by_link: dict[str, list[int]] = collections.defaultdict(list)
             for task in unfinished:

@@ -1,9 +1,10 @@
 """The client's view of the cluster: its links to node daemons and workers, and what their reports mean.
 
-Owns the per-worker window of tasks in flight (small for slow tasks so that work spreads, larger for tiny
-ones so that they travel in batches, adapting to the durations a worker reports), what a client knows of
-a node for placement (`NodeInfo`), and the exception for a task a node reported failed. The I/O thread of
-`lucidity.client` alone creates and uses these objects; nothing here does I/O.
+Owns what a client keeps per node daemon and per worker besides their tasks (sockets, sessions, what a
+worker already has: functions, modules), what a client knows of a node for placement (`NodeInfo`), and the
+exception for a task a node reported failed. The tasks a worker holds and its window are the task table's
+(`lucidity.tasktable.Lane`). The I/O thread of `lucidity.client` alone creates and uses these objects;
+nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -19,42 +20,27 @@ import zmq
 from .errors import CpuLimitExceeded, JobTimeout, LucidityError, MemoryLimitExceeded, WorkerCrashed
 from .messages import FailureReason, FailureReport
 from .task import Task
+from .tasktable import Lane
 
 __all__ = ["WorkerLink", "NodeLink", "NodeInfo", "failure_error"]
 
-#: Window of tasks in flight per worker: the bounds, and the queueing time it aims for, in seconds.
-WINDOW_MIN = 2
-WINDOW_MAX = 256
-WINDOW_TARGET = 0.005
 
 class WorkerLink:
-    """The client's end of one worker: its socket, its tasks in flight, what it already has."""
+    """The client's end of one worker: its socket, what it already has, and its lane in the task table."""
 
-    def __init__(self, node: str, worker_id: str, pid: int, sock: zmq.Socket[Any], address: str = "") -> None:
-        self.key = f"{node}/{worker_id}"
+    def __init__(self, lane: Lane, worker_id: str, pid: int, sock: zmq.Socket[Any], address: str = "") -> None:
+        self.key = lane.key
         self.address = address
         self.created = time.monotonic()
-        self.connected = False  # its connection (and handshake) is made: tasks may go to it
         self.unreachable = False  # silent for longer than the node timeout (warned once)
-        self.node = node
+        self.node = lane.node
         self.worker_id = worker_id
         self.pid = pid
         self.sock = sock
-        self.inflight: dict[int, Task] = {}
+        self.lane = lane  # the task table's view: its tasks in flight, its window
         self.functions: set[str] = set()
         self.modules: set[str] = set()  # names of modules shipped to this worker
         self.has_shipped = False
-        self.mean_time = 0.0
-
-    def credit(self) -> int:
-        if self.mean_time <= 0:
-            window = WINDOW_MIN
-        else:
-            window = max(WINDOW_MIN, min(WINDOW_MAX, int(WINDOW_TARGET / self.mean_time)))
-        return window - len(self.inflight)
-
-    def observe(self, seconds: float) -> None:
-        self.mean_time = seconds if self.mean_time <= 0 else 0.8 * self.mean_time + 0.2 * seconds
 
 
 @dataclass(frozen=True)

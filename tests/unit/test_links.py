@@ -1,5 +1,5 @@
-"""lucidity.links without sockets: the per-worker window of tasks in flight, what a client knows of a node
-for placement, and the exception for a task its node reported failed (`failure_error`)."""
+"""lucidity.links without sockets: what a client knows of a node for placement, and the exception for a task
+its node reported failed (`failure_error`). The window of tasks in flight is tested with the task table."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 import lucidity
 from lucidity import links
-from lucidity.links import WINDOW_MAX, WINDOW_MIN, NodeInfo, WorkerLink
+from lucidity.links import NodeInfo
 from lucidity.messages import FailureReport
 from lucidity.task import FunctionRef, Task
 
@@ -19,53 +19,6 @@ FUNCTION = FunctionRef("digest", b"", "work, defined in app.py:12")
 
 def make_task(task_id: int = 17, **options: Any) -> Task:
     return Task(task_id, FUNCTION, "map", [], lambda succeeded, value: None, **options)
-
-
-def link() -> WorkerLink:
-    return WorkerLink("n1", "w1", 4121, None)  # type: ignore[arg-type]  # the window needs no socket
-
-
-# -- the window ---------------------------------------------------------------------------------------------
-
-def window_after(seconds: float, tasks: int = 50) -> int:
-    worker = link()
-    for _ in range(tasks):
-        worker.observe(seconds)
-    return worker.credit()
-
-
-def test_a_worker_not_yet_timed_gets_the_smallest_window() -> None:
-    worker = link()
-    assert worker.key == "n1/w1"
-    assert worker.credit() == WINDOW_MIN
-
-
-def test_the_window_grows_as_tasks_get_shorter_within_its_bounds() -> None:
-    windows = [window_after(seconds) for seconds in (10.0, 0.1, 0.001, 0.0001, 1e-5, 1e-7)]
-    assert windows == sorted(windows)
-    assert windows[0] == WINDOW_MIN and windows[-1] == WINDOW_MAX
-
-
-def test_each_task_in_flight_takes_one_from_the_credit() -> None:
-    worker = link()
-    for _ in range(50):
-        worker.observe(1e-7)
-    for task_id in range(10):
-        worker.inflight[task_id] = make_task(task_id)
-    assert worker.credit() == WINDOW_MAX - 10
-
-
-def test_the_window_follows_a_change_of_pace_gradually() -> None:
-    worker = link()
-    for _ in range(50):
-        worker.observe(1e-6)
-    fast = worker.credit()
-    worker.observe(1.0)  # one slow task among many fast ones
-    after_one = worker.credit()
-    for _ in range(50):
-        worker.observe(1.0)
-    assert fast > after_one >= WINDOW_MIN
-    assert worker.credit() == WINDOW_MIN
 
 
 def test_a_nodes_load_is_its_tasks_per_worker() -> None:

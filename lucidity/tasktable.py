@@ -1,0 +1,282 @@
+"""The client's task table: which tasks wait, which worker holds which, and what becomes of them when a
+worker goes away. Pure: no sockets, no threads, no clock.
+
+The client's I/O thread feeds it events and carries out what it answers::
+
+    add / cancel          (caller threads)      a task joins or leaves the queues
+    add_worker / connected / remove_worker      the workers the client can send to
+    dispatch()       -> [(lane, batch)]         what to send to which worker now
+    unsend / give_back                          a batch that never left; tasks a worker gave back
+    take(lane, id, seconds) -> task             a result arrived: the task it answers, if still ours
+    failed(...)      -> (task, retry)           its node reported it crashed or broke a limit
+    finish(task)                                the task's outcome was delivered
+
+Policy lives here, where a test reaches it without a socket: each worker's window of tasks in flight (one
+until its task durations are known, then as many as fill `WINDOW_TARGET` seconds), the fair share of a
+queue per worker, `max_running`, placement on a node, resends after a lost worker (counted against
+`Task.lost_retries`) and crash retries. The caller holds the client's lock around every call.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Iterable, Optional
+
+from .task import Task, TaskState
+
+__all__ = ["Lane", "TaskTable", "WINDOW_MIN", "WINDOW_MAX", "WINDOW_TARGET"]
+
+#: Window of tasks in flight per worker: the bounds, and the queueing time it aims for, in seconds.
+WINDOW_MIN = 2
+WINDOW_MAX = 256
+WINDOW_TARGET = 0.005
+
+
+class Lane:
+    """A worker as the table sees it: whether it can be written to, its tasks in flight, its pace."""
+
+    __slots__ = ("key", "node", "connected", "inflight", "mean_time")
+
+    def __init__(self, key: str, node: str) -> None:
+        self.key = key
+        self.node = node
+        self.connected = False  # its connection is made: tasks may go to it
+        self.inflight: dict[int, Task] = {}
+        self.mean_time = 0.0  # seconds per task, a moving average of what it reported (0: not known yet)
+
+    def credit(self) -> int:
+        """How many more tasks it may hold: small for slow tasks, so that work spreads, and larger for tiny
+        ones, so that they travel in batches."""
+        if self.mean_time <= 0:
+            window = WINDOW_MIN
+        else:
+            window = max(WINDOW_MIN, min(WINDOW_MAX, int(WINDOW_TARGET / self.mean_time)))
+        return window - len(self.inflight)
+
+    def observe(self, seconds: float) -> None:
+        self.mean_time = seconds if self.mean_time <= 0 else 0.8 * self.mean_time + 0.2 * seconds
+
+
+class TaskTable:
+    """Every unfinished task of one client, the queues they wait in, and the workers that hold them.
+
+    Args:
+        max_running: at most this many workers hold tasks at once (None: every worker).
+    """
+
+    def __init__(self, max_running: Optional[int] = None) -> None:
+        self.max_running = max_running
+        self.tasks: dict[int, Task] = {}  # every unfinished task, by id
+        self._pending: collections.deque[Task] = collections.deque()
+        # Tasks placed on a node wait here, by node name, while that node is known.
+        self._pending_for: dict[str, collections.deque[Task]] = collections.defaultdict(collections.deque)
+        self._placed: collections.Counter[str] = collections.Counter()  # unfinished tasks placed per node
+        self._nodes: frozenset[str] = frozenset()
+        self.lanes: dict[str, Lane] = {}  # in round-robin order: a worker chosen moves to the end
+
+    # -- the caller's side --------------------------------------------------------------------------------
+
+    def add(self, tasks: Iterable[Task]) -> None:
+        for task in tasks:
+            self.tasks[task.id] = task
+            self._queue_of(task).append(task)
+            if task.node is not None:
+                self._placed[task.node] += 1
+
+    def cancel(self, task: Task) -> bool:
+        """Cancel a task that no worker holds yet; False if one does (or it has ended)."""
+        if task.state is not TaskState.PENDING:
+            return False
+        task.move(TaskState.CANCELLED)
+        self._forget(task)  # its queue skips it when its turn comes
+        return True
+
+    @property
+    def idle(self) -> bool:
+        """No task is unfinished."""
+        return not self.tasks
+
+    def placed_on(self, node: str) -> int:
+        """Unfinished tasks placed on a node (the faces' placement sees its own burst through this)."""
+        return self._placed[node]
+
+    def waiting(self) -> bool:
+        """Some task waits for a worker."""
+        return bool(self._pending) or any(self._pending_for.values())
+
+    def unfinished(self) -> list[Task]:
+        return [task for task in self.tasks.values() if not task.is_final]
+
+    # -- workers and nodes --------------------------------------------------------------------------------
+
+    def set_nodes(self, names: frozenset[str]) -> None:
+        """The nodes the client knows now; tasks placed on one that left go to any worker, first in line."""
+        for name in self._nodes - names:
+            stranded = self._pending_for.pop(name, None)
+            if stranded:
+                self._pending.extendleft(reversed(stranded))
+        self._nodes = names
+
+    def add_worker(self, key: str, node: str) -> Lane:
+        lane = self.lanes[key] = Lane(key, node)
+        return lane
+
+    def remove_worker(self, key: str, *, lost: bool) -> tuple[list[Task], list[Task]]:
+        """The worker is gone: its unfinished tasks wait for another.
+
+        A worker its node saw exit had not started them (its running task is reported on its own); one lost
+        with its node may have, so each such resend counts against the task's `lost_retries`.
+
+        Returns:
+            (the tasks queued again, the tasks out of retries: the caller fails them with `NodeLost`).
+        """
+        lane = self.lanes.pop(key)
+        unfinished = [t for t in lane.inflight.values() if t.state is TaskState.SENT and t.worker == key]
+        requeued, out_of_retries = [], []
+        for task in sorted(unfinished, key=lambda t: t.id, reverse=True):
+            if lost:
+                task.lost_retries -= 1
+                if task.lost_retries < 0:
+                    out_of_retries.append(task)
+                    continue
+            self._requeue(task)
+            requeued.append(task)
+        return requeued, out_of_retries
+
+    def load_of(self, node: str) -> int:
+        """This client's tasks in flight on a node's workers."""
+        return sum(len(lane.inflight) for lane in self.lanes.values() if lane.node == node)
+
+    # -- dispatch -----------------------------------------------------------------------------------------
+
+    def dispatch(self) -> list[tuple[Lane, list[Task]]]:
+        """Hand waiting tasks to workers with credit: placed tasks to their node's workers, the rest to any.
+
+        Each task moves to SENT and into its worker's window; the caller sends each batch (or gives it back
+        with `unsend` if it cannot).
+        """
+        batches: list[tuple[Lane, list[Task]]] = []
+        for node in list(self._pending_for):
+            queue = self._pending_for[node]
+            if queue:
+                self._dispatch_queue(queue, node, batches)
+            if not queue:
+                del self._pending_for[node]
+        self._dispatch_queue(self._pending, None, batches)
+        return batches
+
+    def unsend(self, lane: Lane, batch: list[Task]) -> None:
+        """A batch could not be sent (its connection broke): back to the head of its queues, as if unsent."""
+        for task in reversed(batch):
+            lane.inflight.pop(task.id, None)
+            if task.state is TaskState.SENT and task.worker == lane.key:
+                self._requeue(task)
+
+    # -- outcomes ------------------------------------------------------------------------------------------
+
+    def take(self, lane: Lane, task_id: int, seconds: float) -> Optional[Task]:
+        """A worker answered a task in `seconds`: the task, or None for a late duplicate of one that ended."""
+        task = lane.inflight.pop(task_id, None)
+        lane.observe(seconds)
+        if task is None or task.is_final:
+            return None
+        return task
+
+    def give_back(self, lane: Lane, task_ids: Iterable[int]) -> None:
+        """The worker did not run these tasks (it lacked their function, or gave them up): queue them again."""
+        for task_id in task_ids:
+            task = lane.inflight.pop(task_id, None)
+            if task is not None and task.state is TaskState.SENT and task.worker == lane.key:
+                self._requeue(task)
+
+    def take_all(self, lane: Lane) -> list[Task]:
+        """Every task in flight on a worker whose messages cannot be trusted to answer them (to fail them)."""
+        tasks = list(lane.inflight.values())
+        lane.inflight.clear()
+        return tasks
+
+    def failed(self, worker_key: str, task_id: int, *, crashed: bool, message: str) -> Optional[tuple[Task, bool]]:
+        """A task's node reported it failed on a worker.
+
+        Returns:
+            None if the report is stale (the task ended, or was resent elsewhere); else the task, and whether
+            it was queued again (a crash, with crash retries left) rather than to be failed by the caller.
+        """
+        lane = self.lanes.get(worker_key)
+        task = (lane.inflight.pop(task_id, None) if lane is not None else None) or self.tasks.get(task_id)
+        if task is None or task.worker != worker_key or task.is_final:
+            return None
+        if crashed:
+            task.failures.append(message)
+            if task.retries > 0:
+                task.retries -= 1
+                self._requeue(task)
+                return task, True
+        return task, False
+
+    def finish(self, task: Task, succeeded: bool) -> bool:
+        """The task ended; False if it already had (its outcome must not be delivered twice)."""
+        if task.is_final:
+            return False
+        task.move(TaskState.DONE if succeeded else TaskState.FAILED)
+        self._forget(task)
+        return True
+
+    # -- inside -------------------------------------------------------------------------------------------
+
+    def _forget(self, task: Task) -> None:
+        del self.tasks[task.id]
+        if task.node is not None:
+            self._placed[task.node] -= 1
+
+    def _queue_of(self, task: Task) -> collections.deque[Task]:
+        """The pending queue for a task: its node's, while that node is known, else the general one."""
+        if task.node is not None and task.node in self._nodes:
+            return self._pending_for[task.node]
+        return self._pending
+
+    def _requeue(self, task: Task) -> None:
+        """A sent task that never ran goes back to the head of its queue."""
+        task.move(TaskState.PENDING)
+        task.worker = None
+        self._queue_of(task).appendleft(task)
+
+    def _dispatch_queue(self, queue: collections.deque[Task], node: Optional[str],
+                        batches: list[tuple[Lane, list[Task]]]) -> None:
+        while queue:
+            lane, sharing = self._choose_worker(node)
+            if lane is None:
+                return
+            # No more than a fair share of what waits, so that two slow tasks go to two idle workers.
+            credit = min(lane.credit(), -(-len(queue) // sharing))
+            batch: list[Task] = []
+            while queue and len(batch) < credit:
+                task = queue.popleft()
+                if task.state is not TaskState.PENDING:
+                    continue  # cancelled while queued
+                task.move(TaskState.SENT)
+                task.worker = lane.key
+                lane.inflight[task.id] = task
+                batch.append(task)
+            if not batch:
+                return
+            batches.append((lane, batch))
+
+    def _choose_worker(self, node: Optional[str]) -> tuple[Optional[Lane], int]:
+        """The worker with the fewest of our tasks in flight that still has credit (round robin on ties),
+        and how many workers could take work now."""
+        lanes: Iterable[Lane] = self.lanes.values()
+        if node is not None:
+            lanes = [lane for lane in lanes if lane.node == node]
+        candidates = [lane for lane in lanes if lane.connected and lane.credit() > 0]
+        if self.max_running:
+            # At most max_running workers hold our tasks: the busy ones, and idle ones up to the cap.
+            free = self.max_running - sum(1 for lane in self.lanes.values() if lane.inflight)
+            idle = [lane for lane in candidates if not lane.inflight]
+            candidates = [lane for lane in candidates if lane.inflight] + idle[:max(0, free)]
+        if not candidates:
+            return None, 0
+        best = min(candidates, key=lambda lane: len(lane.inflight))
+        # Rotate so that ties go to a different worker next time.
+        self.lanes[best.key] = self.lanes.pop(best.key)
+        return best, len(candidates)

@@ -1,0 +1,268 @@
+"""The client's task table without sockets: windows, placement on nodes, max_running, resends after a lost
+worker, crash retries, cancellation and stale reports, driven by events as the client's I/O thread drives it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lucidity.task import FunctionRef, IllegalTransition, Task, TaskState
+from lucidity.tasktable import WINDOW_MAX, WINDOW_MIN, Lane, TaskTable
+
+FUNCTION = FunctionRef("digest", b"", "work, defined in app.py:12")
+
+
+def tasks(*ids: int, **options: Any) -> list[Task]:
+    return [Task(task_id, FUNCTION, "call", [b"payload"], lambda ok, value: None, **options) for task_id in ids]
+
+
+def table_with(*keys: str, max_running: Any = None) -> TaskTable:
+    """A table whose workers (node/worker keys) are all connected."""
+    table = TaskTable(max_running)
+    table.set_nodes(frozenset(key.split("/")[0] for key in keys))
+    for key in keys:
+        table.add_worker(key, key.split("/")[0]).connected = True
+    return table
+
+
+def sent(batches: list[tuple[Lane, list[Task]]]) -> dict[str, list[int]]:
+    """The ids sent to each worker, in order (a worker may get a batch from each queue)."""
+    ids: dict[str, list[int]] = {}
+    for lane, batch in batches:
+        ids.setdefault(lane.key, []).extend(task.id for task in batch)
+    return ids
+
+
+# -- the window ---------------------------------------------------------------------------------------------
+
+def window_after(seconds: float, count: int = 50) -> int:
+    lane = Lane("n1/w1", "n1")
+    for _ in range(count):
+        lane.observe(seconds)
+    return lane.credit()
+
+
+def test_a_worker_not_yet_timed_gets_the_smallest_window() -> None:
+    assert Lane("n1/w1", "n1").credit() == WINDOW_MIN
+
+
+def test_the_window_grows_as_tasks_get_shorter_within_its_bounds() -> None:
+    windows = [window_after(seconds) for seconds in (10.0, 0.1, 0.001, 0.0001, 1e-5, 1e-7)]
+    assert windows == sorted(windows)
+    assert windows[0] == WINDOW_MIN and windows[-1] == WINDOW_MAX
+
+
+def test_the_window_follows_a_change_of_pace_gradually() -> None:
+    lane = Lane("n1/w1", "n1")
+    for _ in range(50):
+        lane.observe(1e-6)
+    fast = lane.credit()
+    lane.observe(1.0)  # one slow task among many fast ones
+    after_one = lane.credit()
+    for _ in range(50):
+        lane.observe(1.0)
+    assert fast > after_one >= WINDOW_MIN
+    assert lane.credit() == WINDOW_MIN
+
+
+# -- dispatch -----------------------------------------------------------------------------------------------
+
+def test_waiting_tasks_spread_over_the_workers_a_fair_share_each() -> None:
+    table = table_with("n1/a", "n1/b")
+    table.add(tasks(1, 2))
+    assert sent(table.dispatch()) == {"n1/a": [1], "n1/b": [2]}  # two slow-or-unknown tasks: one each
+    assert all(task.state is TaskState.SENT for task in table.tasks.values())
+
+
+def test_no_worker_gets_more_than_its_window_and_the_rest_wait() -> None:
+    table = table_with("n1/a")
+    table.add(tasks(*range(1, 6)))
+    assert sent(table.dispatch()) == {"n1/a": [1, 2]}
+    assert table.waiting() and table.dispatch() == []  # no credit until a result comes back
+    lane = table.lanes["n1/a"]
+    assert table.take(lane, 1, seconds=1.0) is not None
+    assert sent(table.dispatch()) == {"n1/a": [3]}
+
+
+def test_tiny_tasks_travel_in_batches_once_their_pace_is_known() -> None:
+    table = table_with("n1/a")
+    lane = table.lanes["n1/a"]
+    for _ in range(50):
+        lane.observe(1e-6)
+    table.add(tasks(*range(1, 101)))
+    assert sent(table.dispatch()) == {"n1/a": list(range(1, 101))}
+
+
+def test_a_worker_not_connected_gets_nothing() -> None:
+    table = table_with("n1/a")
+    table.add_worker("n1/b", "n1")  # told of, not connected yet
+    table.add(tasks(1, 2, 3))
+    assert set(sent(table.dispatch())) == {"n1/a"}
+    table.lanes["n1/b"].connected = True
+    assert set(sent(table.dispatch())) == {"n1/b"}
+
+
+def test_max_running_caps_the_workers_that_hold_tasks() -> None:
+    table = table_with("n1/a", "n1/b", "n1/c", max_running=2)
+    table.add(tasks(*range(1, 10)))
+    assert len(sent(table.dispatch())) == 2
+    assert sum(1 for lane in table.lanes.values() if lane.inflight) == 2
+
+
+def test_ties_rotate_between_workers() -> None:
+    table = table_with("n1/a", "n1/b")
+    chosen = []
+    for task_id in range(1, 5):
+        table.add(tasks(task_id))
+        ((lane, batch),) = table.dispatch()
+        chosen.append(lane.key)
+        assert table.take(lane, task_id, 0.5) is batch[0]
+        table.finish(batch[0], True)
+    assert chosen == ["n1/a", "n1/b", "n1/a", "n1/b"]
+
+
+def test_placed_tasks_go_to_their_nodes_workers_and_count_as_placed() -> None:
+    table = table_with("n1/a", "n2/a")
+    table.add(tasks(1, 2, node="n2"))
+    assert table.placed_on("n2") == 2 and table.placed_on("n1") == 0
+    assert sent(table.dispatch()) == {"n2/a": [1, 2]}
+    for task in list(table.tasks.values()):
+        table.finish(task, True)
+    assert table.placed_on("n2") == 0 and table.idle
+
+
+def test_tasks_placed_on_a_node_that_left_go_to_any_worker_first_in_line() -> None:
+    table = table_with("n1/a", "n2/a")
+    table.lanes["n2/a"].connected = False  # n2's worker is not reachable: its placed tasks wait for it
+    table.add(tasks(5, node="n1"))
+    table.add(tasks(1, 2, node="n2"))
+    table.add(tasks(3))
+    assert sent(table.dispatch()) == {"n1/a": [5, 3]}
+    table.remove_worker("n2/a", lost=True)
+    table.set_nodes(frozenset({"n1"}))
+    table.take(table.lanes["n1/a"], 5, 1.0)
+    table.take(table.lanes["n1/a"], 3, 1.0)
+    assert sent(table.dispatch()) == {"n1/a": [1, 2]}  # in their order, ahead of anything queued later
+
+
+# -- cancellation --------------------------------------------------------------------------------------------
+
+def test_a_waiting_task_can_be_cancelled_and_is_never_sent() -> None:
+    table = table_with("n1/a")
+    first, second = tasks(1, 2)
+    table.add([first, second])
+    assert table.cancel(first) and first.state is TaskState.CANCELLED
+    assert sent(table.dispatch()) == {"n1/a": [2]}
+    assert not table.cancel(second)  # on its way: too late
+    assert list(table.tasks) == [2]
+
+
+# -- a worker goes away ---------------------------------------------------------------------------------------
+
+def test_a_worker_that_exited_gives_its_tasks_to_another_without_spending_retries() -> None:
+    table = table_with("n1/a", "n1/b")
+    table.add(tasks(1, 2, 3, 4))
+    table.dispatch()
+    held = [task.id for task in table.lanes["n1/a"].inflight.values()]
+    requeued, out = table.remove_worker("n1/a", lost=False)
+    assert sorted(t.id for t in requeued) == sorted(held) and out == []
+    assert all(t.lost_retries == 3 and t.state is TaskState.PENDING and t.worker is None for t in requeued)
+    other = table.lanes["n1/b"]
+    for task_id in list(other.inflight):
+        table.finish(table.take(other, task_id, 1.0), True)  # type: ignore[arg-type]
+    assert sent(table.dispatch()) == {"n1/b": held}  # in their order, first in line
+
+
+def test_tasks_of_a_lost_node_spend_a_retry_each_and_fail_once_out_of_them() -> None:
+    table = table_with("n1/a", "n2/a")
+    (task,) = tasks(1, lost_retries=1)
+    table.add([task])
+    for attempt in range(2):
+        ((lane, _),) = table.dispatch()
+        requeued, out = table.remove_worker(lane.key, lost=True)
+        table.add_worker(lane.key, lane.node).connected = True  # the node comes back
+        if attempt == 0:
+            assert requeued == [task] and task.lost_retries == 0
+    assert out == [task] and task.state is TaskState.SENT  # the caller fails it with NodeLost
+    assert table.finish(task, False) and table.idle
+
+
+def test_a_batch_that_could_not_be_sent_is_queued_again_as_if_unsent() -> None:
+    table = table_with("n1/a")
+    table.add(tasks(1, 2))
+    ((lane, batch),) = table.dispatch()
+    table.unsend(lane, batch)
+    assert not lane.inflight and [t.state for t in batch] == [TaskState.PENDING] * 2
+    assert sent(table.dispatch()) == {"n1/a": [1, 2]}
+
+
+def test_tasks_a_worker_gives_back_are_queued_again() -> None:
+    table = table_with("n1/a")
+    table.add(tasks(1, 2))
+    ((lane, _),) = table.dispatch()
+    table.give_back(lane, [2, 99])  # 99: not ours, ignored
+    assert [t.id for t in lane.inflight.values()] == [1] and table.tasks[2].state is TaskState.PENDING
+
+
+# -- outcomes ------------------------------------------------------------------------------------------------
+
+def test_a_result_answers_its_task_once_and_a_late_duplicate_is_ignored() -> None:
+    table = table_with("n1/a")
+    table.add(tasks(1))
+    ((lane, (task,)),) = table.dispatch()
+    assert table.take(lane, 1, 0.01) is task
+    assert table.finish(task, True) and table.idle
+    assert table.take(lane, 1, 0.01) is None
+    assert not table.finish(task, False)  # delivered once
+
+
+def test_a_crash_is_retried_while_retries_last_then_failed() -> None:
+    table = table_with("n1/a")
+    (task,) = tasks(1, retries=1)
+    table.add([task])
+    table.dispatch()
+    assert table.failed("n1/a", 1, crashed=True, message="died") == (task, True)
+    assert task.state is TaskState.PENDING and task.retries == 0
+    table.dispatch()
+    assert table.failed("n1/a", 1, crashed=True, message="died again") == (task, False)
+    assert task.failures == ["died", "died again"]
+
+
+def test_a_limit_breach_is_never_retried() -> None:
+    table = table_with("n1/a")
+    (task,) = tasks(1, retries=3)
+    table.add([task])
+    table.dispatch()
+    assert table.failed("n1/a", 1, crashed=False, message="over its memory cap") == (task, False)
+    assert task.failures == [] and task.retries == 3
+
+
+def test_a_stale_failure_report_changes_nothing() -> None:
+    table = table_with("n1/a", "n1/b")
+    (task,) = tasks(1)
+    table.add([task])
+    ((lane, _),) = table.dispatch()
+    other = "n1/b" if lane.key == "n1/a" else "n1/a"
+    assert table.failed(other, 1, crashed=True, message="x") is None  # the task is not on that worker
+    assert table.failed(lane.key, 2, crashed=True, message="x") is None  # no such task
+    table.take(lane, 1, 0.1)
+    table.finish(task, True)
+    assert table.failed(lane.key, 1, crashed=True, message="x") is None  # it ended
+
+
+def test_a_worker_whose_messages_cannot_be_trusted_hands_over_all_it_holds() -> None:
+    table = table_with("n1/a")
+    table.add(tasks(1, 2))
+    ((lane, batch),) = table.dispatch()
+    assert table.take_all(lane) == batch and not lane.inflight
+
+
+def test_an_illegal_move_is_a_bug_that_names_the_history() -> None:
+    table = table_with("n1/a")
+    (task,) = tasks(1)
+    table.add([task])
+    table.dispatch()
+    table.finish(task, True)
+    with pytest.raises(IllegalTransition, match="history pending -> sent -> done"):
+        task.move(TaskState.SENT)
