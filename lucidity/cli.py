@@ -1,4 +1,4 @@
-"""`lucidity control | node | status | secret | fly | demo`: parse, configure logging, run.
+"""`lucidity control | node | status | top | secret | fly | demo`: parse, configure logging, run.
 
 This is the only place that configures logging handlers. Logic lives in the daemons; a test never needs
 to go through here to reach it.
@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                          help=f"listening address, e.g. tcp://[::]:3030 or 0.0.0.0 (default {DEFAULT_CONTROL})")
     control.add_argument("--node-timeout", type=float, default=5.0,
                          help="seconds of silence after which a node is declared lost (default 5)")
+    control.add_argument("--dashboard", default=None, metavar="HOST:PORT",
+                         help="serve a web dashboard there (loopback; beyond it only with a secret, behind a "
+                              "token printed at start)")
     # Embedded clusters only: the private directory of the ipc:// address, removed when the daemon exits.
     control.add_argument("--runtime-dir", default=None, help=argparse.SUPPRESS)
     daemon_options(control)
@@ -92,11 +95,16 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", allow_abbrev=False,
                                  help="print the nodes, their workers and task counts")
-    status.add_argument("address", nargs="?", default=None,
-                        help=f"control address (default $LUCIDITY_ADDRESS or {DEFAULT_CONTROL})")
+    top = commands.add_parser("top", allow_abbrev=False,
+                              help="watch the nodes, workers, memory and tasks per second (as status --watch)")
+    for sub in (status, top):
+        sub.add_argument("address", nargs="?", default=None,
+                         help=f"control address (default $LUCIDITY_ADDRESS or {DEFAULT_CONTROL})")
+        sub.add_argument("--timeout", type=float, default=None,
+                         help=f"seconds to wait per daemon (default {STATUS_TIMEOUT:g}; watching: 1)")
+        sub.add_argument("--secret-file", default=None, help="file holding the cluster secret")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    status.add_argument("--timeout", type=float, default=STATUS_TIMEOUT, help="seconds to wait per daemon")
-    status.add_argument("--secret-file", default=None, help="file holding the cluster secret")
+    status.add_argument("--watch", action="store_true", help="redraw a live view every second until q or Ctrl-C")
 
     secret = commands.add_parser("secret", allow_abbrev=False,
                                  help="write a new random cluster secret to a file (mode 0600)")
@@ -120,14 +128,25 @@ def main(argv: Optional[list[str]] = None) -> int:
         from .node.control import ControlDaemon
 
         secret = _secret(args)
+        dashboard = None
         try:
+            if args.dashboard is not None:
+                from .dashboard import Dashboard
+
+                dashboard = Dashboard(args.dashboard, secret=secret)
+                print(f"lucidity control: dashboard at {dashboard.url}", file=sys.stderr, flush=True)
             control = ControlDaemon(args.bind, parent_fd=args.parent_fd, ready_fd=args.ready_fd,
                                     node_timeout=args.node_timeout, secret=secret, insecure=args.insecure,
-                                    runtime_dir=args.runtime_dir)
-        except ValueError as exc:
+                                    runtime_dir=args.runtime_dir,
+                                    on_serving=None if dashboard is None else dashboard.attach)
+        except (ValueError, OSError) as exc:
             print(f"lucidity control: {exc}", file=sys.stderr)
             return 2
-        return control.run()
+        try:
+            return control.run()
+        finally:
+            if dashboard is not None:
+                dashboard.stop()
     if args.command == "node":
         from .node.daemon import NodeDaemon
 
@@ -150,10 +169,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"lucidity node: {exc}", file=sys.stderr)
             return 2
         return daemon.run()
+    if args.command == "top" or (args.command == "status" and args.watch):
+        return _watch(args)
     if args.command == "status":
         address = args.address or os.environ.get("LUCIDITY_ADDRESS") or DEFAULT_CONTROL
         try:
-            report = query_status(address, args.timeout, _secret(args))
+            report = query_status(address, args.timeout or STATUS_TIMEOUT, _secret(args))
         except ValueError as exc:
             print(f"lucidity status: {exc}", file=sys.stderr)
             return 2
@@ -185,6 +206,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         demo.run(args.processes)
         return 0
     return 2
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from .watch import REFRESH_INTERVAL, watch
+
+    if getattr(args, "json", False):
+        print("lucidity status: --watch draws a screen; --json prints once (choose one)", file=sys.stderr)
+        return 2
+    if not sys.stdout.isatty():
+        print(f"lucidity {args.command}: the live view needs a terminal; `lucidity status` prints once",
+              file=sys.stderr)
+        return 2
+    address = args.address or os.environ.get("LUCIDITY_ADDRESS") or DEFAULT_CONTROL
+    try:
+        return watch(address, secret=_secret(args), timeout=args.timeout or REFRESH_INTERVAL)
+    except ValueError as exc:
+        print(f"lucidity {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _secret(args: argparse.Namespace) -> Optional[bytes]:

@@ -23,7 +23,7 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import zmq
 
@@ -76,6 +76,8 @@ class ControlDaemon(Daemon):
         ready_fd: a pipe to which the bound address is written once listening (embedded clusters).
         runtime_dir: the embedded cluster's private directory, which must hold the ipc:// socket at `bind`;
             removed when this daemon exits, however its owner ended (embedded clusters).
+        on_serving: called with the bound address once listening (``lucidity control --dashboard``); what
+            it returns is called when the daemon stops.
 
     Raises:
         ValueError: `runtime_dir` is not the directory of an ipc:// `bind` address.
@@ -83,13 +85,15 @@ class ControlDaemon(Daemon):
 
     def __init__(self, bind: str = "tcp://127.0.0.1:3030", *, parent_fd: Optional[int] = None,
                  ready_fd: Optional[int] = None, node_timeout: float = NODE_TIMEOUT,
-                 secret: Optional[bytes] = None, insecure: bool = False, runtime_dir: Optional[str] = None) -> None:
+                 secret: Optional[bytes] = None, insecure: bool = False, runtime_dir: Optional[str] = None,
+                 on_serving: Optional[Callable[[str], Callable[[], None]]] = None) -> None:
         if runtime_dir is not None and not _holds_socket(runtime_dir, bind):
             # Removing a whole tree is only safe for the directory made for this cluster's sockets.
             raise ValueError(f"--runtime-dir {runtime_dir} is not the directory of the ipc:// address {bind}")
         super().__init__("control", addresses.bind_endpoint(bind, default_port=addresses.CONTROL_PORT).zmq,
                          secret=secret, insecure=insecure, parent_fd=parent_fd, ready_fd=ready_fd)
         self._runtime_dir = runtime_dir
+        self._on_serving = on_serving
         self._node_timeout = node_timeout
         self.instance = uuid.uuid4().hex
         self.address = ""
@@ -115,6 +119,7 @@ class ControlDaemon(Daemon):
         self.address = self._bound
         logger.info("control listening at %s (instance %s)", self.address, self.instance)
         self._announce(self.address)
+        stop_attachment = self._on_serving(self.address) if self._on_serving is not None else None
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._waker.read_fd, zmq.POLLIN)
@@ -135,6 +140,8 @@ class ControlDaemon(Daemon):
                     self._drain_router(self._receive, ACCEPTED_BY_ROLE, ACCEPTED)
         finally:
             logger.info("control at %s stopping", self.address)
+            if stop_attachment is not None:
+                stop_attachment()
             self._close()
         return 0
 
