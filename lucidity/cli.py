@@ -11,12 +11,15 @@ import json
 import logging
 import os
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from . import addresses
 from ._version import __version__
 from .errors import AuthenticationError, ClusterUnavailable
 from .status import STATUS_TIMEOUT, format_status, query_status
+
+if TYPE_CHECKING:
+    from .node.logformat import JsonFormatter
 
 __all__ = ["main"]
 
@@ -51,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="allow listening beyond loopback without a secret (anyone reaching the port runs code)")
         sub.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
         sub.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+        sub.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                         help="serve Prometheus metrics at http://HOST:PORT/metrics and a health check at /health "
+                              "(loopback; beyond it only with a cluster secret or --insecure)")
+        sub.add_argument("--log-format", default="text", choices=["text", "json"],
+                         help="json: one JSON object per log line (default: text)")
 
     control = commands.add_parser("control", allow_abbrev=False,
                                   help="run the control node (the cluster's membership)")
@@ -123,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     level = getattr(args, "log_level", None) or args.global_log_level or "INFO"
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    json_logs = _configure_logging(args, level)
     if args.command == "control":
         from .node.control import ControlDaemon
 
@@ -137,7 +145,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"lucidity control: dashboard at {dashboard.url}", file=sys.stderr, flush=True)
             control = ControlDaemon(args.bind, parent_fd=args.parent_fd, ready_fd=args.ready_fd,
                                     node_timeout=args.node_timeout, secret=secret, insecure=args.insecure,
-                                    runtime_dir=args.runtime_dir,
+                                    runtime_dir=args.runtime_dir, metrics=args.metrics,
                                     on_serving=None if dashboard is None else dashboard.attach)
         except (ValueError, OSError) as exc:
             print(f"lucidity control: {exc}", file=sys.stderr)
@@ -164,10 +172,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 max_tasks_per_worker=args.max_tasks_per_worker, recycle_memory=args.recycle_memory,
                                 heartbeat_interval=args.heartbeat_interval, client_timeout=args.client_timeout,
                                 secret=_secret(args), insecure=args.insecure, advertise=args.advertise,
-                                worker_ports=worker_ports)
+                                worker_ports=worker_ports, metrics=args.metrics, log_worker_output=json_logs is not None)
         except ValueError as exc:
             print(f"lucidity node: {exc}", file=sys.stderr)
             return 2
+        if json_logs is not None:
+            json_logs.node = daemon.name
         return daemon.run()
     if args.command == "top" or (args.command == "status" and args.watch):
         return _watch(args)
@@ -224,6 +234,21 @@ def _watch(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"lucidity {args.command}: {exc}", file=sys.stderr)
         return 2
+
+
+def _configure_logging(args: argparse.Namespace, level: str) -> Optional["JsonFormatter"]:
+    """The root logger's one handler, on stderr: text, or with ``--log-format json`` the daemon's JSON lines
+    (returned, so that a node daemon's name can be set once it is known)."""
+    if getattr(args, "log_format", "text") != "json":
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+        return None
+    from .node.logformat import JsonFormatter
+
+    formatter = JsonFormatter(args.command)
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level, handlers=[handler])
+    return formatter
 
 
 def _secret(args: argparse.Namespace) -> Optional[bytes]:

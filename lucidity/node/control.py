@@ -30,6 +30,7 @@ import zmq
 from .. import addresses, messages, protocol
 from ..errors import ProtocolError
 from ..security import Role
+from .metrics import Family, Health, counter, gauge
 from .skeleton import Daemon
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,10 @@ class NodeRecord:
         return messages.NodeEntry(self.name, self.address, self.processes, self.instance, self.running, self.host)
 
 
+#: The values of the node events counter's label.
+NODE_EVENTS = ("joined", "left", "lost")
+
+
 class ControlDaemon(Daemon):
     """Keeps the registry of nodes for the cluster at `bind`.
 
@@ -78,20 +83,24 @@ class ControlDaemon(Daemon):
             removed when this daemon exits, however its owner ended (embedded clusters).
         on_serving: called with the bound address once listening (``lucidity control --dashboard``); what
             it returns is called when the daemon stops.
+        metrics: ``HOST:PORT`` to serve Prometheus metrics (/metrics) and a health check (/health) at.
 
     Raises:
         ValueError: `runtime_dir` is not the directory of an ipc:// `bind` address.
     """
 
+    KIND = "control"
+
     def __init__(self, bind: str = "tcp://127.0.0.1:3030", *, parent_fd: Optional[int] = None,
                  ready_fd: Optional[int] = None, node_timeout: float = NODE_TIMEOUT,
                  secret: Optional[bytes] = None, insecure: bool = False, runtime_dir: Optional[str] = None,
-                 on_serving: Optional[Callable[[str], Callable[[], None]]] = None) -> None:
+                 on_serving: Optional[Callable[[str], Callable[[], None]]] = None,
+                 metrics: Optional[str] = None) -> None:
         if runtime_dir is not None and not _holds_socket(runtime_dir, bind):
             # Removing a whole tree is only safe for the directory made for this cluster's sockets.
             raise ValueError(f"--runtime-dir {runtime_dir} is not the directory of the ipc:// address {bind}")
         super().__init__("control", addresses.bind_endpoint(bind, default_port=addresses.CONTROL_PORT).zmq,
-                         secret=secret, insecure=insecure, parent_fd=parent_fd, ready_fd=ready_fd)
+                         secret=secret, insecure=insecure, parent_fd=parent_fd, ready_fd=ready_fd, metrics=metrics)
         self._runtime_dir = runtime_dir
         self._on_serving = on_serving
         self._node_timeout = node_timeout
@@ -100,6 +109,7 @@ class ControlDaemon(Daemon):
         self._nodes: dict[bytes, NodeRecord] = {}
         self._watchers: dict[bytes, float] = {}
         self._last_expiry = time.monotonic()
+        self._node_events = dict.fromkeys(NODE_EVENTS, 0)  # for the metrics
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM or the owner's exit. Returns the exit status."""
@@ -138,6 +148,7 @@ class ControlDaemon(Daemon):
                     break
                 if self._router in events:
                     self._drain_router(self._receive, ACCEPTED_BY_ROLE, ACCEPTED)
+                self._answer_scrapes()
         finally:
             logger.info("control at %s stopping", self.address)
             if stop_attachment is not None:
@@ -157,6 +168,7 @@ class ControlDaemon(Daemon):
             record = self._nodes.pop(identity, None)
             if record is not None:
                 logger.info("node %s left", record.name)
+                self._node_events["left"] += 1
                 self._broadcast()
         elif isinstance(body, (messages.Watch, messages.Heartbeat)):
             self._watchers[identity] = now
@@ -187,6 +199,7 @@ class ControlDaemon(Daemon):
         self._nodes[identity] = NodeRecord(identity, join.name, join.address, join.processes, join.instance, 0, now,
                                            join.host)
         logger.info("node %s joined from %s with %d workers", join.name, join.address, join.processes)
+        self._node_events["joined"] += 1
         self._broadcast()
 
     def _expire(self, now: float) -> float:
@@ -201,6 +214,7 @@ class ControlDaemon(Daemon):
             if now - record.last_seen > self._node_timeout:
                 logger.warning("node %s lost: silent for %.1f s", record.name, now - record.last_seen)
                 del self._nodes[identity]
+                self._node_events["lost"] += 1
                 changed = True
         for identity, seen in list(self._watchers.items()):
             if now - seen > WATCHER_TIMEOUT:
@@ -210,6 +224,24 @@ class ControlDaemon(Daemon):
         deadlines = [r.last_seen + self._node_timeout for r in self._nodes.values()]
         deadlines += [seen + WATCHER_TIMEOUT for seen in self._watchers.values()]
         return max(0.05, min(deadlines, default=now + WATCHER_TIMEOUT) - now)
+
+    def _metric_families(self) -> list[Family]:
+        nodes = list(self._nodes.values())
+        busy_nodes = sum(1 for r in nodes if r.running)
+        running = sum(min(r.running, r.processes) for r in nodes)
+        return super()._metric_families() + [
+            gauge("lucidity_cluster_nodes", "Nodes listed by the control node, by whether a worker ran a task at "
+                  "their last heartbeat", {"idle": len(nodes) - busy_nodes, "busy": busy_nodes}, label="state"),
+            gauge("lucidity_cluster_workers", "Workers of the listed nodes, by whether they ran a task at the last "
+                  "heartbeat", {"idle": sum(r.processes for r in nodes) - running, "busy": running}, label="state"),
+            gauge("lucidity_cluster_clients", "Clients watching the membership", len(self._watchers)),
+            counter("lucidity_cluster_node_events_total", "Nodes listed (joined), that left, or that went silent "
+                    "(lost)", self._node_events, label="event"),
+        ]
+
+    def _health(self) -> Health:
+        healthy, body = super()._health()
+        return healthy, {**body, "nodes": len(self._nodes), "clients": len(self._watchers)}
 
     def _nodes_message(self) -> list[Any]:
         return messages.encode(messages.Nodes(tuple(r.describe() for r in self._nodes.values()), self.instance))

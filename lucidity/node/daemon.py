@@ -34,12 +34,15 @@ from .. import addresses, messages, protocol, security, transport
 from ..errors import describe_exit
 from ..security import Role
 from .controllink import ControlLink
-from .processes import STOP_GRACE, Child, stop_children
+from .logformat import context
+from .processes import STOP_GRACE, Child, stop_adopted, stop_children
 from .skeleton import Daemon
 from . import limits
 from ..sizes import format_size
 from .slots import SlotState, SlotTable, SlotView
-from .supervision import WorkerProcess, WorkerState, enforce_limits, failure_report, peak_rss
+from .metrics import Family, Health
+from .reporting import NodeCounters, node_families, node_status
+from .supervision import WorkerProcess, WorkerState, enforce_limits, failure_report
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +89,15 @@ class NodeDaemon(Daemon):
         advertise: the host clients are told to use (default: the bound one; for a wildcard bind, the
             address of the interface that routes to the control node). ``$VAR`` in it is expanded.
         worker_ports: (first, last) ports the workers listen on (default: any free port).
+        metrics: ``HOST:PORT`` to serve Prometheus metrics (/metrics) and a health check (/health) at.
+        log_worker_output: log what workers write to stderr line by line (``lucidity.worker``), instead of
+            passing it through as it is (JSON logs, in which every line must be an object).
 
     Raises:
         ValueError: an address, or a limit, that cannot work (one line, for the CLI to print).
     """
+
+    KIND = "node"
 
     def __init__(self, control_address: str, bind: str = "tcp://127.0.0.1:0", processes: Optional[int] = None,
                  name: Optional[str] = None, *, parent_fd: Optional[int] = None,
@@ -97,15 +105,17 @@ class NodeDaemon(Daemon):
                  max_tasks_per_worker: Optional[int] = None, recycle_memory: Optional[int] = None,
                  heartbeat_interval: float = HEARTBEAT_INTERVAL, client_timeout: float = CLIENT_TIMEOUT,
                  secret: Optional[bytes] = None, insecure: bool = False, advertise: Optional[str] = None,
-                 worker_ports: Optional[tuple[int, int]] = None) -> None:
+                 worker_ports: Optional[tuple[int, int]] = None, metrics: Optional[str] = None,
+                 log_worker_output: bool = False) -> None:
         self._control_endpoint = addresses.parse(control_address, what="control address")
         self._bind = addresses.bind_endpoint(bind, default_port=0)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         super().__init__(f"node {self.name}", self._bind.zmq, secret=secret, insecure=insecure, parent_fd=parent_fd,
-                         ready_fd=ready_fd)
+                         ready_fd=ready_fd, metrics=metrics)
         self._advertise = advertise
         addresses.advertised_host(self._bind, None, advertise)  # a bad --advertise fails now, not after binding
         self._worker_ports = worker_ports
+        self._log_worker_output = log_worker_output
         self._heartbeat_interval = heartbeat_interval
         self._client_timeout = client_timeout
         if memory_limit is not None and memory_limit < limits.MIN_WORKER_MEMORY:
@@ -132,8 +142,7 @@ class NodeDaemon(Daemon):
         self._spawn_failures = 0
         self._last_spawn_log = -SPAWN_LOG_INTERVAL
         self._joined = False
-        self._tasks_failed = 0
-        self._tasks_done_by_exited = 0
+        self._counters = NodeCounters()
         self._last_expiry = time.monotonic()
         self._link = ControlLink(self._context, self._control_endpoint, self.name)
         self.address = ""  # where clients reach this daemon (the advertised host)
@@ -196,7 +205,7 @@ class NodeDaemon(Daemon):
         workers = list(self._workers.values())
         stop_children([w.child for w in workers], STOP_GRACE)
         for worker in workers:
-            self._forget_fds(worker)
+            worker.close_links()
         logger.info("node %s stopped; every worker reaped", self.name)
         self._close()
 
@@ -242,6 +251,7 @@ class NodeDaemon(Daemon):
         for fd, handler in handlers.items():
             if fd in events:
                 handler()
+        self._answer_scrapes()
 
     # -- clients -----------------------------------------------------------------------------------------
 
@@ -281,7 +291,7 @@ class NodeDaemon(Daemon):
                 continue
             if now - record.last_seen > self._client_timeout:
                 logger.warning("node %s: client %s silent for %.0f s; dropping its work", self.name,
-                               record.client_id, now - record.last_seen)
+                               record.client_id, now - record.last_seen, extra=context(client_id=record.client_id))
                 del self._clients[identity]
                 self._abandon(record.client_id)
 
@@ -293,7 +303,8 @@ class NodeDaemon(Daemon):
             slot = self._slots.read(worker.index)
             if slot.state is SlotState.RUNNING and slot.client == wanted and worker.state is WorkerState.READY:
                 logger.info("node %s stops worker %d: its task %d belongs to client %s, which abandoned it",
-                            self.name, worker.child.pid, slot.task_id, client_id)
+                            self.name, worker.child.pid, slot.task_id, client_id,
+                            extra=context(worker.child.pid, slot.task_id, client_id))
                 worker.move(WorkerState.STOPPING)
                 worker.abandoned = True
                 worker.child.signal_group(signal.SIGKILL)
@@ -373,7 +384,9 @@ class NodeDaemon(Daemon):
         finally:
             os.close(write_fd)
         os.set_blocking(child.popen.stderr.fileno(), False)  # type: ignore[union-attr]
-        self._workers[index] = WorkerProcess(index, child, read_fd)
+        self._workers[index] = WorkerProcess(index, child, read_fd,
+                                             output_slots=self._slots if self._log_worker_output else None)
+        self._counters.workers_started += 1
         logger.debug("node %s started worker %d in position %d", self.name, child.pid, index)
 
     def _on_worker_ready(self, worker: WorkerProcess) -> None:
@@ -412,10 +425,10 @@ class NodeDaemon(Daemon):
         was_ready = worker.state is WorkerState.READY
         was_stopping = worker.state is WorkerState.STOPPING
         worker.move(WorkerState.EXITED)
-        self._forget_fds(worker)
-        self._stop_orphans()
+        worker.close_links()
+        stop_adopted((w.child.pid for w in self._workers.values() if w.state is not WorkerState.EXITED), self.who)
         slot = self._slots.read(worker.index)
-        self._tasks_done_by_exited += slot.tasks_done
+        self._counters.worker_exited(worker, slot, self._slots.tally(worker.index))
         if slot.state is SlotState.RUNNING and worker.abandoned:
             logger.info("node %s stopped worker %d: task %d's client went away", self.name, worker.child.pid,
                         slot.task_id)
@@ -435,36 +448,17 @@ class NodeDaemon(Daemon):
                 delay = min(RESTART_DELAY * 2 ** (self._restart_failures - 1), RESTART_DELAY_MAX)
             self._restart_at[worker.index] = time.monotonic() + delay
 
-    def _stop_orphans(self) -> None:
-        """Kill and reap processes a dead worker's tasks left behind (they were reparented to this daemon)."""
-        workers = {w.child.pid for w in self._workers.values() if w.state is not WorkerState.EXITED}
-        for pid in limits.children_of(os.getpid()):
-            if pid in workers:
-                continue
-            logger.info("node %s stops process %d, left behind by a worker that died", self.name, pid)
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)  # SIGKILL cannot be ignored; the wait is short
-            except (ProcessLookupError, ChildProcessError):
-                pass
-
     def _restart_due(self, now: float) -> None:
         for index, when in list(self._restart_at.items()):
             if when <= now:
                 del self._restart_at[index]
                 self._start_worker(index)
 
-    def _forget_fds(self, worker: WorkerProcess) -> None:
-        if worker.control is not None:
-            worker.control.close(linger=0)
-            worker.control = None
-        worker.close_pipes()
-
     def _report_failure(self, worker: WorkerProcess, slot: SlotView, code: int) -> None:
         """Tell the task's client why its task failed: a limit the watchdog enforced, or a crash."""
-        self._tasks_failed += 1
         report = failure_report(worker, slot, code, self.name)
-        logger.warning("%s", report.message)
+        self._counters.task_failed(report.reason)
+        logger.warning("%s", report.message, extra=context(worker.child.pid, slot.task_id, slot.client.hex()))
         frames = messages.encode(report)
         for identity, record in self._clients.items():
             if record.client_id == slot.client.hex():
@@ -477,16 +471,17 @@ class NodeDaemon(Daemon):
     # -- status ------------------------------------------------------------------------------------------
 
     def _status(self) -> messages.NodeStatus:
-        workers = []
-        for worker in sorted(self._workers.values(), key=lambda w: w.index):
-            slot = self._slots.read(worker.index)
-            running = slot.state is SlotState.RUNNING
-            workers.append(messages.WorkerStatus(
-                worker.child.pid, worker.address, "busy" if running else worker.state.value,
-                limits.memory_of(worker.child.pid) or 0,  # the worker and anything its task started
-                slot.tasks_done, slot.task_id if running else None, peak_rss(worker.child.pid),
-                slot.limits.memory if running and slot.limits.memory else self.memory_limit))
-        return messages.NodeStatus(
-            self.name, self.address, self.instance, self.memory_limit, self.processes, tuple(workers),
-            len(self._clients), self._tasks_done_by_exited + sum(w.tasks_done for w in workers), self._tasks_failed,
-            sum(1 for w in workers if w.state == "busy"))
+        return node_status(self._counters, self._slots, self._workers.values(), name=self.name, address=self.address,
+                           instance=self.instance, memory_limit=self.memory_limit, processes=self.processes,
+                           clients=len(self._clients))
+
+    def _metric_families(self) -> list[Family]:
+        return super()._metric_families() + node_families(
+            self._counters, self._slots, self._workers.values(), processes=self.processes,
+            memory_limit=self.memory_limit, clients=len(self._clients), joined=self._link.is_joined)
+
+    def _health(self) -> Health:
+        ready = sum(1 for w in self._workers.values() if w.state is WorkerState.READY)
+        return not self.stopping and ready > 0, {
+            "daemon": self.KIND, "node": self.name, "state": self.state.value, "joined": self._link.is_joined,
+            "workers_ready": ready, "processes": self.processes}

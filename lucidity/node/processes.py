@@ -18,9 +18,11 @@ import subprocess
 import time
 from typing import Iterable, Optional
 
+from .limits import children_of
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["Child", "stop_children", "raise_open_file_limit"]
+__all__ = ["Child", "stop_children", "stop_adopted", "raise_open_file_limit"]
 
 #: How long children get to exit after SIGTERM before SIGKILL, in seconds.
 STOP_GRACE = 2.0
@@ -134,3 +136,18 @@ def raise_open_file_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+def stop_adopted(keep: Iterable[int], who: str) -> None:
+    """SIGKILL and reap this process's children other than `keep`: what a dead worker's tasks left behind,
+    reparented here because the daemon is a subreaper (`limits.become_subreaper`)."""
+    keep = set(keep)
+    for pid in children_of(os.getpid()):
+        if pid in keep:
+            continue
+        logger.info("%s stops process %d, left behind by a worker that died", who, pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)  # SIGKILL cannot be ignored; the wait is short
+        except (ProcessLookupError, ChildProcessError):
+            pass

@@ -13,6 +13,9 @@ they serve, not in how they run. Both:
   drop itself but never the daemon;
 - close their sockets and context within a bounded linger, whatever ended them.
 
+- serve Prometheus metrics and a health check over HTTP when given ``--metrics`` (`lucidity.node.metrics`),
+  with the same rule for addresses beyond loopback, answered by their loop (`_answer_scrapes`).
+
 A daemon's life is a `Lifecycle`: STARTING until it listens, SERVING, STOPPING once asked to stop, STOPPED.
 """
 
@@ -28,7 +31,9 @@ from typing import Any, Callable, Optional
 import zmq
 
 from .. import protocol, security, transport
+from .._version import __version__
 from ..errors import ProtocolError
+from . import metrics as metrics_module
 from .processes import raise_open_file_limit
 
 logger = logging.getLogger(__name__)
@@ -60,11 +65,21 @@ class Daemon:
         secret: the cluster secret, or None (loopback only, unless `insecure`).
         parent_fd: a pipe's read end whose closing means the owner is gone (embedded clusters).
         ready_fd: a pipe to which the daemon writes its address once ready (embedded clusters).
+        metrics: ``HOST:PORT`` to serve ``/metrics`` and ``/health`` at, or None.
+
+    Raises:
+        ValueError: `metrics` is not ``HOST:PORT``.
     """
 
+    #: What the daemon is, in metrics and logs: "control" or "node".
+    KIND = "daemon"
+
     def __init__(self, who: str, bind: str, *, secret: Optional[bytes], insecure: bool,
-                 parent_fd: Optional[int], ready_fd: Optional[int]) -> None:
+                 parent_fd: Optional[int], ready_fd: Optional[int], metrics: Optional[str] = None) -> None:
         self.who = who
+        self._metrics_endpoint = None if metrics is None else metrics_module.parse_metrics_address(metrics)
+        self._exporter: Optional[metrics_module.Exporter] = None
+        self._started_at = time.time()
         self._bind_address = bind
         self._secret = secret
         self._insecure = insecure
@@ -96,7 +111,9 @@ class Daemon:
             signal.signal(signum, lambda signum, frame: self.stop())
         signal.set_wakeup_fd(self._waker.write_fd, warn_on_full_buffer=False)
         raise_open_file_limit()
-        if not security.check_exposure(self._bind_address, self._secret, self._insecure, self.who):
+        if not security.check_exposure(self._bind_address, self._secret, self._insecure, self.who) or (
+                self._metrics_endpoint is not None and
+                not metrics_module.may_expose(self._metrics_endpoint, self._secret, self._insecure, self.who)):
             self._close()
             return 2
         keys = security.ClusterKeys.derive(self._secret) if self._secret else None
@@ -112,8 +129,37 @@ class Daemon:
             logger.error("%s cannot bind %s: %s", self.who, self._bind_address, exc)
             self._close()
             return 2  # a port in use, an address not on this machine: the operator's to fix, as a usage error
+        if self._metrics_endpoint is not None:
+            self._exporter = metrics_module.Exporter(self._metrics_endpoint, self.who, self._waker.wake,
+                                                     lambda: self.stopping)
+            try:
+                self._exporter.start()
+            except OSError as exc:
+                logger.error("%s cannot serve metrics at %s:%d: %s", self.who, self._metrics_endpoint.host,
+                             self._metrics_endpoint.port, exc)
+                self._close()
+                return 2
         self.state = Lifecycle.SERVING
         return None
+
+    # -- metrics -----------------------------------------------------------------------------------------
+
+    def _answer_scrapes(self) -> None:
+        """Answer waiting /metrics and /health requests (called by the loop after each poll)."""
+        if self._exporter is not None:
+            self._exporter.answer(self._metric_families, self._health)
+
+    def _metric_families(self) -> list[metrics_module.Family]:
+        """What both daemons export; each adds its own."""
+        return [
+            metrics_module.Family("lucidity_daemon_info", "gauge", "The daemon's kind and lucidity version (always 1)",
+                                  (metrics_module.Sample("", (("daemon", self.KIND), ("version", __version__)), 1),)),
+            metrics_module.gauge("lucidity_daemon_start_time_seconds", "When the daemon started, in Unix time",
+                                 self._started_at),
+        ]
+
+    def _health(self) -> metrics_module.Health:
+        return not self.stopping, {"daemon": self.KIND, "state": self.state.value}
 
     def _announce(self, address: str) -> None:
         """Tell the owner of an embedded cluster where we are, once."""
@@ -182,6 +228,8 @@ class Daemon:
         the context and the waker. Idempotent."""
         if self.state is Lifecycle.STOPPED:
             return
+        if self._exporter is not None:
+            self._exporter.close()
         if self._guard is not None:
             self._guard.close()
         self._router.close(linger=0)

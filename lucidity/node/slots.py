@@ -8,7 +8,14 @@ nanoseconds), and the daemon reads the slot when it supervises: after a death, f
 
 Layout of one slot (little-endian, `SLOT_SIZE` bytes): state, task id, client id, start time
 (CLOCK_MONOTONIC, shared by all processes of a machine), tasks completed, and the task's limits: memory cap,
-wall time, CPU time, and the worker's CPU time when the task began.
+wall time, CPU time, and the worker's CPU time when the task began. Then the worker's `Tally`, what it has
+done since it started: tasks by outcome, bytes received and sent, the sum of task durations, and the
+count of tasks per duration bucket (`DURATION_BUCKETS`). The daemon exports these as metrics
+(`lucidity.node.metrics`); the worker pays two stores per task for them, and no message.
+
+Each field is an aligned 8-byte store, so a reader in another process sees each counter whole, though a
+task's counters may be seen half-updated (one more in its outcome, not yet in its bucket): metrics are
+sampled, never compared within one slot.
 """
 
 from __future__ import annotations
@@ -18,14 +25,24 @@ import mmap
 import os
 import struct
 import time
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 from .limits import Limits
 
-__all__ = ["SlotState", "SlotView", "SlotTable", "SLOT_SIZE"]
+__all__ = ["SlotState", "SlotView", "SlotTable", "SLOT_SIZE", "Tally", "DURATION_BUCKETS", "TALLY_FIELDS"]
 
 _LAYOUT = struct.Struct("<B7xq16sdQQddd")
-SLOT_SIZE = 128
+#: Upper bounds of the task duration histogram's buckets, in seconds (a last bucket, +Inf, is implied): from
+#: the tiny tasks that travel in batches to the hour-long ones.
+DURATION_BUCKETS = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0)
+#: The worker's counters, in slot order (`Tally` names them); the duration sum follows, then the buckets.
+TALLY_FIELDS = ("ok", "error", "memory", "dropped", "received_bytes", "sent_bytes")
+_TALLY = struct.Struct("<6Qd")
+_TALLY_OFFSET = _LAYOUT.size
+_BUCKET = struct.Struct("<Q")
+_BUCKETS_OFFSET = _TALLY_OFFSET + _TALLY.size
+_BUCKETS = struct.Struct(f"<{len(DURATION_BUCKETS) + 1}Q")
+SLOT_SIZE = 256
 
 
 class SlotState(enum.IntEnum):
@@ -47,6 +64,25 @@ class SlotView(NamedTuple):
     @property
     def running_for(self) -> float:
         return time.monotonic() - self.started if self.state is SlotState.RUNNING else 0.0
+
+
+class Tally(NamedTuple):
+    """What a worker has done since it started (or, summed, every worker of a daemon)."""
+
+    ok: int = 0  # tasks that returned a value
+    error: int = 0  # tasks that raised (their exception went back to the client)
+    memory: int = 0  # tasks refused memory under their cap (MemoryLimitExceeded raised in the worker)
+    dropped: int = 0  # queued tasks dropped unstarted because their client went away (DROP)
+    received_bytes: int = 0  # every frame the worker's socket received
+    sent_bytes: int = 0  # every frame it sent
+    duration_sum: float = 0.0  # seconds, over the tasks counted in ok, error and memory
+    buckets: tuple[int, ...] = (0,) * (len(DURATION_BUCKETS) + 1)  # tasks per duration bucket, not cumulative
+
+    def plus(self, other: "Tally") -> "Tally":
+        return Tally(self.ok + other.ok, self.error + other.error, self.memory + other.memory,
+                     self.dropped + other.dropped, self.received_bytes + other.received_bytes,
+                     self.sent_bytes + other.sent_bytes, self.duration_sum + other.duration_sum,
+                     tuple(a + b for a, b in zip(self.buckets, other.buckets)))
 
 
 class SlotTable:
@@ -79,11 +115,27 @@ class SlotTable:
             self._map, index * SLOT_SIZE)
         return SlotView(SlotState(state), task_id, client, started, done, Limits(memory, timeout, cpu), cpu_start)
 
+    def record(self, index: int, counters: Sequence[int], duration_sum: float, bucket: int = -1,
+               bucket_count: int = 0) -> None:
+        """Store the worker's counters (`TALLY_FIELDS` order) and, if `bucket` >= 0, that bucket's count."""
+        base = index * SLOT_SIZE
+        _TALLY.pack_into(self._map, base + _TALLY_OFFSET, *counters, duration_sum)
+        if bucket >= 0:
+            _BUCKET.pack_into(self._map, base + _BUCKETS_OFFSET + bucket * _BUCKET.size, bucket_count)
+
+    def tally(self, index: int) -> Tally:
+        base = index * SLOT_SIZE
+        ok, error, memory, dropped, received, sent, duration_sum = _TALLY.unpack_from(self._map, base + _TALLY_OFFSET)
+        return Tally(ok, error, memory, dropped, received, sent, duration_sum,
+                     _BUCKETS.unpack_from(self._map, base + _BUCKETS_OFFSET))
+
     def restore(self, index: int, view: SlotView) -> None:
         """Put back a slot reading (a task resumes after the nested tasks it waited on)."""
         self.begin(index, view.task_id, view.client, view.tasks_done, view.limits, view.cpu_start, view.started)
 
     def reset(self, index: int) -> None:
+        """Clear a slot for a new worker, counters included (its daemon has added the old ones up)."""
+        self._map[index * SLOT_SIZE:(index + 1) * SLOT_SIZE] = bytes(SLOT_SIZE)
         self.end(index, 0)
 
     def close(self, unlink: bool = False) -> None:

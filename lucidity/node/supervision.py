@@ -1,7 +1,8 @@
 """A supervised worker process as its node daemon sees it, and what the daemon says about it.
 
 Owns: the worker's states and their legal moves, its pipes (readiness and limited-task notices; stderr,
-passed through with its tail kept for crash reports), the watchdog round that enforces limits
+passed through with its tail kept for crash reports, or with JSON logs logged line by line through the
+logger ``lucidity.worker`` with the worker's pid and the task its slot shows), the watchdog round that enforces limits
 (`lucidity.node.limits` decides, this module kills), and the report of why a worker's task failed. The
 daemon (`lucidity.node.daemon`) spawns workers, watches their pidfds and talks to clients and control.
 """
@@ -23,9 +24,12 @@ from ..messages import FailureReason, FailureReport, WorkerEntry
 from . import limits
 from ..sizes import format_size
 from .processes import Child
+from .logformat import context
 from .slots import SlotState, SlotTable, SlotView
 
 logger = logging.getLogger(__name__)
+#: Where a worker's stderr goes when the daemon logs it line by line (JSON logs).
+output_logger = logging.getLogger("lucidity.worker")
 
 __all__ = ["WorkerState", "WorkerProcess", "enforce_limits", "failure_report", "peak_rss"]
 
@@ -66,6 +70,8 @@ class WorkerProcess:
     breach: Optional[limits.Breach] = None
     abandoned: bool = False  # stopped because the client of its task went away: not a failure to report
     control: Optional[zmq.Socket[Any]] = None  # the daemon's line to the worker, for DROP
+    output_slots: Optional[SlotTable] = None  # set: stderr is logged by line, with the task in this worker's slot
+    partial_line: bytearray = field(default_factory=bytearray)
 
     def move(self, new: WorkerState) -> None:
         if new not in _WORKER_TRANSITIONS[self.state]:
@@ -77,6 +83,13 @@ class WorkerProcess:
     def describe(self) -> WorkerEntry:
         return WorkerEntry(str(self.child.pid), self.child.pid, self.address)
 
+    def close_links(self) -> None:
+        """Close the daemon's socket to the worker, and its pipes."""
+        if self.control is not None:
+            self.control.close(linger=0)
+            self.control = None
+        self.close_pipes()
+
     def close_pipes(self) -> None:
         """Close the readiness pipe, and stderr after passing on what is left in it."""
         if self.ready_fd is not None:
@@ -86,6 +99,9 @@ class WorkerProcess:
         if stderr is not None and not stderr.closed:
             self.pump_stderr()
             stderr.close()
+        if self.partial_line:
+            self._log_line(bytes(self.partial_line))
+            self.partial_line.clear()
 
     def pump_stderr(self) -> None:
         """Pass the worker's stderr through to ours, keeping its tail for crash reports."""
@@ -99,10 +115,26 @@ class WorkerProcess:
         if not data:
             stderr.close()
             return
-        sys.stderr.buffer.write(data)
-        sys.stderr.buffer.flush()
         self.stderr_tail += data
         del self.stderr_tail[:-STDERR_TAIL]
+        if self.output_slots is None:
+            sys.stderr.buffer.write(data)
+            sys.stderr.buffer.flush()
+            return
+        self.partial_line += data
+        *lines, rest = bytes(self.partial_line).split(b"\n")
+        self.partial_line[:] = rest
+        for line in lines:
+            self._log_line(line)
+
+    def _log_line(self, line: bytes) -> None:
+        task_id = client_id = None
+        if self.output_slots is not None:
+            slot = self.output_slots.read(self.index)
+            if slot.state is SlotState.RUNNING:
+                task_id, client_id = slot.task_id, slot.client.hex()
+        output_logger.warning("%s", line.decode(errors="replace").rstrip("\r"),
+                              extra=context(self.child.pid, task_id, client_id))
 
 
 def enforce_limits(workers: Iterable[WorkerProcess], slots: SlotTable, now: float, node: str) -> bool:
@@ -137,7 +169,8 @@ def enforce_limits(workers: Iterable[WorkerProcess], slots: SlotTable, now: floa
             worker.child.signal_group(signal.SIGKILL)
             logger.warning("node %s killed worker %d running task %d: %s %s over its limit of %s",
                            node, pid, slot.task_id, breach.kind.value, _measure(breach),
-                           _measure(limits.Breach(breach.kind, breach.limit, breach.limit)))
+                           _measure(limits.Breach(breach.kind, breach.limit, breach.limit)),
+                           extra=context(pid, slot.task_id, slot.client.hex()))
     return limited
 
 

@@ -19,6 +19,7 @@ process: its arguments, dying with its daemon, its name, killing what tasks leav
 
 from __future__ import annotations
 
+import bisect
 import collections
 import faulthandler
 import os
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 from ..errors import MemoryLimitExceeded, ProtocolError
 from . import limits
 from ..sizes import format_size
-from .slots import SlotTable
+from .slots import DURATION_BUCKETS, TALLY_FIELDS, SlotTable
 from .workerprocess import (apply_sys_path, die_with_parent, flush_output, kill_descendants, name_process,
                             parse_arguments)
 
@@ -61,6 +62,8 @@ RESULT_BATCH_DELAY = 0.002
 #: Results are batched only in a burst: this many tasks queued, each taking less than this (seconds).
 BURST_QUEUE = 8
 BURST_TASK_TIME = 0.0002
+#: Positions in the worker's counters (`lucidity.node.slots.Tally`).
+_OK, _ERROR, _MEMORY, _DROPPED, _RECEIVED, _SENT = range(len(TALLY_FIELDS))
 
 
 
@@ -111,6 +114,9 @@ class Worker:
         self._tasks_done = 0
         self._mean_task_time = 0.0
         self._pool_counts: collections.Counter[str] = collections.Counter()
+        self._counters = [0] * len(TALLY_FIELDS)  # mirrored into the slot, where the daemon reads them
+        self._duration_sum = 0.0
+        self._buckets = [0] * (len(DURATION_BUCKETS) + 1)
         self._waker = transport.Waker()
         waiting.install(self._serve_while_waiting, self._waker.wake)
         self._identity = b""
@@ -142,9 +148,11 @@ class Worker:
 
     def _receive(self, block: bool) -> None:
         """Take in every message waiting (and, if `block`, wait for the first)."""
+        received = 0
         while block or transport.has_input(self._sock):
             block = False
             frames = self._sock.recv_multipart(copy=False)
+            received += sum(map(len, frames))
             try:
                 self._accept(frames)
             except ProtocolError as exc:
@@ -154,6 +162,9 @@ class Worker:
 
                 print(f"lucidity worker {os.getpid()}: dropped a message it could not handle:", file=sys.stderr)
                 traceback.print_exc()
+        if received:
+            self._counters[_RECEIVED] += received
+            self._slots.record(self._index, self._counters, self._duration_sum)
 
     def _accept(self, frames: list[Any]) -> None:
         if len(frames) < 2:
@@ -172,7 +183,9 @@ class Worker:
             )
         elif isinstance(body, messages.Drop):
             gone = bytes.fromhex(body.client)
+            queued = len(self._queue)
             self._queue = collections.deque(t for t in self._queue if t.client != gone)
+            self._counters[_DROPPED] += queued - len(self._queue)
             self._mains.drop(body.client)
         elif isinstance(body, messages.Module):
             if identity != self._identity:
@@ -254,19 +267,23 @@ class Worker:
         if self._finder.prepare(task.identity, task.modules):
             for entry in self._functions.values():
                 entry[1] = None  # functions of forgotten modules must be looked up again
+        outcome = _OK
         try:
             frames = self._execute(spec, task.frames)
             status = ResultStatus.OK
         except BaseException as exc:  # noqa: B036 - SystemExit and KeyboardInterrupt belong to the task
+            outcome = _ERROR
             if task_limits.memory and not isinstance(exc, MemoryLimitExceeded) and (
                     isinstance(exc, MemoryError) or limits.thread_failed_for_memory(exc)):
                 exc = self._memory_breach(spec.id, task_limits.memory, exc)
+                outcome = _MEMORY
             frames = serialization.dumps_exception(self._finder.explain(exc), skip_frames_of=__file__)
             status = ResultStatus.ERROR
         elapsed = time.perf_counter() - started
         self._mean_task_time = 0.8 * self._mean_task_time + 0.2 * elapsed
         self._tasks_done += 1
         self._slots.end(self._index, self._tasks_done)
+        self._count(outcome, elapsed)
         if task_limits.memory:
             limits.set_task_memory_cap(None)
         self._after_task()
@@ -276,6 +293,14 @@ class Worker:
         if not self._outbox_count:
             self._outbox_since = time.monotonic()
         self._outbox_count += 1
+
+    def _count(self, outcome: int, elapsed: float) -> None:
+        """Count a finished task in the slot's tally: two stores into shared memory, no message."""
+        self._counters[outcome] += 1
+        self._duration_sum += elapsed
+        bucket = bisect.bisect_left(DURATION_BUCKETS, elapsed)  # the first bound >= elapsed: Prometheus' le
+        self._buckets[bucket] += 1
+        self._slots.record(self._index, self._counters, self._duration_sum, bucket, self._buckets[bucket])
 
     def _execute(self, spec: TaskSpec, frames: Sequence[Any]) -> list[Any]:
         init = spec.initializer
@@ -386,8 +411,10 @@ class Worker:
             self._send(identity, messages.encode(messages.Results(tuple(results), tuple(layout)), frames, sliced=False))
         self._outbox.clear()
         self._outbox_count = 0
+        self._slots.record(self._index, self._counters, self._duration_sum)  # the bytes sent, and any DROP
 
     def _send(self, identity: bytes, frames: list[Any]) -> None:
+        self._counters[_SENT] += sum(memoryview(frame).nbytes for frame in frames)
         transport.send_frames(self._sock, [identity, *frames])
 
 
