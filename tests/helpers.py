@@ -184,11 +184,15 @@ class CliCluster:
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]))
         self.env.pop("LUCIDITY_ADDRESS", None)
         self.cwd: Optional[str] = None  # the daemons' working directory (default: this process's)
+        self.log_dir: Optional[str] = None  # if set, each daemon's stderr goes to LOG_DIR/KEY.log (default: ours)
 
     def _start(self, key: str, *args: str) -> subprocess.Popen[bytes]:
         """Run ``lucidity ARGS`` as the daemon called `key` (other test files call this one directly)."""
+        log = None if self.log_dir is None else open(os.path.join(self.log_dir, f"{key}.log"), "ab")
         proc = subprocess.Popen([sys.executable, "-m", "lucidity", "--log-level", "WARNING", *args], env=self.env,
-                                cwd=self.cwd, start_new_session=True)
+                                cwd=self.cwd, start_new_session=True, stderr=log)
+        if log is not None:
+            log.close()  # the daemon has its own copy
         self.processes[key] = proc
         return proc
 
