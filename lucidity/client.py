@@ -37,16 +37,15 @@ from . import addresses, mainscript, messages, protocol, security, serialization
 from .errors import (AuthenticationError, ClusterUnavailable, NodeLost, ProtocolError, SerializationError,
                      VersionMismatch)
 from .links import NodeInfo, NodeLink, WorkerLink, failure_error
-from .messages import FailureReason, FailureReport, NodeEntry, ResultStatus, TaskMode, WorkerEntry
+from .messages import FailureReason, FailureReport, ResultStatus, TaskMode, WorkerEntry
 from .task import FunctionRef, Task
+from .roster import HEARTBEAT_INTERVAL, Roster
 from .tasktable import TaskTable
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Client", "NodeInfo"]  # NodeInfo is defined in lucidity.links
 
-#: Seconds between WATCH to control and HEARTBEAT to nodes.
-HEARTBEAT_INTERVAL = 1.0
 #: How long the client waits for a cluster with at least one worker when it starts, in seconds.
 CONNECT_TIMEOUT = 30.0
 #: How long queued tasks wait while no worker is known before they fail, in seconds.
@@ -55,13 +54,6 @@ NO_WORKER_TIMEOUT = 60.0
 NODE_TIMEOUT = 5.0
 #: How many times a task is resent after the node running it was lost, before it fails with NodeLost.
 NODE_LOSS_RETRIES = 3
-#: Silence from the control node after which the client dials its other addresses (or resolves its name
-#: again), and after which its first list is read as a relearning one (nodes it lacks are not lost yet).
-CONTROL_SILENCE = 3.0
-#: A node missing from the control node's list is dropped once it has not answered this client for this long.
-UNLISTED_GRACE = 2.5 * HEARTBEAT_INTERVAL
-#: A heartbeat this late means the I/O thread itself was stalled, in seconds.
-STALL_TIME = 3 * HEARTBEAT_INTERVAL
 #: Once one worker is connected, how long the client waits for the others it was told of before it is ready.
 READY_GRACE = 0.5
 #: Functions remembered per client (serialized once, then sent by digest).
@@ -106,8 +98,6 @@ class Client:
         self._failure: Optional[BaseException] = None
         self._node_timeout = node_timeout or float(os.environ.get("LUCIDITY_NODE_TIMEOUT", NODE_TIMEOUT))
         self._wait_for_nodes = wait_for_nodes or float(os.environ.get("LUCIDITY_WAIT_FOR_NODES", NO_WORKER_TIMEOUT))
-        self._control_instance = ""
-        self._control_changed_at = 0.0
         self._modules = shipping.ModuleServer()
         # Named packages go to each worker with its first batch (raises ImportError now if one cannot).
         self._ship = self._modules.package_modules(ship)
@@ -117,7 +107,7 @@ class Client:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._table = TaskTable(max_running)
-        self._membership: tuple[NodeInfo, ...] = ()
+        self._roster = Roster(self._node_timeout)
         self._ids = itertools.count(1)
         # id(function) -> (a way back to the function, its serialized form); weak where possible
         self._functions: collections.OrderedDict[int, tuple[Callable[[], Any], FunctionRef]] = collections.OrderedDict()
@@ -126,8 +116,6 @@ class Client:
         self._abandon = False
         self._wake_pending = False
         self._ready = threading.Event()
-        self._worker_count = 0
-        self._unreachable: tuple[str, ...] = ()
         self._waker = transport.Waker()
         # Callers may still wake a client that has shut down; the pipe lives as long as the client object.
         weakref.finalize(self, self._waker.close)
@@ -148,13 +136,13 @@ class Client:
     @property
     def worker_count(self) -> int:
         """Workers this client may use at once (all known workers, or `max_running` if smaller)."""
-        count = self._worker_count
+        count = self._roster.worker_count
         return min(count, self._max_running) if self._max_running else count
 
     @property
     def unreachable(self) -> tuple[str, ...]:
         """Nodes and workers of the cluster that this client has not reached yet (it keeps trying)."""
-        return self._unreachable
+        return self._roster.unreachable
 
     def function(self, function: Any) -> FunctionRef:
         """Serialize a function once per client; raises `SerializationError` if it cannot travel."""
@@ -206,7 +194,7 @@ class Client:
         of placements sees the ones before it (the nodes' own counts arrive once a second).
         """
         with self._lock:
-            return tuple(dataclasses.replace(info, ours=self._table.placed_on(info.name)) for info in self._membership)
+            return tuple(dataclasses.replace(info, ours=self._table.placed_on(info.name)) for info in self._roster.membership)
 
     def cancel(self, task: Task) -> bool:
         """Cancel a task that has not been sent to a worker yet; False if it is already on its way."""
@@ -241,12 +229,8 @@ class Client:
         # reconnect loop (ipc:// clusters have no secret to get wrong).
         self._handshake = security.HandshakeWatch(self._control) if self._endpoint.scheme == "tcp" else None
         self._dialer = transport.Dialer(self._control, self.address)
-        self._control_heard = 0.0  # when the control node last spoke (0: never)
         self._control_dialed = time.monotonic()  # when the dialer last moved
-        self._last_heartbeat = time.monotonic()
-        self._first_answer = 0.0
-        self._nodes: dict[str, NodeLink] = {}
-        self._links: dict[str, WorkerLink] = {}
+        self._first_answer = 0.0  # when the first worker could take tasks (0: not yet)
         self._by_socket: dict[zmq.Socket[Any], Callable[[list[Any]], None]] = {}
         self._connecting: dict[zmq.Socket[Any], WorkerLink] = {}  # worker links not connected yet
         self._poller = zmq.Poller()
@@ -323,9 +307,7 @@ class Client:
             return
         self._poller.modify(sock, zmq.POLLIN)
         link.lane.connected = True
-        if link.unreachable:
-            link.unreachable = False
-            logger.warning("lucidity client: worker %s is reachable now; using it", link.key)
+        self._roster.worker_reached(link)
         self._update_ready()
 
     def _drain(self, sock: zmq.Socket[Any], handler: Callable[[list[Any]], None]) -> None:
@@ -373,35 +355,15 @@ class Client:
     def _heartbeat(self) -> None:
         """Watch the membership, ping every node, and drop nodes that stopped answering."""
         now = time.monotonic()
-        if now - self._last_heartbeat > STALL_TIME:
-            # This process was stopped or starved (SIGSTOP, a swapped-out laptop): the silence it sees is
-            # its own, not its nodes'. Give them a fresh node timeout rather than dropping them all.
-            for node in self._nodes.values():
-                node.last_seen = now
-        self._last_heartbeat = now
-        if now - max(self._control_heard, self._control_dialed) > CONTROL_SILENCE and self._dialer.may_move:
+        if self._roster.control_silent(now, self._control_dialed) and self._dialer.may_move:
             self._dialer.retry()  # another of its addresses, or its name resolved again: it may have moved
             self._control_dialed = now
         self._send(self._control, messages.encode(messages.Watch()))
-        for node in list(self._nodes.values()):
-            if not node.has_reported:
-                # Never reached (a firewall, a route): not lost, and not waited for; ZeroMQ keeps trying.
-                if now - node.last_seen > self._node_timeout and not node.unreachable:
-                    node.unreachable = True
-                    logger.warning("lucidity client: node %s at %s is unreachable from this client (no answer in "
-                                   "%.0f s); using the other nodes and still trying it", node.name, node.address,
-                                   now - node.last_seen)
-                continue
-            if now - node.last_seen > self._node_timeout:
-                self._drop_node(node, f"stopped answering for {now - node.last_seen:.1f} s", lost=True)
-                continue
+        lost, alive = self._roster.check(now)
+        for node, why in lost:
+            self._drop_node(node, why, lost=True)
+        for node in alive:
             self._send(node.sock, messages.encode(messages.Heartbeat(node.session)))
-            for link in node.workers.values():
-                if not link.lane.connected and now - link.created > self._node_timeout and not link.unreachable:
-                    link.unreachable = True
-                    logger.warning("lucidity client: worker %d of node %s at %s is unreachable from this client; "
-                                   "using the other workers and still trying it", link.pid, node.name, link.address)
-        self._update_unreachable()
 
     def _send(self, sock: zmq.Socket[Any], frames: list[Any]) -> bool:
         try:
@@ -415,39 +377,16 @@ class Client:
 
     def _on_control(self, frames: list[Any]) -> None:
         body = messages.Nodes.from_meta(protocol.decode(frames, CONTROL_KINDS).meta)
-        now = time.monotonic()
-        if self._control_heard and now - self._control_heard > CONTROL_SILENCE:
-            # Cut off from the control node for a while: it may have lost our nodes' heartbeats too, and
-            # lists them again only once they reach it. Until then a node missing from its list is not lost.
-            self._control_changed_at = now
-        self._control_heard = now
-        if body.instance != self._control_instance:
-            # A new control node (a restart) knows no node until they heartbeat again: while it relearns
-            # the cluster, a node missing from its list is not a node lost. (The first list is not a restart.)
-            if self._control_instance:
-                self._control_changed_at = now
-            self._control_instance = body.instance
-        relearning = now - self._control_changed_at < self._node_timeout and bool(self._nodes)
-        listed: dict[str, NodeEntry] = {entry.name: entry for entry in body.nodes if _dialable(entry.address)}
-        for name, node in list(self._nodes.items()):
-            entry = listed.get(name)
-            if entry is None and (relearning or now - node.last_seen < UNLISTED_GRACE):
-                # The control node's view lags ours: a node that answered us a moment ago is alive whatever
-                # the list says (the control node may have lost its heartbeats). A node that left stops
-                # answering, and goes with the next list.
-                continue
-            if entry is None or entry.address != node.address or entry.instance != node.instance:
-                self._drop_node(node, "left the cluster", lost=True)
-        for name, entry in listed.items():
-            if name in self._nodes:
-                self._nodes[name].running = entry.running
-            else:
-                sock = self._new_socket()
-                sock.connect(addresses.parse(entry.address).zmq)
-                node = NodeLink(name, entry.address, entry.instance, entry.host, sock)
-                self._nodes[name] = node
-                self._register(sock, lambda f, n=node: self._on_node(n, f))  # type: ignore[misc]
-                self._send(sock, messages.encode(messages.Hello(node.session)))
+        new, dropped = self._roster.control_listed(body, time.monotonic())
+        for node in dropped:
+            self._drop_node(node, "left the cluster", lost=True)
+        for entry in new:
+            sock = self._new_socket()
+            sock.connect(addresses.parse(entry.address).zmq)
+            node = NodeLink(entry.name, entry.address, entry.instance, entry.host, sock)
+            self._roster.add_node(node)
+            self._register(sock, lambda f, n=node: self._on_node(n, f))  # type: ignore[misc]
+            self._send(sock, messages.encode(messages.Hello(node.session)))
         self._update_ready()
 
     def _on_node(self, node: NodeLink, frames: list[Any]) -> None:
@@ -459,70 +398,52 @@ class Client:
             self._on_task_failed(node, body)
 
     def _update_workers(self, node: NodeLink, workers: Sequence[WorkerEntry]) -> None:
-        node.has_reported = True
-        if node.unreachable:
-            node.unreachable = False
-            logger.warning("lucidity client: node %s answered; using it", node.name)
-        listed = {worker.id: worker for worker in workers if _dialable(worker.address)}
-        for worker_id, link in list(node.workers.items()):
-            if worker_id not in listed:
-                self._drop_worker(node, link)
-        for worker_id, entry in listed.items():
-            if worker_id not in node.workers:
-                sock = self._new_socket()
-                # Tasks go to a worker once its connection is made (handshake included): one this client
-                # cannot reach never holds any. IMMEDIATE makes the socket writable only from then on, and
-                # libzmq completes the handshake even while the worker's Python is busy with a long task.
-                sock.setsockopt(zmq.IMMEDIATE, 1)
-                address = addresses.parse(entry.address).zmq
-                sock.connect(address)
-                with self._lock:
-                    lane = self._table.add_worker(f"{node.name}/{worker_id}", node.name)
-                link = WorkerLink(lane, worker_id, entry.pid, sock, address)
-                node.workers[worker_id] = link
-                self._links[link.key] = link
-                self._register(sock, lambda f, w=link: self._on_worker(w, f))  # type: ignore[misc]
-                self._connecting[sock] = link
-                self._poller.modify(sock, zmq.POLLIN | zmq.POLLOUT)
+        new, gone = self._roster.workers_reported(node, workers)
+        for link in gone:
+            self._drop_worker(link)
+        for entry in new:
+            sock = self._new_socket()
+            # Tasks go to a worker once its connection is made (handshake included): one this client
+            # cannot reach never holds any. IMMEDIATE makes the socket writable only from then on, and
+            # libzmq completes the handshake even while the worker's Python is busy with a long task.
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            address = addresses.parse(entry.address).zmq
+            sock.connect(address)
+            with self._lock:
+                lane = self._table.add_worker(f"{node.name}/{entry.id}", node.name)
+            link = WorkerLink(lane, entry.id, entry.pid, sock, address)
+            self._roster.add_worker(node, link)
+            self._register(sock, lambda f, w=link: self._on_worker(w, f))  # type: ignore[misc]
+            self._connecting[sock] = link
+            self._poller.modify(sock, zmq.POLLIN | zmq.POLLOUT)
         self._update_ready()
 
-    def _update_unreachable(self) -> None:
-        self._unreachable = tuple(sorted(
-            [n.name for n in self._nodes.values() if n.unreachable]
-            + [w.key for w in self._links.values() if w.unreachable]))
-
     def _update_ready(self) -> None:
+        """Recount the workers after a change; ready once all told of were reached (or READY_GRACE passed)."""
         with self._lock:
-            self._table.set_nodes(frozenset(self._nodes))
-        answered = {n.name: sum(1 for w in n.workers.values() if w.lane.connected) for n in self._nodes.values()}
-        self._membership = tuple(
-            NodeInfo(n.name, n.host, answered[n.name], n.running, sum(len(w.lane.inflight) for w in n.workers.values()))
-            for n in self._nodes.values() if answered[n.name])
-        self._worker_count = sum(answered.values())
-        self._update_unreachable()
-        if self._worker_count:
+            self._table.set_nodes(frozenset(self._roster.nodes))
+        all_reached = self._roster.refresh()
+        if self._roster.worker_count:
             self._no_workers_since = 0.0
             self._first_answer = self._first_answer or time.monotonic()
         elif not self._no_workers_since:
             self._no_workers_since = time.monotonic()
-        if self._worker_count and all(n.has_reported or n.unreachable for n in self._nodes.values()) and all(
-                w.lane.connected or w.unreachable for w in self._links.values()):
+        if all_reached:
             self._ready.set()
 
     def _drop_node(self, node: NodeLink, why: str, *, lost: bool) -> None:
         logger.warning("lucidity client: node %s %s", node.name, why)
         for link in list(node.workers.values()):
-            self._drop_worker(node, link, lost=lost)
-        del self._nodes[node.name]
+            self._drop_worker(link, lost=lost)
+        self._roster.remove_node(node)
         self._unregister(node.sock)
         with self._lock:
-            self._table.set_nodes(frozenset(self._nodes))
+            self._table.set_nodes(frozenset(self._roster.nodes))
 
-    def _drop_worker(self, node: NodeLink, link: WorkerLink, *, lost: bool = False) -> None:
+    def _drop_worker(self, link: WorkerLink, *, lost: bool = False) -> None:
         """The worker is gone: its unfinished tasks go to other workers (`TaskTable.remove_worker` says which),
         and those out of retries fail with `NodeLost`. Results are delivered at most once either way."""
-        del node.workers[link.worker_id]
-        del self._links[link.key]
+        self._roster.remove_worker(link)
         self._main_sent.discard(link.key)
         self._unregister(link.sock)
         with self._lock:
@@ -531,12 +452,12 @@ class Client:
             logger.info("lucidity client: worker %s gone; resending %d unfinished task(s)", link.key, len(requeued))
         for task in out_of_retries:
             self._finish(task, False, NodeLost(
-                f"{task.description} was on node {node.name}, which was lost, and has no retries left",
-                node=node.name, task=task.id, items=task.items))
+                f"{task.description} was on node {link.node}, which was lost, and has no retries left",
+                node=link.node, task=task.id, items=task.items))
         self._update_ready()
 
     def _check_starved(self, now: float) -> None:
-        if self._worker_count or not self._no_workers_since or now - self._no_workers_since < self._wait_for_nodes:
+        if self._roster.worker_count or not self._no_workers_since or now - self._no_workers_since < self._wait_for_nodes:
             return
         with self._lock:
             waiting = self._table.waiting()
@@ -551,7 +472,7 @@ class Client:
         with self._lock:
             batches = self._table.dispatch()
         for lane, batch in batches:
-            self._send_tasks(self._links[lane.key], batch)
+            self._send_tasks(self._roster.workers[lane.key], batch)
 
     def _send_tasks(self, link: WorkerLink, batch: list[Task]) -> None:
         functions: list[FunctionRef] = []
@@ -586,7 +507,7 @@ class Client:
         payload.extend(ref.data for ref in functions)
         payload.extend(task_frames)
         # The node's session, not this client's id: the node forgets a connection, not a client (see NodeLink).
-        body = messages.Tasks(self._nodes[link.node].session, tuple(ref.digest for ref in functions),
+        body = messages.Tasks(self._roster.nodes[link.node].session, tuple(ref.digest for ref in functions),
                               tuple([task.spec() for task in batch]), tuple(layout), ship, main, modules)
         # Sliced only for a cluster with a secret: only then do workers cap frame sizes (before authentication).
         if self._send(link.sock, messages.encode(body, payload, sliced=self._keys is not None)):
@@ -704,12 +625,12 @@ class Client:
                 if task.worker:
                     by_link[task.worker].append(task.id)
             for key, ids in by_link.items():
-                link = self._links.get(key)
+                link = self._roster.workers.get(key)
                 if link is not None:
                     self._send(link.sock, messages.encode(messages.Cancel(tuple(ids))))
-            for node in self._nodes.values():
+            for node in self._roster.nodes.values():
                 self._send(node.sock, messages.encode(messages.Abandon(node.session)))
-        for node in self._nodes.values():
+        for node in self._roster.nodes.values():
             self._send(node.sock, messages.encode(messages.Bye(node.session)))
         linger = int(transport.LINGER * 1000)
         if self._handshake is not None:
@@ -721,14 +642,6 @@ class Client:
             error = RuntimeError("the pool was terminated before this task finished")
             for task in unfinished:
                 self._finish(task, False, error)
-
-
-def _dialable(address: str) -> bool:
-    """Whether an address a daemon sent can be connected to (never a wildcard, never malformed)."""
-    try:
-        return not addresses.parse(address).is_wildcard
-    except ValueError:
-        return False
 
 
 def _module_entry(source: shipping.ModuleSource) -> messages.Module:
