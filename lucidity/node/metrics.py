@@ -214,8 +214,14 @@ class Exporter:
                 logger.debug("%s metrics: " + format, exporter.who, *args)
 
         host = self.endpoint.host
-        server = _Server6 if ":" in host else _Server
-        self._server = server(("" if self.endpoint.is_wildcard else host, self.endpoint.port), Handler)
+        if host == "*":  # every interface, IPv6 and IPv4 (a dual-stack socket), or IPv4 alone without IPv6
+            try:
+                self._server = _Server6(("", self.endpoint.port), Handler)
+            except OSError:
+                self._server = _Server(("", self.endpoint.port), Handler)
+        else:
+            server = _Server6 if ":" in host else _Server
+            self._server = server(("" if self.endpoint.is_wildcard else host, self.endpoint.port), Handler)
         port = self._server.server_address[1]
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
         self._thread = threading.Thread(target=self._server.serve_forever, name="lucidity-metrics", daemon=True)
