@@ -11,7 +11,8 @@ Layout of one slot (little-endian, `SLOT_SIZE` bytes): state, task id, client id
 wall time, CPU time, and the worker's CPU time when the task began. Then the worker's `Tally`, what it has
 done since it started: tasks by outcome, bytes received and sent, the sum of task durations, and the
 count of tasks per duration bucket (`DURATION_BUCKETS`). The daemon exports these as metrics
-(`lucidity.node.metrics`); the worker pays two stores per task for them, and no message.
+(`lucidity.node.reporting`); the worker adds to them in place through typed views of its slot
+(`SlotTable.counters`), three stores per task (about 0.2 µs with the bucket's bisect), and no message.
 
 Each field is an aligned 8-byte store, so a reader in another process sees each counter whole, though a
 task's counters may be seen half-updated (one more in its outcome, not yet in its bucket): metrics are
@@ -25,7 +26,7 @@ import mmap
 import os
 import struct
 import time
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 from .limits import Limits
 
@@ -39,7 +40,6 @@ DURATION_BUCKETS = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0)
 TALLY_FIELDS = ("ok", "error", "memory", "dropped", "received_bytes", "sent_bytes")
 _TALLY = struct.Struct("<6Qd")
 _TALLY_OFFSET = _LAYOUT.size
-_BUCKET = struct.Struct("<Q")
 _BUCKETS_OFFSET = _TALLY_OFFSET + _TALLY.size
 _BUCKETS = struct.Struct(f"<{len(DURATION_BUCKETS) + 1}Q")
 SLOT_SIZE = 256
@@ -85,6 +85,15 @@ class Tally(NamedTuple):
                      tuple(a + b for a, b in zip(self.buckets, other.buckets)))
 
 
+class SlotCounters(NamedTuple):
+    """Typed views of one slot's tally, for the worker to add to in place (`TALLY_FIELDS` order, then the
+    duration sum, then the per-bucket counts)."""
+
+    counts: memoryview[int]  # of unsigned 64-bit integers
+    duration_sum: memoryview[float]  # of one double
+    buckets: memoryview[int]  # of unsigned 64-bit integers
+
+
 class SlotTable:
     """A file of slots, one per worker position; the daemon creates it, each worker maps it too."""
 
@@ -115,13 +124,13 @@ class SlotTable:
             self._map, index * SLOT_SIZE)
         return SlotView(SlotState(state), task_id, client, started, done, Limits(memory, timeout, cpu), cpu_start)
 
-    def record(self, index: int, counters: Sequence[int], duration_sum: float, bucket: int = -1,
-               bucket_count: int = 0) -> None:
-        """Store the worker's counters (`TALLY_FIELDS` order) and, if `bucket` >= 0, that bucket's count."""
-        base = index * SLOT_SIZE
-        _TALLY.pack_into(self._map, base + _TALLY_OFFSET, *counters, duration_sum)
-        if bucket >= 0:
-            _BUCKET.pack_into(self._map, base + _BUCKETS_OFFSET + bucket * _BUCKET.size, bucket_count)
+    def counters(self, index: int) -> SlotCounters:
+        """Views of the slot's tally (the worker's: an mmap with views on it cannot be closed, and a worker
+        never closes its table)."""
+        view = memoryview(self._map)[index * SLOT_SIZE:(index + 1) * SLOT_SIZE]
+        counts_end = _TALLY_OFFSET + 8 * len(TALLY_FIELDS)
+        return SlotCounters(view[_TALLY_OFFSET:counts_end].cast("Q"), view[counts_end:_BUCKETS_OFFSET].cast("d"),
+                            view[_BUCKETS_OFFSET:_BUCKETS_OFFSET + _BUCKETS.size].cast("Q"))
 
     def tally(self, index: int) -> Tally:
         base = index * SLOT_SIZE

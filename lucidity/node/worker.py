@@ -114,9 +114,8 @@ class Worker:
         self._tasks_done = 0
         self._mean_task_time = 0.0
         self._pool_counts: collections.Counter[str] = collections.Counter()
-        self._counters = [0] * len(TALLY_FIELDS)  # mirrored into the slot, where the daemon reads them
-        self._duration_sum = 0.0
-        self._buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        # Views of this worker's slot: counting is a store into memory its daemon reads for the metrics.
+        self._counters, self._duration_sum, self._buckets = slots.counters(index)
         self._waker = transport.Waker()
         waiting.install(self._serve_while_waiting, self._waker.wake)
         self._identity = b""
@@ -164,7 +163,6 @@ class Worker:
                 traceback.print_exc()
         if received:
             self._counters[_RECEIVED] += received
-            self._slots.record(self._index, self._counters, self._duration_sum)
 
     def _accept(self, frames: list[Any]) -> None:
         if len(frames) < 2:
@@ -295,12 +293,10 @@ class Worker:
         self._outbox_count += 1
 
     def _count(self, outcome: int, elapsed: float) -> None:
-        """Count a finished task in the slot's tally: two stores into shared memory, no message."""
+        """Count a finished task in the slot's tally: three stores into shared memory, no message."""
         self._counters[outcome] += 1
-        self._duration_sum += elapsed
-        bucket = bisect.bisect_left(DURATION_BUCKETS, elapsed)  # the first bound >= elapsed: Prometheus' le
-        self._buckets[bucket] += 1
-        self._slots.record(self._index, self._counters, self._duration_sum, bucket, self._buckets[bucket])
+        self._duration_sum[0] += elapsed
+        self._buckets[bisect.bisect_left(DURATION_BUCKETS, elapsed)] += 1  # the first bound >= elapsed: Prometheus' le
 
     def _execute(self, spec: TaskSpec, frames: Sequence[Any]) -> list[Any]:
         init = spec.initializer
@@ -411,7 +407,6 @@ class Worker:
             self._send(identity, messages.encode(messages.Results(tuple(results), tuple(layout)), frames, sliced=False))
         self._outbox.clear()
         self._outbox_count = 0
-        self._slots.record(self._index, self._counters, self._duration_sum)  # the bytes sent, and any DROP
 
     def _send(self, identity: bytes, frames: list[Any]) -> None:
         self._counters[_SENT] += sum(memoryview(frame).nbytes for frame in frames)

@@ -72,8 +72,12 @@ def test_the_tally_fits_its_slot_and_a_reset_clears_it(tmp_path: os.PathLike[str
     table = SlotTable(os.path.join(tmp_path, "slots"), 3, create=True)
     try:
         table.begin(1, 42, b"c" * 16, 0)
-        table.record(1, range(1, len(TALLY_FIELDS) + 1), 2.5, bucket=3, bucket_count=9)
-        table.record(1, range(1, len(TALLY_FIELDS) + 1), 2.5, bucket=len(DURATION_BUCKETS), bucket_count=1)
+        counts, duration_sum, buckets = table.counters(1)
+        for position in range(len(TALLY_FIELDS)):
+            counts[position] += position + 1
+        duration_sum[0] += 2.5
+        buckets[3] += 9
+        buckets[len(DURATION_BUCKETS)] += 1
         tally = table.tally(1)
         assert tally[:len(TALLY_FIELDS)] == tuple(range(1, len(TALLY_FIELDS) + 1)) and tally.duration_sum == 2.5
         assert tally.buckets[3] == 9 and tally.buckets[-1] == 1 and sum(tally.buckets) == 10
@@ -82,6 +86,7 @@ def test_the_tally_fits_its_slot_and_a_reset_clears_it(tmp_path: os.PathLike[str
         assert tally.plus(tally).buckets[3] == 18 and tally.plus(Tally()) == tally
         table.reset(1)
         assert table.tally(1) == Tally() and table.read(1).state is SlotState.IDLE and table.read(1).task_id == -1
+        counts.release(), duration_sum.release(), buckets.release()
     finally:
         table.close()
 
