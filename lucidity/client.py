@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import inspect
 import itertools
-import os
 import logging
+import os
 import sys
 import threading
 import time
@@ -38,8 +37,9 @@ from .errors import (AuthenticationError, ClusterUnavailable, NodeLost, Protocol
                      VersionMismatch)
 from .links import NodeInfo, NodeLink, WorkerLink, failure_error
 from .messages import FailureReason, FailureReport, ResultStatus, TaskMode, WorkerEntry
-from .task import FunctionRef, Task
+from .packing import FunctionCache, Packer
 from .roster import HEARTBEAT_INTERVAL, Roster
+from .task import FunctionRef, Task
 from .tasktable import TaskTable
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,6 @@ NODE_TIMEOUT = 5.0
 NODE_LOSS_RETRIES = 3
 #: Once one worker is connected, how long the client waits for the others it was told of before it is ready.
 READY_GRACE = 0.5
-#: Functions remembered per client (serialized once, then sent by digest).
-FUNCTION_CACHE_SIZE = 256
 
 CONTROL_KINDS = frozenset({protocol.Kind.NODES})
 NODE_KINDS = frozenset({protocol.Kind.WORKERS, protocol.Kind.TASK_FAILED, protocol.Kind.HEARTBEAT})
@@ -110,8 +108,8 @@ class Client:
         self._roster = Roster(self._node_timeout)
         self._ids = itertools.count(1)
         # id(function) -> (a way back to the function, its serialized form); weak where possible
-        self._functions: collections.OrderedDict[int, tuple[Callable[[], Any], FunctionRef]] = collections.OrderedDict()
-        self._main_sent: set[str] = set()  # keys of the worker links that have this client's main entry
+        self._functions = FunctionCache(self._main)
+        self._packer = Packer(self._main, self._modules, self._ship, sliced=self._keys is not None)
         self._closing = False
         self._abandon = False
         self._wake_pending = False
@@ -146,26 +144,7 @@ class Client:
 
     def function(self, function: Any) -> FunctionRef:
         """Serialize a function once per client; raises `SerializationError` if it cannot travel."""
-        key = id(function)
-        with self._lock:
-            cached = self._functions.get(key)
-            if cached is not None and cached[0]() is function:
-                self._functions.move_to_end(key)
-                return cached[1]
-        data = serialization.dumps_function(function, self._main.defined)
-        ref = FunctionRef(serialization.digest(data), data, serialization.call_repr(function)
-                          if callable(function) else "initializer")
-        if inspect.ismethod(function):
-            return ref  # a bound method is a new object at every access, and would keep its instance alive
-        try:
-            holder: Callable[[], Any] = weakref.ref(function)
-        except TypeError:
-            holder = lambda: function  # noqa: E731 - builtins and tuples cannot be weakly referenced
-        with self._lock:
-            self._functions[key] = (holder, ref)
-            while len(self._functions) > FUNCTION_CACHE_SIZE:
-                self._functions.popitem(last=False)
-        return ref
+        return self._functions.get(function)
 
     def dumps(self, obj: Any, what: str) -> list[Any]:
         """Serialize a task's data; names of the caller's main script travel as `lucidity.mainscript` decided."""
@@ -444,7 +423,6 @@ class Client:
         """The worker is gone: its unfinished tasks go to other workers (`TaskTable.remove_worker` says which),
         and those out of retries fail with `NodeLost`. Results are delivered at most once either way."""
         self._roster.remove_worker(link)
-        self._main_sent.discard(link.key)
         self._unregister(link.sock)
         with self._lock:
             requeued, out_of_retries = self._table.remove_worker(link.key, lost=lost)
@@ -475,49 +453,12 @@ class Client:
             self._send_tasks(self._roster.workers[lane.key], batch)
 
     def _send_tasks(self, link: WorkerLink, batch: list[Task]) -> None:
-        functions: list[FunctionRef] = []
-        for task in batch:
-            for ref in (task.function, task.initializer):
-                if ref is not None and ref.digest not in link.functions:
-                    link.functions.add(ref.digest)
-                    functions.append(ref)
-        layout, task_frames = protocol.pack_items([task.frames for task in batch])
-        # The payload in the order `messages.Tasks` names: shipped modules, the main script, functions, tasks.
-        payload: list[Any] = []
-        ship: tuple[messages.Module, ...] = ()
-        shipping_now = bool(self._ship) and not link.has_shipped
-        if shipping_now:
-            link.has_shipped = True
-            ship = tuple(_module_entry(m) for m in self._ship)
-            payload.extend(m.source for m in self._ship)
-            link.modules.update(m.name for m in self._ship)
-        main = None
-        main_now = link.key not in self._main_sent
-        if main_now:
-            # Each worker learns once how to give this client's tasks the caller's __main__ and argv.
-            self._main_sent.add(link.key)
-            main = self._main.entry()
-            if self._main.source is not None:
-                payload.append(self._main.source.source)
-        modules = None
-        if link.modules:
-            digests = {name: self._modules.digest(name) for name in link.modules}
-            # A module whose file is gone keeps the copy the worker has.
-            modules = {name: digest for name, digest in digests.items() if digest is not None}
-        payload.extend(ref.data for ref in functions)
-        payload.extend(task_frames)
-        # The node's session, not this client's id: the node forgets a connection, not a client (see NodeLink).
-        body = messages.Tasks(self._roster.nodes[link.node].session, tuple(ref.digest for ref in functions),
-                              tuple([task.spec() for task in batch]), tuple(layout), ship, main, modules)
-        # Sliced only for a cluster with a secret: only then do workers cap frame sizes (before authentication).
-        if self._send(link.sock, messages.encode(body, payload, sliced=self._keys is not None)):
+        packed = self._packer.tasks(link, self._roster.nodes[link.node].session, batch)
+        if self._send(link.sock, packed.frames):
             return
         # Its connection broke (a worker link is written to only while connected): take the batch back,
         # as if it had never been sent, and wait for the connection to be made again.
-        link.functions.difference_update(ref.digest for ref in functions)
-        link.has_shipped = link.has_shipped and not shipping_now
-        if main_now:
-            self._main_sent.discard(link.key)
+        packed.undo(link)
         with self._lock:
             self._table.unsend(link.lane, batch)
         self._await_connection(link)
@@ -529,13 +470,7 @@ class Client:
             return
         body = messages.parse(message)
         if isinstance(body, messages.Fetch):
-            source, reason = self._modules.lookup(body.module)
-            if source is None:
-                reply = messages.encode(messages.Module(body.module, False, reason=reason))
-            else:
-                link.modules.add(body.module)
-                reply = messages.encode(_module_entry(source), [source.source], sliced=self._keys is not None)
-            self._send(link.sock, reply)
+            self._send(link.sock, self._packer.module(link, body.module))
         elif isinstance(body, messages.Refused):
             # The worker could not read a batch of ours; which tasks it held is unknown, so fail all we sent it.
             self._fail_link(link, ProtocolError(f"worker {link.pid} on node {link.node} refused a batch of tasks: "
@@ -543,7 +478,7 @@ class Client:
         elif isinstance(body, messages.Missing):
             link.functions.difference_update(body.digests)
             if body.main:
-                self._main_sent.discard(link.key)
+                link.has_main = False
             with self._lock:
                 self._table.give_back(link.lane, body.tasks)
 
@@ -642,8 +577,3 @@ class Client:
             error = RuntimeError("the pool was terminated before this task finished")
             for task in unfinished:
                 self._finish(task, False, error)
-
-
-def _module_entry(source: shipping.ModuleSource) -> messages.Module:
-    return messages.Module(source.name, True, source.is_package, source.filename, source.digest)
-

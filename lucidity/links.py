@@ -40,7 +40,8 @@ class WorkerLink:
         self.lane = lane  # the task table's view: its tasks in flight, its window
         self.functions: set[str] = set()
         self.modules: set[str] = set()  # names of modules shipped to this worker
-        self.has_shipped = False
+        self.has_shipped = False  # the packages every worker gets went with a batch
+        self.has_main = False  # it knows how to give this client's tasks the caller's __main__
 
 
 @dataclass(frozen=True)
