@@ -14,6 +14,13 @@ are sent again elsewhere; the task it was running fails with `WorkerCrashed`, as
 
 The faces (Pool, Executor, jobs) build `Task`s, call `submit`, and receive each outcome exactly once
 through the task's ``on_done``, called on the I/O thread.
+
+What is decided here is only what needs a socket: the decisions live in pure modules the I/O thread
+consults, each tested without one: `lucidity.tasktable` (which task goes to which worker, resends, retries,
+cancellation), `lucidity.roster` (what the control node's lists and the nodes' reports mean) and
+`lucidity.packing` (what each worker lacks). What stays is one thread's sockets, its loop, and the
+caller-facing methods that hand it work; they share every field with it, which is why they are one module
+(about 550 lines) rather than two that would pass the same state back and forth.
 """
 
 from __future__ import annotations

@@ -71,12 +71,9 @@ def frames_with(header: bytes = bytes((VERSION, Kind.HELLO)), meta: bytes = json
     (frames_with(meta=b"not json"), "not valid JSON"),
     (frames_with(meta=b"\xff\xfe"), "not valid JSON"),
     (frames_with(meta=b"[1, 2]"), "not an object"),
-    (frames_with(meta=b"{}"), "'client'"),
-    (frames_with(meta=b'{"client": 3}'), "'client'"),
-    (frames_with(meta=b'{"client": "zz-not-hex"}'), "client id"),
     (frames_with(meta=b'{"client": "%s", "x": NaN}' % CLIENT.encode()), "NaN"),
 ], ids=["no frames", "one frame", "short header", "long header", "unknown kind", "kind not accepted", "bad JSON",
-        "bad UTF-8", "meta a list", "field missing", "field of the wrong type", "not a client id", "NaN"])
+        "bad UTF-8", "meta a list", "NaN"])
 def test_decode_names_what_is_wrong(frames: list[bytes], says: str) -> None:
     with pytest.raises(ProtocolError, match=says):
         decode(frames, frozenset({Kind.HELLO}))
@@ -88,10 +85,11 @@ def test_another_version_is_a_version_mismatch_naming_it() -> None:
     assert isinstance(caught.value, ProtocolError)
 
 
-def test_a_boolean_is_not_an_integer_field() -> None:
-    meta = dict(METAS[Kind.TASK_FAILED], task=True)
-    with pytest.raises(ProtocolError, match="'task'"):
-        round_trip(Kind.TASK_FAILED, meta)
+def test_the_body_is_not_decodes_to_check() -> None:
+    """A missing or mistyped field passes the envelope check: `lucidity.messages` refuses it (its tests show
+    each field of each kind), so the two checks never drift apart."""
+    for meta in (b"{}", b'{"client": 3}', b'{"client": "zz-not-hex"}'):
+        assert decode(frames_with(meta=meta), frozenset({Kind.HELLO})).meta == json.loads(meta)
 
 
 def test_integers_beyond_64_bits_and_deep_nesting_are_refused() -> None:
