@@ -43,7 +43,10 @@ class Terminal:
 
     def __init__(self) -> None:
         self.socket = f"lucidity-test-{uuid.uuid4().hex[:12]}"
-        env = dict(os.environ, PS1="$ ", HOME=os.environ.get("HOME", "/tmp"))
+        # The server, and so the shell, inherit this environment (the test session's marker included), as
+        # os.environ has it: readline, once loaded, exports COLUMNS=80 and LINES=24 into the process's C
+        # environment, and the view (shutil.get_terminal_size) would believe them over the terminal.
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
         self._run("-f", "/dev/null", "new-session", "-d", "-x", str(COLUMNS), "-y", str(ROWS), "sh", env=env)
         self.server_pid = int(self._run("display-message", "-p", "#{pid}").strip())
         self.shell_pid = int(self._run("display-message", "-p", "#{pane_pid}").strip())
