@@ -13,6 +13,10 @@ the tasks it had not started) and starts a replacement.
 
 One thread owns every socket. Signals, worker exits and readiness reach it as file descriptors in its
 poller; every wait is bounded by the nearest deadline.
+
+This module owns the loop, the clients' sessions and the workers' lives (spawn, ready, exit, restart). It
+leaves to others: the line to the control node (`controllink`), a worker as the daemon sees it and the
+watchdog (`supervision`), what the node counts and reports in STATUS_REPLY and /metrics (`reporting`).
 """
 
 from __future__ import annotations
