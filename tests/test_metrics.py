@@ -21,12 +21,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import pytest
 
 import lucidity
-from helpers import WAIT, CliCluster, WaitTimeout, free_port, stop_process, wait_until
+from helpers import WAIT, CliCluster, Rendezvous, WaitTimeout, free_port, hold, stop_process, wait_until
 from lucidity import addresses
 from lucidity.node.metrics import Exporter
 
@@ -206,6 +206,33 @@ def test_each_daemons_text_passes_promtool_and_the_dashboard_queries_only_served
         families = {re.sub(r"_(bucket|sum|count)$", "", name) if name.startswith("lucidity_task_duration")
                     else name for name in used}
         assert families <= served, f"{expression} queries {families - served}, which no daemon serves"
+
+
+def scraped_value(text: str, sample: str) -> Optional[float]:
+    """The value of one sample line (``name{labels}``) of a scrape, or None if it is not there."""
+    found = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.rsplit(" ", 1)[0] == sample]
+    return float(found[0]) if found else None
+
+
+@pytest.mark.timeout(60)
+def test_running_tasks_of_a_client_that_terminates_count_as_lost(cluster: MetricsCluster) -> None:
+    with Rendezvous() as rendezvous:
+        pool = lucidity.Pool(address=cluster.address)
+        try:
+            for tag in range(6):
+                pool.apply_async(hold, (rendezvous.address, str(tag)))
+            rendezvous.started(2)  # both workers run one; the others wait in the workers' queues
+        finally:
+            pool.terminate()  # cancels what waits, and the node stops the two that run
+
+    def lost() -> Optional[float]:
+        return scraped_value(cluster.scrape(cluster.node_metrics)[1], 'lucidity_tasks_total{outcome="lost"}')
+
+    wait_until(lambda: (lost() or 0) >= 2, WAIT, "the two running tasks counted as lost")
+    text = cluster.scrape(cluster.node_metrics)[1]
+    assert (scraped_value(text, 'lucidity_tasks_total{outcome="lost"}') or 0) <= 6, "each task at most once"
+    assert scraped_value(text, 'lucidity_tasks_total{outcome="ok"}') == 0
+    assert scraped_value(text, 'lucidity_tasks_total{outcome="crashed"}') == 0, "stopped for its client: no crash"
 
 
 @pytest.mark.timeout(60)
