@@ -487,7 +487,7 @@ class Client:
             if body.main:
                 link.has_main = False
             with self._lock:
-                self._table.give_back(link.lane, body.tasks)
+                self._table.give_back(link.lane, body.tasks, busy=body.busy)
 
     def _on_results(self, link: WorkerLink, message: protocol.Message) -> None:
         # Check every entry and the frames before any task leaves the in-flight table: a task popped for a

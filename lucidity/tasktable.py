@@ -12,7 +12,8 @@ The client's I/O thread feeds it events and carries out what it answers::
     finish(task)                                the task's outcome was delivered
 
 Policy lives here, where a test reaches it without a socket: each worker's window of tasks in flight (one
-until its task durations are known, then as many as fill `WINDOW_TARGET` seconds), the fair share of a
+until its task durations are known, then as many as fill `WINDOW_TARGET` seconds, and none while it is busy
+with a long task after giving back the ones it had queued: see `give_back`), the fair share of a
 queue per worker, `max_running`, placement on a node, resends after a lost worker (counted against
 `Task.lost_retries`) and crash retries. The caller holds the client's lock around every call.
 """
@@ -35,7 +36,7 @@ WINDOW_TARGET = 0.005
 class Lane:
     """A worker as the table sees it: whether it can be written to, its tasks in flight, its pace."""
 
-    __slots__ = ("key", "node", "connected", "inflight", "mean_time")
+    __slots__ = ("key", "node", "connected", "inflight", "mean_time", "busy")
 
     def __init__(self, key: str, node: str) -> None:
         self.key = key
@@ -43,12 +44,16 @@ class Lane:
         self.connected = False  # its connection is made: tasks may go to it
         self.inflight: dict[int, Task] = {}
         self.mean_time = 0.0  # seconds per task, a moving average of what it reported (0: not known yet)
+        self.busy = False  # it gave back its queued tasks to run a long one: nothing more until it answers
 
     def credit(self) -> int:
-        """How many more tasks it may hold: small for slow tasks, so that work spreads, and larger for tiny
-        ones, so that they travel in batches."""
+        """How many more tasks it may hold: one until its pace is known (no more than it can start at once,
+        so that a first map spreads over every worker), then small for slow tasks, so that work spreads,
+        and larger for tiny ones, so that they travel in batches; none while it is busy with a long task."""
+        if self.busy:
+            return 0
         if self.mean_time <= 0:
-            window = WINDOW_MIN
+            window = 1
         else:
             window = max(WINDOW_MIN, min(WINDOW_MAX, int(WINDOW_TARGET / self.mean_time)))
         return window - len(self.inflight)
@@ -178,12 +183,15 @@ class TaskTable:
         """A worker answered a task in `seconds`: the task, or None for a late duplicate of one that ended."""
         task = lane.inflight.pop(task_id, None)
         lane.observe(seconds)
+        lane.busy = False
         if task is None or task.is_final:
             return None
         return task
 
-    def give_back(self, lane: Lane, task_ids: Iterable[int]) -> None:
-        """The worker did not run these tasks (it lacked their function, or gave them up): queue them again."""
+    def give_back(self, lane: Lane, task_ids: Iterable[int], *, busy: bool = False) -> None:
+        """The worker did not run these tasks: it lacked their function, or (``busy``) it gave them up while a
+        long task held it, and gets no more until that task ends. They wait first in line for a worker."""
+        lane.busy = lane.busy or busy
         for task_id in task_ids:
             task = lane.inflight.pop(task_id, None)
             if task is not None and task.state is TaskState.SENT and task.worker == lane.key:

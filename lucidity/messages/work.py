@@ -344,25 +344,30 @@ class Cancel:
 
 @dataclass(frozen=True, **SLOTS)
 class Missing:
-    """A worker cannot run a task without what it names: functions (evicted from its cache) or the client's
-    main entry (forgotten); the client sends the task again with them."""
+    """A worker gives tasks back unrun: it lacks what it names (functions evicted from its cache, or the
+    client's main entry), and the client sends them again with it; or it is ``busy`` with a long task, and
+    the client sends them to another worker and this one nothing until its task ends."""
 
     KIND: ClassVar[Kind] = Kind.MISSING
 
     tasks: tuple[int, ...]
     digests: tuple[str, ...]
     main: bool = False
+    busy: bool = False
 
     def to_meta(self) -> Meta:
         meta: Meta = {"tasks": list(self.tasks), "digests": list(self.digests)}
         if self.main:
             meta["main"] = True
+        if self.busy:
+            meta["busy"] = True
         return meta
 
     @classmethod
     def from_meta(cls, meta: Meta) -> Missing:
         where = "MISSING meta"
-        return cls(task_ids(meta, where, "tasks"), texts(meta, where, "digests"), maybe_flag(meta, where, "main"))
+        return cls(task_ids(meta, where, "tasks"), texts(meta, where, "digests"), maybe_flag(meta, where, "main"),
+                   maybe_flag(meta, where, "busy"))
 
 
 @dataclass(frozen=True, **SLOTS)

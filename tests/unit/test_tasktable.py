@@ -17,12 +17,15 @@ def tasks(*ids: int, **options: Any) -> list[Task]:
     return [Task(task_id, FUNCTION, "call", [b"payload"], lambda ok, value: None, **options) for task_id in ids]
 
 
-def table_with(*keys: str, max_running: Any = None) -> TaskTable:
-    """A table whose workers (node/worker keys) are all connected."""
+def table_with(*keys: str, max_running: Any = None, pace: float = 1.0) -> TaskTable:
+    """A table whose workers (node/worker keys) are all connected, their tasks known to take `pace` seconds
+    (0: not known yet)."""
     table = TaskTable(max_running)
     table.set_nodes(frozenset(key.split("/")[0] for key in keys))
     for key in keys:
-        table.add_worker(key, key.split("/")[0]).connected = True
+        lane = table.add_worker(key, key.split("/")[0])
+        lane.connected = True
+        lane.mean_time = pace
     return table
 
 
@@ -43,8 +46,30 @@ def window_after(seconds: float, count: int = 50) -> int:
     return lane.credit()
 
 
-def test_a_worker_not_yet_timed_gets_the_smallest_window() -> None:
-    assert Lane("n1/w1", "n1").credit() == WINDOW_MIN
+def test_a_worker_not_yet_timed_gets_one_task_at_a_time() -> None:
+    """A first map spreads over every worker: none gets more than it can start until tasks are timed."""
+    assert Lane("n1/w1", "n1").credit() == 1
+    table = table_with("n1/a", "n1/b", "n1/c", pace=0.0)
+    table.add(tasks(*range(1, 10)))
+    assert sent(table.dispatch()) == {"n1/a": [1], "n1/b": [2], "n1/c": [3]}
+
+
+def test_a_timed_worker_gets_at_least_the_smallest_window() -> None:
+    assert window_after(10.0) == WINDOW_MIN
+
+
+def test_a_worker_busy_with_a_long_task_gets_nothing_until_it_answers() -> None:
+    table = table_with("n1/a", "n1/b")
+    table.add(tasks(1, 2, 3, 4))
+    assert sent(table.dispatch()) == {"n1/a": [1, 2], "n1/b": [3, 4]}
+    a, b = table.lanes["n1/a"], table.lanes["n1/b"]
+    table.give_back(a, [2], busy=True)  # task 1 runs long; 2 should run elsewhere
+    assert table.dispatch() == []  # b is full, and a takes nothing while busy
+    table.take(b, 3, 0.005)
+    assert sent(table.dispatch()) == {"n1/b": [2]}  # the given-back task, first in line
+    table.take(a, 1, 0.5)  # the long task ends: a takes work again
+    table.add(tasks(5))
+    assert sent(table.dispatch()) == {"n1/a": [5]}
 
 
 def test_the_window_grows_as_tasks_get_shorter_within_its_bounds() -> None:
