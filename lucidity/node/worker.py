@@ -33,6 +33,7 @@ import zmq
 from .. import messages, protocol, serialization, shipping, transport, waiting
 from ..messages import ResultEntry, ResultStatus, TaskMode, TaskSpec
 from .namespaces import MainNamespaces
+from .shedding import Shedder
 
 if TYPE_CHECKING:
     from ..security import Guard
@@ -117,6 +118,10 @@ class Worker:
         # Views of this worker's slot: counting is a store into memory its daemon reads for the metrics.
         self._counters, self._duration_sum, self._buckets = slots.counters(index)
         self._waker = transport.Waker()
+        # Held by this thread except while the caller's code runs: the shedder uses the socket and the
+        # queue only under it (lucidity.node.shedding).
+        self._lock = threading.RLock()
+        self._shedder = Shedder(self._lock, self._give_back_queued, lambda: self._mean_task_time)
         waiting.install(self._serve_while_waiting, self._waker.wake)
         self._identity = b""
         self._module_replies: dict[str, tuple[Optional[shipping.ModuleSource], str]] = {}
@@ -124,6 +129,7 @@ class Worker:
         sys.meta_path.append(self._finder)
 
     def run(self) -> None:
+        self._lock.acquire()
         while True:
             if not self._queue:
                 self._flush()
@@ -215,6 +221,10 @@ class Worker:
 
     def _fetch_module(self, name: str) -> tuple[Optional[shipping.ModuleSource], str]:
         """Ask the current task's client for a module's source (called by the import hook)."""
+        with self._lock:
+            return self._fetch_module_locked(name)
+
+    def _fetch_module_locked(self, name: str) -> tuple[Optional[shipping.ModuleSource], str]:
         self._module_replies.pop(name, None)
         self._send(self._identity, messages.encode(messages.Fetch(name)))
         deadline = time.monotonic() + FETCH_TIMEOUT
@@ -266,8 +276,13 @@ class Worker:
             for entry in self._functions.values():
                 entry[1] = None  # functions of forgotten modules must be looked up again
         outcome = _OK
+        self._shedder.task_started(bool(self._queue))
         try:
-            frames = self._execute(spec, task.frames)
+            self._lock.release()  # the caller's code runs: the shedder may give back what waits behind it
+            try:
+                frames = self._execute(spec, task.frames)
+            finally:
+                self._lock.acquire()
             status = ResultStatus.OK
         except BaseException as exc:  # noqa: B036 - SystemExit and KeyboardInterrupt belong to the task
             outcome = _ERROR
@@ -330,6 +345,10 @@ class Worker:
         Without this, workers whose tasks all wait on children queued behind them would deadlock. Tasks
         run here nest on the waiting task's stack; its slot is restored when each one ends.
         """
+        with self._lock:
+            return self._serve_locked(event, timeout)
+
+    def _serve_locked(self, event: threading.Event, timeout: Optional[float]) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         waiting_slot = self._slots.read(self._index)
         poller = zmq.Poller()
@@ -397,6 +416,16 @@ class Worker:
         return self._pool_counts[task.spec.pool] >= limit
 
     # -- sending -----------------------------------------------------------------------------------------
+
+    def _give_back_queued(self) -> bool:
+        """Give every queued task back to its client, to run elsewhere (the shedder's, under the lock)."""
+        by_client: dict[bytes, list[int]] = collections.defaultdict(list)
+        for task in self._queue:
+            by_client[task.identity].append(task.spec.id)
+        self._queue.clear()
+        for identity, ids in by_client.items():
+            self._send(identity, messages.encode(messages.Missing(tuple(ids), (), busy=True)))
+        return bool(by_client)
 
     def _flush(self) -> None:
         if self._outbox:
