@@ -347,7 +347,7 @@ class Client:
         if self._roster.control_silent(now, self._control_dialed) and self._dialer.may_move:
             self._dialer.retry()  # another of its addresses, or its name resolved again: it may have moved
             self._control_dialed = now
-        self._send(self._control, messages.encode(messages.Watch()))
+        self._send(self._control, messages.encode(self._roster.watch()))
         lost, alive = self._roster.check(now)
         for node, why in lost:
             self._drop_node(node, why, lost=True)

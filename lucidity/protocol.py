@@ -39,8 +39,10 @@ __all__ = ["VERSION", "Kind", "Message", "JoinedFrame", "encode", "decode"]
 
 #: 2: small item payloads packed into one frame (`pack_items`). 3: the caller's __main__ travels by name to
 #: a per-client namespace in each worker (TASKS ``main``; `lucidity.mainscript`). 4: payload frames over
-#: `MAX_FRAME_BYTES` travel in slices named by the meta field ``_slices`` (issue 11).
-VERSION = 4
+#: `MAX_FRAME_BYTES` travel in slices named by the meta field ``_slices`` (issue 11). 5: nodes heartbeat
+#: with BEAT and send a JOIN only when their entry changed or the control node asks (WELCOME ``rejoin``);
+#: NODES carries a sequence number and is a full list or the changes (issue 13).
+VERSION = 5
 
 #: Largest payload frame on the wire, in bytes; `encode` slices larger ones. Listening sockets refuse frames
 #: a little larger than this (`security.MAX_INBOUND_FRAME_BYTES`, with room for CURVE's overhead).
@@ -70,6 +72,7 @@ class Kind(enum.IntEnum):
     WELCOME = 2
     HEARTBEAT = 3
     LEAVE = 4
+    BEAT = 5
     # membership: client <-> control
     WATCH = 10
     NODES = 11

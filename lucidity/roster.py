@@ -1,11 +1,11 @@
 """The roster: the nodes and workers a client knows, and what each report about them means. No sockets.
 
-The client's I/O thread feeds it the control node's lists, each node's report of its workers and the passing
-of time, and carries out what it answers: which nodes to connect to or drop, which workers are new or gone,
-which nodes to ping. It keeps what the faces read: the workers that count (`worker_count`), the nodes as
-placement sees them (`membership`), those not reached yet (`unreachable`), and whether every worker told of
-has been reached (`all_reached`). The client makes a `NodeLink` or `WorkerLink`, socket included, for each new
-entry and adds it here.
+The client's I/O thread feeds it the control node's lists (the whole list once, then its changes: `watch`
+says which the client needs), each node's report of its workers and the passing of time, and carries out what
+it answers: which nodes to connect to or drop, which workers are new or gone, which nodes to ping. It keeps
+what the faces read: the workers that count (`worker_count`), the nodes as placement sees them (`membership`),
+those not reached yet (`unreachable`), and whether every worker told of has been reached (`all_reached`). The
+client makes a `NodeLink` or `WorkerLink`, socket included, for each new entry and adds it here.
 
 The rules, each forced by a fault the tests reproduce (docs/failures.md):
 
@@ -15,13 +15,15 @@ The rules, each forced by a fault the tests reproduce (docs/failures.md):
 - a node never reached (a firewall, a route) is unreachable, not lost: named once, not waited for, used as
   soon as it answers; a node that answered and then fell silent for the node timeout is lost;
 - a process stopped or starved for a while (SIGSTOP, a suspended laptop) hears silence that is its own, and
-  gives its nodes a fresh timeout instead of dropping them all.
+  gives its nodes a fresh timeout instead of dropping them all;
+- a change of the control node's list that does not follow the last one applied (one lost while the client
+  reconnected) is not applied: the client asks for the whole list and decides nothing until it has it.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Optional, Sequence
 
 from . import addresses, messages
 from .links import NodeInfo, NodeLink, WorkerLink
@@ -56,6 +58,11 @@ class Roster:
         self.control_heard = 0.0  # when the control node last spoke (0: never)
         self._control_instance = ""
         self._control_changed_at = 0.0
+        # The control node's list as this client holds it: its dialable entries by name, the control node's
+        # instance and the sequence number of the last change applied (None: none held, ask for the whole).
+        self._listed: dict[str, NodeEntry] = {}
+        self._listed_instance = ""
+        self._listed_seq: Optional[int] = None
         self._last_check = 0.0
         # Read by the faces (through the client): replaced whole, so a reader never sees one half-made.
         self.membership: tuple[NodeInfo, ...] = ()
@@ -64,8 +71,18 @@ class Roster:
 
     # -- what the control node lists -----------------------------------------------------------------------
 
+    def watch(self) -> messages.Watch:
+        """The WATCH to send once a heartbeat: it names the list this client holds, so that the control node
+        answers with what changed (usually nothing) instead of the whole list; a client that holds none, or
+        missed a change, asks for the whole list."""
+        if self._listed_seq is None:
+            return messages.Watch()
+        return messages.Watch(self._listed_instance, self._listed_seq)
+
     def control_listed(self, body: messages.Nodes, now: float) -> tuple[list[NodeEntry], list[NodeLink]]:
-        """The control node's list arrived: (entries of the nodes to connect to, the nodes to drop)."""
+        """The control node's list, or a change of it, arrived: (entries of the nodes to connect to, the nodes
+        to drop). A change that does not follow the last one applied is not applied (`watch` then asks for the
+        whole list), and nothing is decided until the whole list comes."""
         if self.control_heard and now - self.control_heard > CONTROL_SILENCE:
             # Cut off from the control node for a while: it may have lost our nodes' heartbeats too, and
             # lists them again only once they reach it. Until then a node missing from its list is not lost.
@@ -77,8 +94,10 @@ class Roster:
             if self._control_instance:
                 self._control_changed_at = now
             self._control_instance = body.instance
+        if not self._apply(body):
+            return [], []
         relearning = now - self._control_changed_at < self.node_timeout and bool(self.nodes)
-        listed = {entry.name: entry for entry in body.nodes if dialable(entry.address)}
+        listed = self._listed
         dropped = []
         for name, node in self.nodes.items():
             entry = listed.get(name)
@@ -96,6 +115,34 @@ class Roster:
             else:
                 known.running = entry.running
         return new, dropped
+
+    def _apply(self, body: messages.Nodes) -> bool:
+        """Bring the list held up to date with `body`; False if it cannot be (a change was missed, or the
+        list held is another control node's), and then the next WATCH asks for the whole list."""
+        if body.full:
+            self._listed = {entry.name: entry for entry in body.nodes if dialable(entry.address)}
+            self._listed_instance, self._listed_seq = body.instance, body.seq
+            return True
+        held = self._listed_seq
+        if held is None or body.instance != self._listed_instance:
+            self._listed_seq = None
+            return False
+        if body.seq <= held:
+            return True  # nothing new (the answer to an up-to-date WATCH), or already in the whole list held
+        if body.seq != held + 1:
+            logger.info("lucidity client: missed a change of the control node's list (had %d, got %d); asking for "
+                        "the whole list", held, body.seq)
+            self._listed_seq = None
+            return False
+        for name in body.left:
+            self._listed.pop(name, None)
+        for entry in body.nodes:
+            if dialable(entry.address):
+                self._listed[entry.name] = entry
+            else:
+                self._listed.pop(entry.name, None)
+        self._listed_seq = body.seq
+        return True
 
     def add_node(self, node: NodeLink) -> None:
         self.nodes[node.name] = node

@@ -147,7 +147,7 @@ def test_bad_slice_tables_are_refused(slices: Any) -> None:
 
 
 def test_the_version_changed_with_the_wire_and_an_older_peer_is_named() -> None:
-    assert protocol.VERSION == 4
+    assert protocol.VERSION == 5
     with pytest.raises(VersionMismatch) as caught:
         protocol.decode([bytes((3, Kind.RESULTS)), b'{"results": []}'], ALL)
     assert caught.value.version == 3

@@ -36,6 +36,7 @@ from .fields import Meta
 from .membership import (Abandon, Bye, ControlStatus, Drop, FailureReason, FailureReport, Heartbeat, Hello, Leave,
                          NodeEntry, Nodes, NodeStatus, Status, Watch, Welcome, WorkerEntry, Workers, WorkerStatus,
                          status_reply)
+from .membership import NodeBeat
 from .work import (Cancel, Fetch, MainEntry, Missing, Module, Refused, ResultEntry, Results, ResultStatus, TaskMode,
                    Tasks, TasksPayload, TaskSpec)
 
@@ -43,10 +44,10 @@ __all__ = ["TaskMode", "ResultStatus", "FailureReason", "NodeEntry", "Welcome", 
            "Nodes", "Hello", "WorkerEntry", "Workers", "FailureReport", "Abandon", "Bye", "Status", "WorkerStatus",
            "NodeStatus", "ControlStatus", "MainEntry", "Module", "TaskSpec", "Tasks", "TasksPayload",
            "ResultEntry", "Results", "Cancel", "Missing", "Fetch", "Drop", "Refused", "Body", "BODIES", "parse",
-           "encode"]
+           "encode", "NodeBeat"]
 
-Body = Union[NodeEntry, Welcome, Heartbeat, Leave, Watch, Nodes, Hello, Workers, FailureReport, Abandon, Bye,
-             Status, NodeStatus, ControlStatus, Tasks, Results, Cancel, Missing, Fetch, Module, Drop, Refused]
+Body = Union[NodeEntry, NodeBeat, Welcome, Heartbeat, Leave, Watch, Nodes, Hello, Workers, FailureReport, Abandon,
+             Bye, Status, NodeStatus, ControlStatus, Tasks, Results, Cancel, Missing, Fetch, Module, Drop, Refused]
 
 #: How each kind's body is read.
 BODIES: dict[Kind, Callable[[Meta], Body]] = {
@@ -54,6 +55,7 @@ BODIES: dict[Kind, Callable[[Meta], Body]] = {
     Kind.WELCOME: Welcome.from_meta,
     Kind.HEARTBEAT: Heartbeat.from_meta,
     Kind.LEAVE: Leave.from_meta,
+    Kind.BEAT: NodeBeat.from_meta,
     Kind.WATCH: Watch.from_meta,
     Kind.NODES: Nodes.from_meta,
     Kind.HELLO: Hello.from_meta,

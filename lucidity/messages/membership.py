@@ -3,8 +3,8 @@
 None of these is on the task path (`lucidity.messages.work` has those); see `lucidity.messages` for what
 every body class offers. The kinds, by who sends them::
 
-    node    --JOIN (NodeEntry)/LEAVE-->  control --WELCOME--> node
-    client  --WATCH-->                   control --NODES (NodeEntry...)--> client
+    node    --JOIN (NodeEntry)/BEAT (NodeBeat)/LEAVE-->  control --WELCOME--> node
+    client  --WATCH-->  control --NODES (NodeEntry...: the full list, or the changes)--> client
     client  --HELLO/HEARTBEAT/ABANDON/BYE--> node --WORKERS (WorkerEntry...)/TASK_FAILED (FailureReport)--> client
     node    --DROP--> worker
     anyone  --STATUS--> a daemon --STATUS_REPLY (NodeStatus or ControlStatus)--> anyone
@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional, TypeVar, Union
 
 from ..protocol import Kind
-from .fields import (SLOTS, Meta, client_id, maybe_amount, maybe_integer, maybe_natural, maybe_text, natural,
-                     objects, refused, text)
+from .fields import (SLOTS, Meta, client_id, flag, maybe_amount, maybe_integer, maybe_natural, maybe_text, natural,
+                     objects, refused, text, texts)
 
 __all__ = ["NodeEntry", "Welcome", "Heartbeat", "Leave", "Watch", "Status", "Nodes", "Hello", "Abandon", "Bye",
            "Drop", "WorkerEntry", "Workers", "FailureReason", "FailureReport", "WorkerStatus", "NodeStatus",
-           "ControlStatus", "status_reply"]
+           "ControlStatus", "status_reply", "NodeBeat"]
 
 
 class FailureReason(str, enum.Enum):
@@ -40,8 +40,9 @@ _REASONS = {reason.value: reason for reason in FailureReason}
 
 @dataclass(frozen=True, **SLOTS)
 class NodeEntry:
-    """A node: what it tells the control node in each JOIN (its body), and how the control node lists it
-    (NODES, and the control node's STATUS_REPLY)."""
+    """A node: what it tells the control node in a JOIN (its body: at the start, when the entry changed, or
+    when the control node asks), and how the control node lists it (NODES, and the control node's
+    STATUS_REPLY)."""
 
     KIND: ClassVar[Kind] = Kind.JOIN
 
@@ -64,19 +65,42 @@ class NodeEntry:
 
 
 @dataclass(frozen=True, **SLOTS)
+class NodeBeat:
+    """A node's heartbeat to the control node while its entry is unchanged: who it is and its load, a few
+    dozen bytes where a full JOIN is a few hundred (issue 13). The control node answers one from a node it
+    does not know (it restarted, or dropped the node after a silence) with a WELCOME asking for a JOIN."""
+
+    KIND: ClassVar[Kind] = Kind.BEAT
+
+    name: str
+    instance: str  # the node's: a beat of another instance than the one listed is from a stranger
+    running: int  # its workers running a task now
+
+    def to_meta(self) -> Meta:
+        return {"name": self.name, "instance": self.instance, "running": self.running}
+
+    @classmethod
+    def from_meta(cls, meta: Meta) -> NodeBeat:
+        where = "BEAT meta"
+        return cls(text(meta, where, "name"), text(meta, where, "instance"), natural(meta, where, "running"))
+
+
+@dataclass(frozen=True, **SLOTS)
 class Welcome:
-    """The control node's answer to a JOIN."""
+    """The control node's answer to a JOIN or a BEAT; ``rejoin`` asks the node for its full entry (a JOIN),
+    because the control node does not know it: it restarted, or dropped the node after a silence."""
 
     KIND: ClassVar[Kind] = Kind.WELCOME
 
     instance: str  # the control node's, new at each start
+    rejoin: bool = False
 
     def to_meta(self) -> Meta:
-        return {"instance": self.instance}
+        return {"instance": self.instance, "rejoin": self.rejoin}
 
     @classmethod
     def from_meta(cls, meta: Meta) -> Welcome:
-        return cls(text(meta, "WELCOME meta", "instance"))
+        return cls(text(meta, "WELCOME meta", "instance"), flag(meta, "WELCOME meta", "rejoin"))
 
 
 @dataclass(frozen=True, **SLOTS)
@@ -126,10 +150,27 @@ class _Empty:
 
 
 @dataclass(frozen=True, **SLOTS)
-class Watch(_Empty):
-    """A client asks the control node for the nodes, now and whenever they change."""
+class Watch:
+    """A client asks the control node for the nodes, now and whenever they change; sent once a second.
+
+    A client that holds the list of one control node names it and the sequence number of the last change
+    it applied (`Nodes.seq`): if that is the control node's latest, the answer is an empty change (a few
+    dozen bytes); otherwise, and for a WATCH without them (the first, or after a gap), the full list.
+    """
 
     KIND: ClassVar[Kind] = Kind.WATCH
+
+    instance: str = ""  # the control node's whose list the client holds ("": none)
+    seq: Optional[int] = None
+
+    def to_meta(self) -> Meta:
+        return {} if self.seq is None else {"instance": self.instance, "seq": self.seq}
+
+    @classmethod
+    def from_meta(cls, meta: Meta) -> Watch:
+        where = "WATCH meta"
+        seq = maybe_natural(meta, where, "seq")
+        return cls(text(meta, where, "instance"), seq) if seq is not None else cls()
 
 
 @dataclass(frozen=True, **SLOTS)
@@ -141,21 +182,34 @@ class Status(_Empty):
 
 @dataclass(frozen=True, **SLOTS)
 class Nodes:
-    """The control node's list of nodes, sent to the clients that watch it."""
+    """The control node's nodes, sent to the clients that watch it: the full list, or the changes.
+
+    Every change of the list (nodes joined, changed or left, coalesced by name) gets the next sequence
+    number, ``seq``, and goes to every watching client as ``full=False``: ``nodes`` are the entries joined
+    or changed, ``left`` the names of the nodes gone. A client applies a change numbered one past the last
+    it holds; any other number means it missed one, and its next WATCH asks for the full list
+    (``full=True``: ``nodes`` is every node, at ``seq``). An answer to a WATCH of a client that is up to
+    date is a change with nothing in it and the client's own ``seq``.
+    """
 
     KIND: ClassVar[Kind] = Kind.NODES
 
     nodes: tuple[NodeEntry, ...]
     instance: str  # the control node's
+    seq: int = 0
+    full: bool = True
+    left: tuple[str, ...] = ()
 
     def to_meta(self) -> Meta:
-        return {"nodes": [node.to_meta() for node in self.nodes], "instance": self.instance}
+        return {"nodes": [node.to_meta() for node in self.nodes], "instance": self.instance, "seq": self.seq,
+                "full": self.full, "left": list(self.left)}
 
     @classmethod
     def from_meta(cls, meta: Meta) -> Nodes:
         where = "NODES meta"
         nodes = tuple(NodeEntry.from_meta(entry, "a NODES entry") for entry in objects(meta, where, "nodes"))
-        return cls(nodes, text(meta, where, "instance"))
+        return cls(nodes, text(meta, where, "instance"), natural(meta, where, "seq"), flag(meta, where, "full"),
+                   texts(meta, where, "left"))
 
 
 # -- client <-> node daemon --------------------------------------------------------------------------------

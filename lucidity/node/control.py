@@ -1,14 +1,21 @@
 """The control daemon: the cluster's membership, and nothing on the task path.
 
-Nodes join and heartbeat (every heartbeat is a full JOIN, so a restarted control node relearns the whole
-cluster within one interval); clients watch the membership and learn where the nodes are. Tasks and
-results never pass through here, so adding nodes never makes this process the bottleneck::
+Nodes join with their full entry (JOIN) and then heartbeat with a small BEAT that carries their load; a
+node this daemon does not know (after a restart of it, or a silence) is asked for its entry again, so a
+restarted control node relearns the whole cluster within one heartbeat. Clients watch the membership: the
+first WATCH gets the whole list, later ones an empty change, and every change (nodes joined, changed or
+left; the load at most every `LOAD_INTERVAL`) goes to every watcher once, numbered, so that a client that
+missed one asks for the whole list again. Tasks and results never pass through here, so adding nodes never
+makes this process the bottleneck::
 
-    node   --JOIN/LEAVE-->  control --WELCOME--> node
-    client --WATCH------->  control --NODES----> client   (now, and again whenever membership changes)
-    anyone --STATUS------>  control --STATUS_REPLY--> anyone
+    node   --JOIN/BEAT/LEAVE-->  control --WELCOME (rejoin: send your JOIN)--> node
+    client --WATCH------------>  control --NODES (whole, or the changes since)--> client
+    anyone --STATUS----------->  control --STATUS_REPLY--> anyone
 
-One thread owns the socket; expiry runs on the poll timeout, never on a sleep.
+One thread owns the socket; expiry runs on the poll timeout, never on a sleep. What an idle cluster costs
+here is one BEAT decoded and one WELCOME (encoded once) per node and heartbeat, and one empty change per
+client and heartbeat, whatever the size of the cluster (issue 13: 256 idle nodes cost 4% of a core when
+every heartbeat was a full JOIN and the expiry scanned every node at every message).
 
 The control daemon of an embedded cluster (`lucidity.cluster.LocalCluster`) is also told the cluster's
 private socket directory, and removes it when it exits: its owner may have been killed with SIGKILL, and
@@ -17,6 +24,7 @@ then no one else would. A control node started by an operator is never told one 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -43,13 +51,19 @@ NODE_TIMEOUT = 5.0
 WATCHER_TIMEOUT = 30.0
 #: A loop that went this long without a turn (it turns at least once a second) was stalled, in seconds.
 STALL_TIME = 3.0
+#: Changes of a node's load (its workers running a task) go to the clients at most this often, in seconds,
+#: coalesced: placement (least_loaded) reads them, and a busy cluster's load changes at every heartbeat.
+LOAD_INTERVAL = 0.5
+#: The silent nodes are looked for at most this often (and at most a tenth of the node timeout), in seconds:
+#: a look scans every node, and with hundreds of nodes messages arrive every few milliseconds.
+SWEEP_INTERVAL = 0.5
 
-ACCEPTED = frozenset({protocol.Kind.JOIN, protocol.Kind.LEAVE, protocol.Kind.WATCH, protocol.Kind.STATUS,
-                      protocol.Kind.HEARTBEAT})
+ACCEPTED = frozenset({protocol.Kind.JOIN, protocol.Kind.BEAT, protocol.Kind.LEAVE, protocol.Kind.WATCH,
+                      protocol.Kind.STATUS, protocol.Kind.HEARTBEAT})
 #: With a cluster secret, what each role may send here: clients watch, nodes join.
 ACCEPTED_BY_ROLE = {
     Role.CLIENT: frozenset({protocol.Kind.WATCH, protocol.Kind.HEARTBEAT, protocol.Kind.STATUS}),
-    Role.NODE: frozenset({protocol.Kind.JOIN, protocol.Kind.LEAVE, protocol.Kind.STATUS}),
+    Role.NODE: frozenset({protocol.Kind.JOIN, protocol.Kind.BEAT, protocol.Kind.LEAVE, protocol.Kind.STATUS}),
 }
 
 
@@ -108,8 +122,21 @@ class ControlDaemon(Daemon):
         self.address = ""
         self._nodes: dict[bytes, NodeRecord] = {}
         self._watchers: dict[bytes, float] = {}
-        self._last_expiry = time.monotonic()
+        self._last_turn = time.monotonic()
+        self._sweep_interval = min(SWEEP_INTERVAL, node_timeout / 10)
+        self._next_sweep = 0.0
         self._node_events = dict.fromkeys(NODE_EVENTS, 0)  # for the metrics
+        # The clients' view: the number of the last change sent, the names changed since (membership: sent
+        # at the end of this loop turn; load: at `_next_load_send`), and what is sent often, encoded once.
+        self._seq = 0
+        self._changed: set[str] = set()
+        self._load_changed: set[str] = set()
+        self._next_load_send = 0.0
+        self._welcome = messages.encode(messages.Welcome(self.instance))
+        self._ask_rejoin = messages.encode(messages.Welcome(self.instance, rejoin=True))
+        self._encoded_seq = -1  # the seq of the two below
+        self._whole_list: list[Any] = []
+        self._no_change: list[Any] = []
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM or the owner's exit. Returns the exit status."""
@@ -140,6 +167,8 @@ class ControlDaemon(Daemon):
                 if self._guard_failed():
                     return 1
                 timeout = min(self._expire(time.monotonic()), 1.0)
+                if self._load_changed:
+                    timeout = min(timeout, max(0.0, self._next_load_send - time.monotonic()))
                 events = dict(poller.poll(int(timeout * 1000)))
                 if self._waker.read_fd in events:
                     self._waker.drain()
@@ -148,6 +177,7 @@ class ControlDaemon(Daemon):
                     break
                 if self._router in events:
                     self._drain_router(self._receive, ACCEPTED_BY_ROLE, ACCEPTED)
+                self._send_changes(time.monotonic())
                 self._answer_scrapes()
         finally:
             logger.info("control at %s stopping", self.address)
@@ -161,22 +191,40 @@ class ControlDaemon(Daemon):
 
     def _handle(self, identity: bytes, body: messages.Body) -> None:
         now = time.monotonic()
-        if isinstance(body, messages.NodeEntry):  # JOIN
+        if isinstance(body, messages.NodeBeat):
+            self._beat(identity, body, now)
+        elif isinstance(body, messages.NodeEntry):  # JOIN
             self._join(identity, body, now)
-            self._send(identity, messages.encode(messages.Welcome(self.instance)))
+            self._send(identity, self._welcome)
         elif isinstance(body, messages.Leave):
             record = self._nodes.pop(identity, None)
             if record is not None:
                 logger.info("node %s left", record.name)
                 self._node_events["left"] += 1
-                self._broadcast()
-        elif isinstance(body, (messages.Watch, messages.Heartbeat)):
+                self._changed.add(record.name)
+        elif isinstance(body, messages.Watch):
             self._watchers[identity] = now
-            self._send(identity, self._nodes_message())
+            self._send(identity, self._answer_watch(body))
+        elif isinstance(body, messages.Heartbeat):  # a client's heartbeat here is a WATCH for the whole list
+            self._watchers[identity] = now
+            self._send(identity, self._answer_watch(messages.Watch()))
         elif isinstance(body, messages.Status):
             reply = messages.ControlStatus(self.address, self.instance,
                                            tuple(r.describe() for r in self._nodes.values()), len(self._watchers))
             self._send(identity, messages.encode(reply))
+
+    def _beat(self, identity: bytes, beat: messages.NodeBeat, now: float) -> None:
+        record = self._nodes.get(identity)
+        if record is None or record.name != beat.name or record.instance != beat.instance:
+            # Not listed (this daemon restarted, dropped the node after a silence, or the node reconnected
+            # under a new identity): ask for its entry, which comes back as a JOIN at once.
+            self._send(identity, self._ask_rejoin)
+            return
+        record.last_seen = now
+        if record.running != beat.running:
+            record.running = beat.running
+            self._load_changed.add(record.name)
+        self._send(identity, self._welcome)
 
     def _join(self, identity: bytes, join: messages.NodeEntry, now: float) -> None:
         record = self._nodes.get(identity)
@@ -188,42 +236,56 @@ class ControlDaemon(Daemon):
                 raise ProtocolError(f"node {join.name!r} cannot be listed: {exc}") from None
             if endpoint.is_wildcard:
                 raise ProtocolError(f"node {join.name!r} joined with the wildcard address {join.address}")
-        if record is not None and record.address == join.address and record.instance == join.instance:
+        if record is not None and record.describe() == join:
             record.last_seen = now
-            record.running = join.running
             return
+        listed = record if record is not None and record.name == join.name else None
         for other, existing in list(self._nodes.items()):
             if existing.name == join.name and other != identity:
-                logger.info("node %s rejoined as a new instance; forgetting the old one", existing.name)
+                if existing.instance == join.instance:
+                    listed = existing  # the same node, reconnected: a new identity here, nothing new to clients
+                else:
+                    logger.info("node %s rejoined as a new instance; forgetting the old one", existing.name)
                 del self._nodes[other]
-        self._nodes[identity] = NodeRecord(identity, join.name, join.address, join.processes, join.instance, 0, now,
-                                           join.host)
-        logger.info("node %s joined from %s with %d workers", join.name, join.address, join.processes)
-        self._node_events["joined"] += 1
-        self._broadcast()
+        self._nodes[identity] = NodeRecord(identity, join.name, join.address, join.processes, join.instance,
+                                           join.running, now, join.host)
+        if listed is None or listed.instance != join.instance:
+            logger.info("node %s joined from %s with %d workers", join.name, join.address, join.processes)
+            self._node_events["joined"] += 1
+        if listed is None or listed.describe() != join:
+            same_but_load = listed is not None and dataclasses.replace(listed.describe(), running=join.running) == join
+            (self._load_changed if same_but_load else self._changed).add(join.name)
+        if record is not None and record.name != join.name:
+            self._changed.add(record.name)  # an identity that spoke for another node: that one is gone
 
     def _expire(self, now: float) -> float:
-        """Drop silent nodes and watchers; return seconds until the next one could expire."""
-        changed = False
-        if now - self._last_expiry > STALL_TIME:
+        """Drop silent nodes and watchers (at most every sweep interval); return seconds until the next look."""
+        if now - self._last_turn > STALL_TIME:
             # This process was stopped or starved: the silence it sees is its own, not its nodes'.
             for record in self._nodes.values():
                 record.last_seen = now
-        self._last_expiry = now
+            self._next_sweep = 0.0
+        self._last_turn = now
+        if now < self._next_sweep:
+            return self._next_sweep - now
         for identity, record in list(self._nodes.items()):
             if now - record.last_seen > self._node_timeout:
                 logger.warning("node %s lost: silent for %.1f s", record.name, now - record.last_seen)
                 del self._nodes[identity]
                 self._node_events["lost"] += 1
-                changed = True
+                self._changed.add(record.name)
         for identity, seen in list(self._watchers.items()):
             if now - seen > WATCHER_TIMEOUT:
                 del self._watchers[identity]
-        if changed:
-            self._broadcast()
+        # No node can fall silent for the timeout before the earliest deadline of those seen so far (a
+        # heartbeat only moves a deadline later), nor one that joins from now on before a timeout from now;
+        # looking again sooner than the sweep interval is waste.
         deadlines = [r.last_seen + self._node_timeout for r in self._nodes.values()]
         deadlines += [seen + WATCHER_TIMEOUT for seen in self._watchers.values()]
-        return max(0.05, min(deadlines, default=now + WATCHER_TIMEOUT) - now)
+        earliest = min(deadlines, default=now + WATCHER_TIMEOUT)
+        self._next_sweep = max(min(earliest, now + min(self._node_timeout, WATCHER_TIMEOUT)),
+                               now + self._sweep_interval)
+        return self._next_sweep - now
 
     def _metric_families(self) -> list[Family]:
         nodes = list(self._nodes.values())
@@ -243,11 +305,35 @@ class ControlDaemon(Daemon):
         healthy, body = super()._health()
         return healthy, {**body, "nodes": len(self._nodes), "clients": len(self._watchers)}
 
-    def _nodes_message(self) -> list[Any]:
-        return messages.encode(messages.Nodes(tuple(r.describe() for r in self._nodes.values()), self.instance))
+    def _answer_watch(self, watch: messages.Watch) -> list[Any]:
+        """An empty change for a client that holds the latest list; the whole list for any other."""
+        if self._encoded_seq != self._seq:
+            # Encoded once per change, however many clients ask: with hundreds of nodes the whole list is
+            # tens of kilobytes of JSON. A change made since (not yet numbered) follows it as the next change.
+            self._encoded_seq = self._seq
+            self._whole_list = messages.encode(messages.Nodes(
+                tuple(r.describe() for r in self._nodes.values()), self.instance, self._seq))
+            self._no_change = messages.encode(messages.Nodes((), self.instance, self._seq, full=False))
+        up_to_date = watch.seq == self._seq and watch.instance == self.instance
+        return self._no_change if up_to_date else self._whole_list
 
-    def _broadcast(self) -> None:
-        frames = self._nodes_message()
+    def _send_changes(self, now: float) -> None:
+        """Number the changes made since the last and send them to every watcher: membership at once (at the
+        end of the loop turn that made them), the load at most every `LOAD_INTERVAL`."""
+        load_due = bool(self._load_changed) and now >= self._next_load_send
+        if not self._changed and not load_due:
+            return
+        names = self._changed | self._load_changed  # load changes ride along with membership ones
+        self._changed = set()
+        self._load_changed = set()
+        self._next_load_send = now + LOAD_INTERVAL
+        self._seq += 1
+        if not self._watchers:
+            return  # a client that watches later asks with an older number, or none, and gets the whole list
+        by_name = {r.name: r for r in self._nodes.values()}
+        entries = tuple(by_name[name].describe() for name in sorted(names) if name in by_name)
+        left = tuple(sorted(name for name in names if name not in by_name))
+        frames = messages.encode(messages.Nodes(entries, self.instance, self._seq, full=False, left=left))
         for identity in self._watchers:
             self._send(identity, frames)
 

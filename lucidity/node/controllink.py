@@ -1,11 +1,16 @@
-"""A node daemon's line to the control node: JOIN as the heartbeat, WELCOME back, LEAVE at the end.
+"""A node daemon's line to the control node: a JOIN, then a small BEAT as the heartbeat, WELCOME back, LEAVE.
 
 Owns the one DEALER socket a node daemon has towards the control node, the `transport.Dialer` that moves
 it to another address of the control node (or resolves its name again) after a silence, and the watch
 that turns a refused CURVE handshake into one log line a person can act on. It does not decide when to
-join or what to say in a JOIN: the daemon (`lucidity.node.daemon`) does, and only its thread uses this.
+heartbeat or what the node's entry says: the daemon (`lucidity.node.daemon`) does, and only its thread uses
+this. It decides what each heartbeat carries: the full entry (a JOIN) until the control node has welcomed
+it, whenever it changed (the load aside), and at once when the control node asks (WELCOME ``rejoin``: it
+restarted, or dropped this node after a silence); otherwise a BEAT with the name, instance and load, so
+that an idle node costs the control node a few dozen bytes a second (issue 13).
 
-    daemon --JOIN (NodeEntry, every heartbeat)/LEAVE--> control --WELCOME--> daemon
+    daemon --JOIN (NodeEntry: first, changed or asked for)/BEAT (NodeBeat: otherwise)/LEAVE--> control
+    control --WELCOME (rejoin: send the JOIN)--> daemon
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ class ControlLink:
         self._heard = time.monotonic()  # reset after each redial: the next address gets its own grace
         self._welcomed: Optional[float] = None  # the last WELCOME, for `is_joined`
         self._last_handshake_log = -HANDSHAKE_LOG_INTERVAL
+        self._entry: Optional[messages.NodeEntry] = None  # the daemon's latest, for a JOIN the control asks for
+        self._joined: Optional[messages.NodeEntry] = None  # the last JOIN sent
+        self._listed: Optional[messages.NodeEntry] = None  # what the control node holds, as far as we know
 
     def connect(self, guard: security.Guard) -> None:
         guard.connect(self.socket, Role.NODE)
@@ -58,16 +66,40 @@ class ControlLink:
 
     def on_message(self, frames: list[bytes]) -> None:
         """A message from the control node; a WELCOME is the only kind accepted (ProtocolError otherwise)."""
-        messages.Welcome.from_meta(protocol.decode(frames, CONTROL_KINDS).meta)
-        self._heard = self._welcomed = time.monotonic()
+        welcome = messages.Welcome.from_meta(protocol.decode(frames, CONTROL_KINDS).meta)
+        self._heard = time.monotonic()
+        if not welcome.rejoin:
+            self._welcomed = self._heard
+            self._listed = self._joined  # a JOIN goes before any WELCOME that follows it on this connection
+            return
+        logger.info("node %s: the control node at %s does not list this node (it restarted, or lost it); "
+                    "joining again", self.node, self.address)
+        self._listed = None
+        if self._entry is not None:
+            self._send_join(self._entry)
 
     def send_join(self, join: messages.NodeEntry) -> None:
-        """Send a JOIN (the heartbeat), after moving to another address if the control node went silent."""
+        """Send the heartbeat, after moving to another address if the control node went silent: a JOIN with
+        `join` if the control node may not hold it (the load aside), else a BEAT with its load."""
         if time.monotonic() - self._heard > CONTROL_SILENCE and self._dialer is not None:
             self._dialer.retry()  # another of its addresses, or its name resolved again: it may have moved
             self._heard = time.monotonic()
+            self._listed = None  # perhaps another control node, or one that forgot us: say who we are
+        self._entry = join
+        listed = self._listed
+        if listed is not None and (listed.name, listed.address, listed.processes, listed.instance, listed.host) == (
+                join.name, join.address, join.processes, join.instance, join.host):
+            self._send(messages.encode(messages.NodeBeat(join.name, join.instance, join.running)))
+        else:
+            self._send_join(join)
+
+    def _send_join(self, join: messages.NodeEntry) -> None:
+        self._joined = join
+        self._send(messages.encode(join))
+
+    def _send(self, frames: list[bytes]) -> None:
         try:
-            self.socket.send_multipart(messages.encode(join), zmq.NOBLOCK)
+            self.socket.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
             pass  # control unreachable right now; the next heartbeat tries again
 

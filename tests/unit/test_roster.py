@@ -152,3 +152,83 @@ def test_ready_once_every_worker_told_of_is_reached_or_named_unreachable() -> No
     slow.lane.connected = True
     assert roster.refresh() and roster.worker_count == 2 and roster.unreachable == ()
     assert first.key == "n1/11"
+
+
+# -- the whole list once, then its changes (issue 13) ---------------------------------------------------------
+
+def change(seq: int, *entries: NodeEntry, left: tuple[str, ...] = (), instance: str = "control-1") -> messages.Nodes:
+    return messages.Nodes(tuple(entries), instance, seq, full=False, left=left)
+
+
+def whole(seq: int, *entries: NodeEntry, instance: str = "control-1") -> messages.Nodes:
+    return messages.Nodes(tuple(entries), instance, seq)
+
+
+def test_a_client_asks_for_the_whole_list_first_and_then_names_the_list_it_holds() -> None:
+    roster = Roster(TIMEOUT)
+    assert roster.watch() == messages.Watch()
+    roster.control_listed(whole(7, entry("n1")), 0.0)
+    assert roster.watch() == messages.Watch("control-1", 7)
+    roster.control_listed(change(8, entry("n2")), 0.1)
+    assert roster.watch() == messages.Watch("control-1", 8)
+
+
+def test_changes_join_change_and_drop_nodes_like_whole_lists() -> None:
+    roster = Roster(TIMEOUT)
+    (n1,) = join(roster, roster.control_listed(whole(1, entry("n1")), 100.0)[0], 100.0)
+    new, dropped = roster.control_listed(change(2, entry("n2")), 100.5)
+    assert [e.name for e in new] == ["n2"] and dropped == []
+    (n2,) = join(roster, new, 100.5)
+    assert roster.control_listed(change(2), 101.0) == ([], [])  # the answer to an up-to-date WATCH
+    roster.control_listed(change(3, entry("n1", running=4)), 101.5)
+    assert n1.running == 4  # the load reaches placement
+    new, dropped = roster.control_listed(change(4, entry("n2", instance="i2")), 102.0)  # n2 restarted
+    assert dropped == [n2] and [(e.name, e.instance) for e in new] == [("n2", "i2")]
+    roster.remove_node(n2)
+    join(roster, new, 102.0)
+    n1.last_seen = 102.0
+    assert roster.control_listed(change(5, left=("n1",)), 102.5) == ([], [])  # answered a moment ago: the grace
+    assert roster.control_listed(change(5), 102.0 + UNLISTED_GRACE + 0.1) == ([], [n1])  # still unlisted: gone
+
+
+def test_a_client_that_missed_a_change_decides_nothing_until_it_has_the_whole_list_again() -> None:
+    roster = Roster(TIMEOUT)
+    (n1,) = join(roster, roster.control_listed(whole(1, entry("n1")), 0.0)[0], 0.0)
+    # Change 2 (n1 left) was lost on the way; change 3 adds n2.
+    assert roster.control_listed(change(3, entry("n2")), 10.0) == ([], [])  # not applied: n2 not joined yet
+    assert roster.watch() == messages.Watch()  # the next WATCH asks for the whole list
+    assert roster.control_listed(change(4, entry("n3")), 10.5) == ([], [])  # still none: nothing applies
+    new, dropped = roster.control_listed(whole(4, entry("n2"), entry("n3")), 11.0)
+    assert sorted(e.name for e in new) == ["n2", "n3"] and dropped == [n1]  # silent since 0.0, unlisted: gone
+    assert roster.watch() == messages.Watch("control-1", 4)
+
+
+def test_a_change_from_another_control_node_is_not_applied_to_the_list_held() -> None:
+    roster = Roster(TIMEOUT)
+    join(roster, roster.control_listed(whole(5, entry("n1")), 0.0)[0], 0.0)
+    assert roster.control_listed(change(6, entry("n2"), instance="control-2"), 1.0) == ([], [])
+    assert roster.watch() == messages.Watch()
+
+
+def test_a_change_already_in_the_whole_list_held_is_skipped() -> None:
+    roster = Roster(TIMEOUT)
+    join(roster, roster.control_listed(whole(5, entry("n1")), 0.0)[0], 0.0)
+    assert roster.control_listed(change(5, entry("n1", running=2)), 0.5) == ([], [])
+    assert roster.watch() == messages.Watch("control-1", 5)
+
+
+def test_a_restarted_control_node_sends_its_whole_list_and_relearns_under_the_usual_rule() -> None:
+    roster = Roster(TIMEOUT)
+    (n1,) = join(roster, roster.control_listed(whole(9, entry("n1")), 1.0)[0], 1.0)
+    assert roster.control_listed(whole(0, instance="control-2"), 10.0) == ([], [])  # relearning: not lost
+    roster.control_listed(change(1, entry("n1"), instance="control-2"), 10.5)  # n1's JOIN reached it
+    assert roster.watch() == messages.Watch("control-2", 1)
+    assert roster.control_listed(change(1, instance="control-2"), 10.0 + TIMEOUT + 0.1) == ([], [])  # listed
+
+
+def test_an_undialable_entry_in_a_change_is_never_joined_and_drops_what_it_replaces() -> None:
+    roster = Roster(TIMEOUT)
+    (n1,) = join(roster, roster.control_listed(whole(1, entry("n1")), 100.0)[0], 100.0)
+    assert roster.control_listed(change(2, entry("n2", address="tcp://0.0.0.0:9")), 101.0) == ([], [])
+    assert roster.control_listed(change(3, entry("n1", address="tcp://*:9")), 102.0) == ([], [])  # the grace
+    assert roster.control_listed(change(3), 100.0 + UNLISTED_GRACE + 0.1) == ([], [n1])
