@@ -20,6 +20,8 @@ __all__ = [
     "connect",
     "LocalCluster",
     "current_node",
+    "progress",
+    "report_progress",
     "LucidityError",
     "ProtocolError",
     "SerializationError",
@@ -41,6 +43,8 @@ _HOMES = {
     "job": "jobs",
     "Job": "jobs",
     "connect": "cluster",
+    "progress": "progressbar",
+    "report_progress": "progressbar",
     **{name: "errors" for name in __all__[__all__.index("LucidityError"):]},
 }
 
@@ -52,6 +56,7 @@ if TYPE_CHECKING:
     from .executor import Executor
     from .jobs import Job, job
     from .pool import Pool
+    from .progressbar import progress, report_progress
 
 
 def __getattr__(name: str) -> Any:

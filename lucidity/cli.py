@@ -99,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="replace a worker after it has run this many tasks (default: never)")
     node.add_argument("--recycle-memory", type=_size, default=None,
                       help="replace a worker whose memory after a task exceeds this size (a leak guard)")
+    node.add_argument("--no-forward-output", dest="forward_output", action="store_false",
+                      help="keep what tasks print in this node's log only, instead of also sending it to the caller")
     daemon_options(node)
 
     status = commands.add_parser("status", allow_abbrev=False,
@@ -172,7 +174,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 max_tasks_per_worker=args.max_tasks_per_worker, recycle_memory=args.recycle_memory,
                                 heartbeat_interval=args.heartbeat_interval, client_timeout=args.client_timeout,
                                 secret=_secret(args), insecure=args.insecure, advertise=args.advertise,
-                                worker_ports=worker_ports, metrics=args.metrics, log_worker_output=json_logs is not None)
+                                worker_ports=worker_ports, metrics=args.metrics, log_worker_output=json_logs is not None,
+                                forward_output=args.forward_output)
         except ValueError as exc:
             print(f"lucidity node: {exc}", file=sys.stderr)
             return 2

@@ -39,7 +39,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import zmq
 
-from . import addresses, mainscript, messages, protocol, security, serialization, shipping, transport, waiting
+from . import addresses, mainscript, messages, protocol, reports, security, serialization, shipping, transport, waiting
 from .errors import (AuthenticationError, ClusterUnavailable, NodeLost, ProtocolError, SerializationError,
                      VersionMismatch)
 from .links import NodeInfo, NodeLink, WorkerLink, failure_error
@@ -70,7 +70,7 @@ _POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
 CONTROL_KINDS = frozenset({protocol.Kind.NODES})
 NODE_KINDS = frozenset({protocol.Kind.WORKERS, protocol.Kind.TASK_FAILED, protocol.Kind.HEARTBEAT})
 WORKER_KINDS = frozenset({protocol.Kind.RESULTS, protocol.Kind.MISSING, protocol.Kind.FETCH,
-                          protocol.Kind.REFUSED})
+                          protocol.Kind.REFUSED}) | reports.KINDS
 
 
 class Client:
@@ -111,6 +111,7 @@ class Client:
         self._ship = self._modules.package_modules(ship)
         self.id = uuid.uuid4().hex
         self._max_running = max_running
+        self.reports = reports.Reports()  # tasks' output and progress (lucidity.reports)
         # The table is shared with caller threads (submit, cancel): every use holds the lock.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -477,6 +478,9 @@ class Client:
         message = protocol.decode(frames, WORKER_KINDS)
         if message.kind is protocol.Kind.RESULTS:
             self._on_results(link, message)
+            return
+        if message.kind in reports.KINDS:
+            self.reports.deliver(link.node, link.pid, message)
             return
         body = messages.parse(message)
         if isinstance(body, messages.Fetch):

@@ -138,7 +138,8 @@ class LocalCluster:
             for index in range(1, nodes + 1):
                 name = "local" if nodes == 1 else f"local-{index}"
                 commands.append([*base, "node", self.address, "--bind", f"ipc://{self._runtime}/node-{index}",
-                                 "--processes", str(self.processes), "--name", name]
+                                 "--processes", str(self.processes), "--name", name,
+                                 "--no-forward-output"]  # workers print to our own fds already (docs/pool.md)
                                 + (["--memory-limit", str(self.memory_limit)] if self.memory_limit else []))
             for command in commands:
                 ready_read, ready_write = os.pipe()

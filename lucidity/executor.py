@@ -53,6 +53,7 @@ from .feed import WINDOW, Feed, MapCall
 from .messages import TaskMode
 from .sizes import parse_size
 from .options import TaskOptions
+from .progressbar import ProgressOption, Tracker, label
 
 if sys.version_info >= (3, 10):
     from typing import ParamSpec
@@ -196,11 +197,12 @@ class _Outstanding:
             return list(self._futures)
 
 
-def _map_results(feed: Feed, end_time: Optional[float]) -> Iterator[Any]:
+def _map_results(feed: Feed, end_time: Optional[float], tracker: Optional[Tracker] = None) -> Iterator[Any]:
     """Yield a map's results in order, flattening chunks; ``next()`` raises TimeoutError after end_time.
 
     Each chunk taken frees its place in the window, and the next chunk is read and submitted here, in the
-    consumer's thread. However the iteration ends, the chunks not sent yet are cancelled, as the stdlib's.
+    consumer's thread. However the iteration ends, the chunks not sent yet are cancelled, as the stdlib's,
+    and the progress bar, if any, is closed.
     """
     try:
         while True:
@@ -214,6 +216,8 @@ def _map_results(feed: Feed, end_time: Optional[float]) -> Iterator[Any]:
                 yield chunk.pop()
     finally:
         feed.cancel()
+        if tracker is not None:
+            tracker.close()
 
 
 class Executor(concurrent.futures.Executor):
@@ -233,6 +237,8 @@ class Executor(concurrent.futures.Executor):
         memory_limit: memory cap of each task, in bytes or as "200MB" (see `lucidity.Pool`).
         secret: the cluster secret (see `lucidity.Pool`).
         ship: packages to send to every worker up front (see docs/shipping.md).
+        forward_output: print what the tasks write on the nodes here, on stderr, prefixed with the worker's
+            pid and node (see `lucidity.Pool`).
 
     Raises:
         ValueError: max_workers <= 0, as the stdlib.
@@ -246,7 +252,8 @@ class Executor(concurrent.futures.Executor):
                  initializer: Optional[Callable[..., object]] = None, initargs: Iterable[Any] = (), *,
                  max_tasks_per_child: Optional[int] = None, address: Optional[str] = None,
                  connect_timeout: float = 30.0, memory_limit: Union[int, str, None] = None,
-                 secret: Union[str, bytes, None] = None, ship: Sequence[str] = ()) -> None:
+                 secret: Union[str, bytes, None] = None, ship: Sequence[str] = (),
+                 forward_output: bool = True) -> None:
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
@@ -262,6 +269,7 @@ class Executor(concurrent.futures.Executor):
         memory = parse_size(memory_limit)
         self._client, self._cluster = open_client(address, max_workers, memory_limit=memory, secret=secret,
                                                   ship=ship, connect_timeout=connect_timeout)
+        self._client.reports.forward_output = forward_output
         self._max_workers = max_workers or self._client.worker_count
         self._options = TaskOptions.for_pool(self._client, initializer, initargs, max_tasks_per_child, memory)
         self._finalizer = weakref.finalize(self, _teardown, self._client, self._cluster)
@@ -295,7 +303,7 @@ class Executor(concurrent.futures.Executor):
         return future
 
     def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: Optional[float] = None,
-            chunksize: int = 1) -> Iterator[T]:
+            chunksize: int = 1, progress: ProgressOption = None) -> Iterator[T]:
         """Return an iterator equivalent to ``map(fn, *iterables)``, computed on the workers.
 
         Results come in input order. The input is read lazily: the call submits the first `MAP_WINDOW`
@@ -305,6 +313,8 @@ class Executor(concurrent.futures.Executor):
             fn: called as ``fn(*args)`` with one item of each iterable.
             timeout: seconds from this call after which ``next()`` raises TimeoutError (None: no limit).
             chunksize: items per task; larger chunks amortize the per-task cost of tiny calls.
+            progress: True shows a tqdm bar of finished calls; or a tqdm-like class, or a callable called
+                with ``(done, total)`` (`lucidity.progress`). The bar closes when the iteration ends.
 
         Raises:
             RuntimeError: the executor is shut down.
@@ -317,14 +327,24 @@ class Executor(concurrent.futures.Executor):
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else time.monotonic() + timeout
         self._check_open()
-        call = MapCall(self._client, self._options, self._client.function(fn), TaskMode.STARMAP, "map")
+        tracker = None
+        if progress:
+            sized = bool(iterables) and all(hasattr(iterable, "__len__") for iterable in iterables)
+            tracker = Tracker(progress, min(len(i) for i in iterables) if sized else None,  # type: ignore[arg-type]
+                              label("map", fn))
+        try:
+            call = MapCall(self._client, self._options, self._client.function(fn), TaskMode.STARMAP, "map", tracker)
+        except BaseException:
+            if tracker is not None:
+                tracker.close()
+            raise
         # The feed holds the executor: a map alive, or its tasks in flight, keep it from being torn down.
         feed = Feed(call, zip(*iterables), chunksize, owner=self)
         with self._lock:
             self._check_open()
             self._feeds.add(feed)
         feed.fill()
-        return _map_results(feed, end_time)
+        return _map_results(feed, end_time, tracker)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 

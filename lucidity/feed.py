@@ -41,6 +41,7 @@ from . import waiting
 from .client import Client
 from .messages import TaskMode
 from .options import TaskOptions
+from .progressbar import Tracker
 from .task import FunctionRef, Task
 
 __all__ = ["WINDOW", "MapCall", "Feed", "chunks"]
@@ -76,6 +77,7 @@ class MapCall:
         function: the mapped function, serialized.
         mode: MAP (``function(item)``) or STARMAP (``function(*item)``).
         made_by: the public call ("imap", "map_async", ...), for error messages.
+        progress: counts the items of each chunk as they finish (``progress=`` of the face), if set.
     """
 
     client: Client
@@ -83,13 +85,24 @@ class MapCall:
     function: FunctionRef
     mode: TaskMode
     made_by: str
+    progress: Optional[Tracker] = None
 
     def task(self, chunk: list[Any], items: range, on_done: Callable[[bool, Any], None]) -> Task:
         """The task for one chunk, not submitted; raises the pickler's own exception if the chunk cannot travel."""
         where = f"item {items[0]}" if len(items) == 1 else f"items {items[0]}..{items[-1]}"
-        frames = self.client.dumps(chunk, f"{where} of {self.made_by}({self.function.description})")
-        return self.options.new_task(self.client, self.function, self.mode, frames, on_done, made_by=self.made_by,
-                                     items=items)
+        if self.progress is None:
+            frames = self.client.dumps(chunk, f"{where} of {self.made_by}({self.function.description})")
+            return self.options.new_task(self.client, self.function, self.mode, frames, on_done,
+                                         made_by=self.made_by, items=items)
+        self.progress.expect(len(items))
+        tracked = self.progress.track(self.client, len(items), on_done)
+        try:
+            frames = self.client.dumps(chunk, f"{where} of {self.made_by}({self.function.description})")
+        except BaseException:
+            self.progress.skip(len(items))  # the chunk fails in its place and never runs
+            raise
+        return tracked.attach(self.options.new_task(self.client, self.function, self.mode, frames, tracked.on_done,
+                                                    made_by=self.made_by, items=items))
 
 
 class Feed:
@@ -200,6 +213,8 @@ class Feed:
                 self._read += 1
             self._length = self._read
             self._cond.notify_all()
+            if self._call.progress is not None:
+                self._call.progress.input_ended()
             settled = self._changed() if error is None else None
         if error is not None:
             self._set(index, False, error)

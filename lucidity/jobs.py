@@ -37,6 +37,7 @@ from .messages import TaskMode
 from .sizes import parse_size
 from .options import TaskOptions
 from .placement import Fanout, local_node, place
+from .progressbar import ProgressOption, Tracker, label, observe, waited
 
 __all__ = ["job", "Job", "JobFunction", "FANOUT_SCHEMES"]
 
@@ -72,7 +73,8 @@ class JobFunction(Generic[T]):
 
     def __init__(self, function: Callable[..., T], *, memory: Union[int, str, None] = None,
                  timeout: Optional[float] = None, cpu_time: Optional[float] = None,
-                 fanout: Union[Fanout, str] = Fanout.ROUNDROBIN, retries: int = 0) -> None:
+                 fanout: Union[Fanout, str] = Fanout.ROUNDROBIN, retries: int = 0,
+                 forward_output: bool = True) -> None:
         if fanout not in FANOUT_SCHEMES:
             raise ValueError(f"fanout must be one of {', '.join(FANOUT_SCHEMES)}, not {fanout!r}")
         self._task_options = TaskOptions(memory=parse_size(memory), timeout=timeout, cpu_time=cpu_time,
@@ -80,6 +82,7 @@ class JobFunction(Generic[T]):
         functools.update_wrapper(self, function)
         self.function = function
         self.fanout = Fanout(fanout)
+        self.forward_output = forward_output
         self._turn = itertools.count()
 
     @property
@@ -117,7 +120,7 @@ class JobFunction(Generic[T]):
     def options(self) -> dict[str, Any]:
         """The decorator's options, as passed to `job`."""
         return {"memory": self.memory, "timeout": self.timeout, "cpu_time": self.cpu_time,
-                "fanout": self.fanout.value, "retries": self.retries}
+                "fanout": self.fanout.value, "retries": self.retries, "forward_output": self.forward_output}
 
     def __repr__(self) -> str:
         return f"<job {getattr(self, '__qualname__')} fanout={self.fanout.value}>"
@@ -142,18 +145,32 @@ class JobFunction(Generic[T]):
         client = default_client()
         return self._submit(client, [(args, kwargs)], self._place(client, 1), "remote_async")[0]
 
-    def remote_fanout(self, items: Iterable[Any]) -> list[T]:
+    def remote_fanout(self, items: Iterable[Any], *, progress: ProgressOption = None) -> list[T]:
         """Run once per item — a tuple is unpacked as the arguments, anything else is the one argument —
         spread over the nodes by the fanout scheme; block for all and return the results in order.
+
+        ``progress=True`` shows a tqdm bar of finished items (or a tqdm-like class, or a callable called
+        with ``(done, total)``: `lucidity.progress`).
 
         Raises the exception of the first failed item (in item order) once every item is done.
         """
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             ((tuple(item) if isinstance(item, tuple) else (item,)), {}) for item in items]
         client = default_client()
-        jobs = self._submit(client, calls, self._place(client, len(calls)), "remote_fanout", fanned=True)
-        for one in jobs:
-            one.wait_settled()
+        tracker = None if not progress else Tracker(progress, len(calls), label("remote_fanout", self.function))
+        try:
+            jobs = self._submit(client, calls, self._place(client, len(calls)), "remote_fanout", fanned=True,
+                                tracker=tracker)
+        except BaseException:
+            if tracker is not None:
+                tracker.close()
+            raise
+
+        def settle() -> None:
+            for one in jobs:
+                one.wait_settled()
+
+        waited(tracker, settle)
         return [one.result() for one in jobs]
 
     # -- placement and submission ----------------------------------------------------------------------
@@ -177,7 +194,8 @@ class JobFunction(Generic[T]):
         return place(nodes, self.fanout, count, turn=turn)
 
     def _submit(self, client: Client, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
-                nodes: Sequence[Optional[str]], made_by: str, fanned: bool = False) -> list["Job[T]"]:
+                nodes: Sequence[Optional[str]], made_by: str, fanned: bool = False,
+                tracker: Optional[Tracker] = None) -> list["Job[T]"]:
         """Submit one task per call; `made_by` and, for a fanout, each call's position name it in errors."""
         function = client.function(self)
         jobs: list[Job[T]] = []
@@ -185,6 +203,11 @@ class JobFunction(Generic[T]):
             frames = client.dumps((args, kwargs), f"arguments of {function.description}")
             jobs.append(Job(client, function, TaskMode.CALL, frames, self._task_options, made_by=made_by,
                             items=range(index, index + 1) if fanned else None, node=node))
+        for one in jobs:
+            if not self.forward_output:
+                client.reports.silence(one.task.id)
+            if tracker is not None:
+                observe(tracker, one, 1)
         client.submit([one.task for one in jobs])
         return jobs
 
@@ -199,8 +222,8 @@ def job(function: Callable[..., T]) -> JobFunction[T]: ...
 
 @overload
 def job(*, memory: Union[int, str, None] = None, timeout: Optional[float] = None, cpu_time: Optional[float] = None,
-        fanout: Union[Fanout, str] = Fanout.ROUNDROBIN,
-        retries: int = 0) -> Callable[[Callable[..., T]], JobFunction[T]]: ...
+        fanout: Union[Fanout, str] = Fanout.ROUNDROBIN, retries: int = 0,
+        forward_output: bool = True) -> Callable[[Callable[..., T]], JobFunction[T]]: ...
 
 
 def job(function: Any = None, **options: Any) -> Any:
@@ -215,6 +238,8 @@ def job(function: Any = None, **options: Any) -> Any:
             its name): "roundrobin" (default), "random", or "least_loaded" (fewest running and queued tasks
             per worker).
         retries: how many times to rerun a task whose worker crashed (0: crashes are not retried).
+        forward_output: print what the job's tasks write on the nodes here, on stderr, prefixed with the
+            worker's pid and node (default); False leaves it in the nodes' logs.
     """
     if function is None:
         return lambda f: JobFunction(f, **options)

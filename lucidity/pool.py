@@ -52,6 +52,7 @@ from .feed import Feed, MapCall, chunks
 from .messages import TaskMode
 from .sizes import parse_size
 from .options import TaskOptions
+from .progressbar import ProgressOption, Tracker, label, waited
 from .task import Task
 
 __all__ = ["Pool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator", "IMapUnorderedIterator"]
@@ -142,6 +143,13 @@ class ApplyResult(Generic[T]):
         self._value: Any = None
         self._cache = cache
         self._job = -1 if cache is None else cache.new_job()
+        self._tracker: Optional[Tracker] = None  # the bar of a map_async(progress=...)
+        self._task: Optional[Task] = None  # for lucidity.progress: an apply's task reports its own progress
+        self._client: Optional[Client] = None
+        self._observers: list[tuple[Callable[[int], object], Callable[[], object]]] = []
+
+    #: Items this result stands for, for `lucidity.progress`.
+    _progress_items = 1
 
     def ready(self) -> bool:
         return self._event.is_set()
@@ -168,6 +176,7 @@ class ApplyResult(Generic[T]):
 
     def _set(self, index: int, succeeded: bool, value: Any) -> None:
         self._success, self._value = succeeded, value
+        self._count(1)
         try:
             if self._callback and succeeded:
                 self._callback(value)
@@ -179,12 +188,40 @@ class ApplyResult(Generic[T]):
     def _settle(self) -> None:
         if self._cache is not None:
             self._cache.discard(self._job)
-        self._event.set()
+        with _observing:
+            self._event.set()
+            observers, self._observers = self._observers, []
+        for _, on_ready in observers:
+            on_ready()
+
+    def _count(self, items: int) -> None:
+        """`items` of this result finished: tell the observers (`lucidity.progress`)."""
+        if self._observers:
+            for on_items, _ in list(self._observers):
+                on_items(items)
+
+    def _items_finished(self) -> int:
+        return self._progress_items if self.ready() else 0
+
+    def _observe(self, on_items: Callable[[int], object], on_ready: Callable[[], object]) -> None:
+        """Call `on_items(n)` as items finish (those finished already at once) and `on_ready()` once ready."""
+        with _observing:
+            ready = self._event.is_set()
+            if not ready:
+                self._observers.append((on_items, on_ready))
+                finished = self._items_finished()
+        if ready:
+            on_items(self._progress_items)
+            on_ready()
+        elif finished:
+            on_items(finished)
 
     __class_getitem__: Any = classmethod(types.GenericAlias)
 
 
 AsyncResult = ApplyResult
+#: Guards the observers of every result (`ApplyResult._observe`): rarely taken, once per result and observer.
+_observing = threading.Lock()
 
 
 class MapResult(ApplyResult[list[T]]):
@@ -201,6 +238,7 @@ class MapResult(ApplyResult[list[T]]):
         self._success = True
         self._value = [None] * length
         self._chunksize = chunksize
+        self._length = length
         self._lock = threading.Lock()
         if chunksize <= 0:
             self._number_left = 0
@@ -208,7 +246,18 @@ class MapResult(ApplyResult[list[T]]):
         else:
             self._number_left = length // chunksize + bool(length % chunksize)
 
+    @property
+    def _progress_items(self) -> int:  # type: ignore[override]
+        return self._length
+
+    def _items_finished(self) -> int:
+        if self._chunksize <= 0:
+            return 0
+        left = self._number_left
+        return self._length if not left else max(0, self._length - left * self._chunksize)
+
     def _set(self, index: int, succeeded: bool, value: Any) -> None:
+        self._count(min(self._chunksize, self._length - index * self._chunksize))
         with self._lock:
             self._number_left -= 1
             if succeeded and self._success:
@@ -277,6 +326,14 @@ class Pool:
             `lucidity.AuthenticationError` from the constructor.
         ship: names of pure-Python packages or modules to send to every worker up front (modules the
             nodes lack are otherwise fetched from this process on first import; see docs/shipping.md).
+        forward_output: print what the tasks write to stdout and stderr on the nodes here, on stderr, each
+            line prefixed with its worker's pid and node (default). False leaves it in the nodes' logs.
+            Workers of the embedded cluster write to this process's own stdout and stderr, as
+            multiprocessing's do, either way (docs/pool.md).
+
+    The map methods take ``progress=``: True shows a tqdm bar of finished items (``pip install
+    'lucidity-pool[progress]'``), a tqdm-like class is used instead, and a callable is called with
+    ``(done, total)`` as items finish (`lucidity.progress`).
 
     Raises:
         ValueError: processes < 1, or a bad maxtasksperchild, as the stdlib.
@@ -286,7 +343,8 @@ class Pool:
     def __init__(self, processes: Optional[int] = None, initializer: Optional[Callable[..., object]] = None,
                  initargs: Iterable[Any] = (), maxtasksperchild: Optional[int] = None, context: Any = None,
                  *, address: Optional[str] = None, connect_timeout: float = 30.0, ship: Sequence[str] = (),
-                 memory_limit: Union[int, str, None] = None, secret: Union[str, bytes, None] = None) -> None:
+                 memory_limit: Union[int, str, None] = None, secret: Union[str, bytes, None] = None,
+                 forward_output: bool = True) -> None:
         self._state = PoolState.RUN
         self._cache = _ResultCache()
         self._pool: list[_WorkerPlaceholder] = []
@@ -302,6 +360,7 @@ class Pool:
         memory = parse_size(memory_limit)
         self._client, self._cluster = open_client(address, processes, memory_limit=memory, secret=secret, ship=ship,
                                                   connect_timeout=connect_timeout)
+        self._client.reports.forward_output = forward_output
         self._processes = processes or self._client.worker_count
         self._options = TaskOptions.for_pool(self._client, initializer, initargs, maxtasksperchild, memory)
         self._finalizer = weakref.finalize(self, _teardown, self._client, self._cluster)
@@ -313,9 +372,10 @@ class Pool:
         if self._state is not PoolState.RUN:
             raise ValueError("Pool not running")
 
-    def _map_call(self, func: Callable[..., Any], mode: TaskMode, made_by: str) -> MapCall:
+    def _map_call(self, func: Callable[..., Any], mode: TaskMode, made_by: str,
+                  tracker: Optional[Tracker] = None) -> MapCall:
         """What the chunks of one map share; serializes `func`, raising the pickler's exception from the call."""
-        return MapCall(self._client, self._options, self._client.function(func), mode, made_by)
+        return MapCall(self._client, self._options, self._client.function(func), mode, made_by, tracker)
 
     def _submit(self, tasks: list[Task], result: ApplyResult[Any]) -> None:
         """Submit the tasks of `result`, counting it in ``_cache`` until it is ready."""
@@ -343,34 +403,42 @@ class Pool:
         function = self._client.function(func)
         frames = self._client.dumps((tuple(args), dict(kwds)), f"arguments of {function.description}")
         result: ApplyResult[T] = ApplyResult(callback, error_callback, self._cache)
-        self._submit([self._options.new_task(self._client, function, TaskMode.CALL, frames,
-                                             lambda ok, value: result._set(0, ok, value), made_by=made_by)], result)
+        task = self._options.new_task(self._client, function, TaskMode.CALL, frames,
+                                      lambda ok, value: result._set(0, ok, value), made_by=made_by)
+        result._task, result._client = task, self._client
+        self._submit([task], result)
         return result
 
-    def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None) -> list[T]:
-        """``list(map(func, iterable))`` computed on the workers, in chunks."""
-        return self._map_async(func, iterable, TaskMode.MAP, chunksize, made_by="map").get()
+    def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None, *,
+            progress: ProgressOption = None) -> list[T]:
+        """``list(map(func, iterable))`` computed on the workers, in chunks; ``progress=True`` shows a bar."""
+        result = self._map_async(func, iterable, TaskMode.MAP, chunksize, made_by="map", progress=progress)
+        return waited(result._tracker, result.get)
 
     def starmap(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
-                chunksize: Optional[int] = None) -> list[T]:
+                chunksize: Optional[int] = None, *, progress: ProgressOption = None) -> list[T]:
         """Like `map`, with each item unpacked as the arguments: ``func(*item)``."""
-        return self._map_async(func, iterable, TaskMode.STARMAP, chunksize, made_by="starmap").get()
+        result = self._map_async(func, iterable, TaskMode.STARMAP, chunksize, made_by="starmap", progress=progress)
+        return waited(result._tracker, result.get)
 
     def map_async(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None,
                   callback: Optional[Callable[[list[T]], object]] = None,
-                  error_callback: Optional[Callable[[BaseException], object]] = None) -> MapResult[T]:
-        return self._map_async(func, iterable, TaskMode.MAP, chunksize, callback, error_callback, "map_async")
+                  error_callback: Optional[Callable[[BaseException], object]] = None, *,
+                  progress: ProgressOption = None) -> MapResult[T]:
+        return self._map_async(func, iterable, TaskMode.MAP, chunksize, callback, error_callback, "map_async",
+                               progress)
 
     def starmap_async(self, func: Callable[..., T], iterable: Iterable[Iterable[Any]],
                       chunksize: Optional[int] = None, callback: Optional[Callable[[list[T]], object]] = None,
-                      error_callback: Optional[Callable[[BaseException], object]] = None) -> MapResult[T]:
+                      error_callback: Optional[Callable[[BaseException], object]] = None, *,
+                      progress: ProgressOption = None) -> MapResult[T]:
         return self._map_async(func, iterable, TaskMode.STARMAP, chunksize, callback, error_callback,
-                               "starmap_async")
+                               "starmap_async", progress)
 
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], mode: TaskMode,
                    chunksize: Optional[int] = None, callback: Optional[Callable[[list[Any]], object]] = None,
                    error_callback: Optional[Callable[[BaseException], object]] = None,
-                   made_by: str = "map") -> MapResult[Any]:
+                   made_by: str = "map", progress: ProgressOption = None) -> MapResult[Any]:
         self._check_running()
         items = iterable if hasattr(iterable, "__len__") else list(iterable)
         length = len(items)  # type: ignore[arg-type]
@@ -380,28 +448,45 @@ class Pool:
                 chunksize += 1
         if length == 0:
             chunksize = 0
-        call = self._map_call(func, mode, made_by)
-        result: MapResult[Any] = MapResult(chunksize, length, callback, error_callback, self._cache)
-        if chunksize <= 0:
-            return result
-        self._submit([call.task(chunk, positions, functools.partial(result._set, index))
-                      for index, (positions, chunk) in enumerate(chunks(items, chunksize))], result)
+        tracker = None if not progress else Tracker(progress, length, label(made_by, func))
+        try:
+            call = self._map_call(func, mode, made_by, tracker)
+            result: MapResult[Any] = MapResult(chunksize, length, callback, error_callback, self._cache)
+            result._tracker = tracker
+            if chunksize <= 0:
+                return result
+            self._submit([call.task(chunk, positions, functools.partial(result._set, index))
+                          for index, (positions, chunk) in enumerate(chunks(items, chunksize))], result)
+        except BaseException:
+            if tracker is not None:
+                tracker.close()
+            raise
         return result
 
-    def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[T]:
+    def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *,
+             progress: ProgressOption = None) -> Iterator[T]:
         """Like `map`, yielding results in order as they become available; reads the input lazily."""
-        return self._imap(IMapIterator, func, iterable, chunksize, "imap")
+        return self._imap(IMapIterator, func, iterable, chunksize, "imap", progress)
 
-    def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[T]:
+    def imap_unordered(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *,
+                       progress: ProgressOption = None) -> Iterator[T]:
         """Like `imap`, yielding results in the order they finish."""
-        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, "imap_unordered")
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, "imap_unordered", progress)
 
     def _imap(self, kind: type[IMapIterator[Any]], func: Callable[[Any], Any], iterable: Iterable[Any],
-              chunksize: int, made_by: str) -> Iterator[Any]:
+              chunksize: int, made_by: str, progress: ProgressOption = None) -> Iterator[Any]:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        call = self._map_call(func, TaskMode.MAP, made_by)
+        # The total is known up front for a sized input; else the bar counts what has been read so far.
+        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        tracker = None if not progress else Tracker(progress, total, label(made_by, func))
+        try:
+            call = self._map_call(func, TaskMode.MAP, made_by, tracker)
+        except BaseException:
+            if tracker is not None:
+                tracker.close()
+            raise
         job = self._cache.new_job()
         # In the cache until the feeder has read the input and every result has arrived, as the stdlib's.
         feed = Feed(call, iterable, chunksize, ordered=kind._ordered,

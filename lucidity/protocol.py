@@ -97,6 +97,9 @@ class Kind(enum.IntEnum):
     DROP = 46
     # worker -> client: a batch of tasks it could not accept
     REFUSED = 47
+    # worker -> client: what tasks wrote to fd 1 and 2, and how far a running task has come (issue 14)
+    OUTPUT = 48
+    PROGRESS = 49
 
 
 _KINDS = {kind.value: kind for kind in Kind}

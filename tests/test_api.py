@@ -11,8 +11,8 @@ import sys
 import lucidity
 
 PUBLIC = {
-    "__version__", "Pool", "Executor", "job", "Job", "connect", "LocalCluster", "current_node",
-    "LucidityError", "ProtocolError", "SerializationError", "RemoteError", "WorkerCrashed", "NodeLost",
+    "__version__", "Pool", "Executor", "job", "Job", "connect", "LocalCluster", "current_node", "progress",
+    "report_progress", "LucidityError", "ProtocolError", "SerializationError", "RemoteError", "WorkerCrashed", "NodeLost",
     "ClusterUnavailable", "MemoryLimitExceeded", "JobTimeout", "CpuLimitExceeded", "AuthenticationError",
 }
 
@@ -28,7 +28,8 @@ def test_errors_honour_the_stdlib_types():
     assert issubclass(lucidity.JobTimeout, TimeoutError)
     assert issubclass(lucidity.RemoteError, multiprocessing.pool.MaybeEncodingError)
     assert issubclass(lucidity.AuthenticationError, PermissionError)
-    for name in PUBLIC - {"__version__", "Pool", "Executor", "job", "Job", "connect", "LocalCluster", "current_node"}:
+    for name in PUBLIC - {"__version__", "Pool", "Executor", "job", "Job", "connect", "LocalCluster", "current_node",
+                          "progress", "report_progress"}:
         assert issubclass(getattr(lucidity, name), lucidity.LucidityError)
 
 

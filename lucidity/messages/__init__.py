@@ -37,17 +37,18 @@ from .membership import (Abandon, Bye, ControlStatus, Drop, FailureReason, Failu
                          NodeEntry, Nodes, NodeStatus, Status, Watch, Welcome, WorkerEntry, Workers, WorkerStatus,
                          status_reply)
 from .membership import NodeBeat
-from .work import (Cancel, Fetch, MainEntry, Missing, Module, Refused, ResultEntry, Results, ResultStatus, TaskMode,
-                   Tasks, TasksPayload, TaskSpec)
+from .work import (Cancel, Fetch, MainEntry, Missing, Module, Output, Progress, Refused, ResultEntry, Results,
+                   ResultStatus, TaskMode, Tasks, TasksPayload, TaskSpec)
 
 __all__ = ["TaskMode", "ResultStatus", "FailureReason", "NodeEntry", "Welcome", "Heartbeat", "Leave", "Watch",
            "Nodes", "Hello", "WorkerEntry", "Workers", "FailureReport", "Abandon", "Bye", "Status", "WorkerStatus",
            "NodeStatus", "ControlStatus", "MainEntry", "Module", "TaskSpec", "Tasks", "TasksPayload",
-           "ResultEntry", "Results", "Cancel", "Missing", "Fetch", "Drop", "Refused", "Body", "BODIES", "parse",
+           "ResultEntry", "Results", "Cancel", "Missing", "Fetch", "Drop", "Refused", "Output", "Progress", "Body", "BODIES", "parse",
            "encode", "NodeBeat"]
 
 Body = Union[NodeEntry, NodeBeat, Welcome, Heartbeat, Leave, Watch, Nodes, Hello, Workers, FailureReport, Abandon,
-             Bye, Status, NodeStatus, ControlStatus, Tasks, Results, Cancel, Missing, Fetch, Module, Drop, Refused]
+             Bye, Status, NodeStatus, ControlStatus, Tasks, Results, Cancel, Missing, Fetch, Module, Drop, Refused, Output,
+             Progress]
 
 #: How each kind's body is read.
 BODIES: dict[Kind, Callable[[Meta], Body]] = {
@@ -73,6 +74,8 @@ BODIES: dict[Kind, Callable[[Meta], Body]] = {
     Kind.MODULE: Module.from_meta,
     Kind.DROP: Drop.from_meta,
     Kind.REFUSED: Refused.from_meta,
+    Kind.OUTPUT: Output.from_meta,
+    Kind.PROGRESS: Progress.from_meta,
 }
 
 

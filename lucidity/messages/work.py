@@ -5,6 +5,7 @@ See `lucidity.messages` for what every body class offers. The kinds, by who send
     client --TASKS (TaskSpec..., MainEntry, Module...)--> worker --RESULTS (ResultEntry...)--> client
     client --CANCEL--> worker                               worker --MISSING/REFUSED--> client
     worker --FETCH--> client --MODULE--> worker             (code shipping, `lucidity.shipping`)
+    worker --OUTPUT/PROGRESS--> client                      (what tasks print, how far they are: issue 14)
 
 TASKS and RESULTS carry up to 256 entries each, and every task makes one of each: their entries are
 NamedTuples (cheaper to make than frozen dataclasses, as immutable) and are read in plain loops.
@@ -23,7 +24,7 @@ from .fields import (MAX_SECONDS, SLOTS, Meta, array, client_id, flag, is_layout
                      maybe_seconds, maybe_text, objects, refused, shown, task_ids, text, texts)
 
 __all__ = ["TaskMode", "ResultStatus", "MainEntry", "Module", "TaskSpec", "TasksPayload", "Tasks", "ResultEntry",
-           "Results", "Cancel", "Missing", "Fetch", "Refused"]
+           "Results", "Cancel", "Missing", "Fetch", "Refused", "Output", "Progress"]
 
 
 class TaskMode(str, enum.Enum):
@@ -400,3 +401,62 @@ class Refused:
     @classmethod
     def from_meta(cls, meta: Meta) -> Refused:
         return cls(text(meta, "REFUSED meta", "reason"))
+
+
+@dataclass(frozen=True, **SLOTS)
+class Output:
+    """What tasks wrote to the worker's stdout and stderr, for the client of the task that was running.
+
+    The bytes travel as one payload frame, as written (lines may be cut anywhere; the client joins them).
+    ``task`` is the task running when they were read (0 if none had run yet); ``end``: the worker sent
+    them with results, so a last line without its newline is complete as far as that task goes.
+    """
+
+    KIND: ClassVar[Kind] = Kind.OUTPUT
+
+    task: int
+    end: bool = False
+
+    def to_meta(self) -> Meta:
+        return {"task": self.task, "end": True} if self.end else {"task": self.task}
+
+    @classmethod
+    def from_meta(cls, meta: Meta) -> Output:
+        where = "OUTPUT meta"
+        task = meta.get("task")
+        if type(task) is not int or not 0 <= task <= META_INT_MAX:
+            raise refused(meta, where, "task", "a task id")
+        return cls(task, maybe_flag(meta, where, "end"))
+
+
+@dataclass(frozen=True, **SLOTS)
+class Progress:
+    """How far a running task has come: ``items`` of its chunk finished, and what the task itself last
+    reported (`lucidity.report_progress`: ``done`` of ``total``; both 0 if it reported nothing)."""
+
+    KIND: ClassVar[Kind] = Kind.PROGRESS
+
+    task: int
+    items: int = 0
+    done: float = 0.0
+    total: float = 0.0
+
+    def to_meta(self) -> Meta:
+        return {"task": self.task, "items": self.items, "done": self.done, "total": self.total}
+
+    @classmethod
+    def from_meta(cls, meta: Meta) -> Progress:
+        where = "PROGRESS meta"
+        task = meta.get("task")
+        items = meta.get("items")
+        if type(task) is not int or not 0 <= task <= META_INT_MAX:
+            raise refused(meta, where, "task", "a task id")
+        if type(items) is not int or not 0 <= items <= META_INT_MAX:
+            raise refused(meta, where, "items", "a count of items")
+        numbers: list[float] = []
+        for name in ("done", "total"):
+            value = meta.get(name)
+            if (type(value) is not int and type(value) is not float) or not 0 <= value <= 1e300:  # refuses NaN
+                raise refused(meta, where, name, "a finite number, 0 or more")
+            numbers.append(float(value))
+        return cls(task, items, numbers[0], numbers[1])

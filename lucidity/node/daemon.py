@@ -41,7 +41,7 @@ from .controllink import ControlLink
 from .logformat import context
 from .processes import STOP_GRACE, Child, stop_adopted, stop_children
 from .skeleton import Daemon
-from . import limits
+from . import limits, output
 from ..sizes import format_size
 from .slots import SlotState, SlotTable, SlotView
 from .metrics import Family, Health
@@ -96,6 +96,7 @@ class NodeDaemon(Daemon):
         metrics: ``HOST:PORT`` to serve Prometheus metrics (/metrics) and a health check (/health) at.
         log_worker_output: log what workers write to stderr line by line (``lucidity.worker``), instead of
             passing it through as it is (JSON logs, in which every line must be an object).
+        forward_output: workers send what tasks print to the tasks' clients (`lucidity.node.output`).
 
     Raises:
         ValueError: an address, or a limit, that cannot work (one line, for the CLI to print).
@@ -110,7 +111,7 @@ class NodeDaemon(Daemon):
                  heartbeat_interval: float = HEARTBEAT_INTERVAL, client_timeout: float = CLIENT_TIMEOUT,
                  secret: Optional[bytes] = None, insecure: bool = False, advertise: Optional[str] = None,
                  worker_ports: Optional[tuple[int, int]] = None, metrics: Optional[str] = None,
-                 log_worker_output: bool = False) -> None:
+                 log_worker_output: bool = False, forward_output: bool = True) -> None:
         self._control_endpoint = addresses.parse(control_address, what="control address")
         self._bind = addresses.bind_endpoint(bind, default_port=0)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -154,6 +155,7 @@ class NodeDaemon(Daemon):
         self._worker_env = limits.thread_environment(
             self.processes, dict(os.environ, LUCIDITY_NODE=self.name, LUCIDITY_ADDRESS=control_address),
             memory_limit)  # a small cap gets fewer native threads (their buffers count toward RLIMIT_DATA)
+        self._worker_env[output.FORWARD_VARIABLE] = "1" if forward_output else "0"
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 

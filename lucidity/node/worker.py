@@ -33,6 +33,7 @@ import zmq
 from .. import messages, protocol, serialization, shipping, transport, waiting
 from ..messages import ResultEntry, ResultStatus, TaskMode, TaskSpec
 from .namespaces import MainNamespaces
+from .output import Reports, forwarding_enabled
 from .shedding import Shedder
 
 if TYPE_CHECKING:
@@ -123,6 +124,9 @@ class Worker:
         self._lock = threading.RLock()
         self._shedder = Shedder(self._lock, self._give_back_queued, lambda: self._mean_task_time)
         waiting.install(self._serve_while_waiting, self._waker.wake)
+        # What tasks print and how far they are, for their clients (lucidity.node.output).
+        self._reports = Reports(self._lock, self._send, forwarding_enabled())
+        self._reports.install()
         self._identity = b""
         self._module_replies: dict[str, tuple[Optional[shipping.ModuleSource], str]] = {}
         self._finder = shipping.ShippedFinder(self._fetch_module, os.environ.get("LUCIDITY_NODE", "?"))
@@ -133,6 +137,7 @@ class Worker:
         while True:
             if not self._queue:
                 self._flush()
+                self._reports.wait_for_work(self._sock)
                 self._receive(block=True)
             self._receive(block=False)
             if not self._queue:
@@ -277,6 +282,7 @@ class Worker:
                 entry[1] = None  # functions of forgotten modules must be looked up again
         outcome = _OK
         self._shedder.task_started(bool(self._queue))
+        self._reports.task_started(task.identity, spec.id)
         try:
             self._lock.release()  # the caller's code runs: the shedder may give back what waits behind it
             try:
@@ -293,6 +299,7 @@ class Worker:
             frames = serialization.dumps_exception(self._finder.explain(exc), skip_frames_of=__file__)
             status = ResultStatus.ERROR
         elapsed = time.perf_counter() - started
+        self._reports.task_ended()
         self._mean_task_time = 0.8 * self._mean_task_time + 0.2 * elapsed
         self._tasks_done += 1
         self._slots.end(self._index, self._tasks_done)
@@ -329,9 +336,9 @@ class Worker:
             args, kwargs = arguments
             value = function(*args, **kwargs)
         elif mode is TaskMode.MAP:
-            value = [function(item) for item in arguments]
+            value = [function(item) for item in self._reports.items(arguments)]
         else:
-            value = [function(*item) for item in arguments]
+            value = [function(*item) for item in self._reports.items(arguments)]
         try:
             return serialization.dumps(value, "result", serialization.EVERYTHING)
         except Exception as exc:
@@ -430,6 +437,7 @@ class Worker:
     def _flush(self) -> None:
         if self._outbox:
             flush_output()  # what the tasks printed is written before their results leave
+            self._reports.flush()
         for identity, (results, items) in self._outbox.items():
             layout, frames = protocol.pack_items(items)
             # Whole: a client's sockets cap no frame size, and joining slices would cost it a copy.

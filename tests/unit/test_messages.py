@@ -21,7 +21,7 @@ from lucidity.errors import ProtocolError
 from lucidity.messages import (Abandon, Bye, Cancel, ControlStatus, Drop, FailureReason, FailureReport, Fetch,
                                Heartbeat, Hello, Leave, MainEntry, Missing, Module, NodeBeat, NodeEntry, Nodes,
                                NodeStatus,
-                               Refused, ResultEntry, Results, ResultStatus, Status, TaskMode, Tasks, TaskSpec, Watch,
+                               Output, Progress, Refused, ResultEntry, Results, ResultStatus, Status, TaskMode, Tasks, TaskSpec, Watch,
                                Welcome, WorkerEntry, Workers, WorkerStatus)
 from lucidity.protocol import Kind
 
@@ -120,6 +120,9 @@ VALID: list[tuple[Any, list[bytes], dict[str, Any]]] = [
      {"name": "numpy", "found": False, "reason": "it has compiled parts"}),
     (Drop(CLIENT), [], {"client": CLIENT}),
     (Refused("a packed item lies outside its frame"), [], {"reason": "a packed item lies outside its frame"}),
+    (Output(17), [b"hello\n"], {"task": 17}),
+    (Output(17, end=True), [b"last line without a newline"], {"task": 17, "end": True}),
+    (Progress(17, 3, 0.5, 2.0), [], {"task": 17, "items": 3, "done": 0.5, "total": 2.0}),
 ]
 
 
