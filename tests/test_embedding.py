@@ -267,7 +267,7 @@ def test_a_sigkilled_caller_leaves_no_socket_directory_and_no_process(caller: tu
     bind = controls[0][controls[0].index("--bind") + 1]
     runtime = os.path.dirname(bind[len("ipc://"):])
     assert bind.startswith("ipc://") and os.path.isdir(runtime)
-    assert len(descendants) == 4  # control, node, two workers
+    assert len(descendants) == 5  # control, node, the node's worker template, two workers
 
     proc.kill()
     proc.wait(READY_TIMEOUT)

@@ -47,6 +47,7 @@ from .slots import SlotState, SlotTable, SlotView
 from .metrics import Family, Health
 from .reporting import NodeCounters, node_families, node_status
 from .supervision import WorkerProcess, WorkerState, enforce_limits, failure_report
+from .template import READY_FD, WorkerTemplate, can_fork
 
 logger = logging.getLogger(__name__)
 
@@ -115,53 +116,61 @@ class NodeDaemon(Daemon):
         self._control_endpoint = addresses.parse(control_address, what="control address")
         self._bind = addresses.bind_endpoint(bind, default_port=0)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
-        super().__init__(f"node {self.name}", self._bind.zmq, secret=secret, insecure=insecure, parent_fd=parent_fd,
-                         ready_fd=ready_fd, metrics=metrics)
-        self._advertise = advertise
-        addresses.advertised_host(self._bind, None, advertise)  # a bad --advertise fails now, not after binding
-        self._worker_ports = worker_ports
-        self._log_worker_output = log_worker_output
-        self._heartbeat_interval = heartbeat_interval
-        self._client_timeout = client_timeout
-        if memory_limit is not None and memory_limit < limits.MIN_WORKER_MEMORY:
-            raise ValueError(f"a memory limit of {format_size(memory_limit)} is too small to start a worker; "
-                             f"a worker needs at least {format_size(limits.MIN_WORKER_MEMORY)}")
-        self.memory_limit = memory_limit
-        self._worker_options: list[str] = []
-        for option, value in (("--memory-limit", memory_limit), ("--max-tasks", max_tasks_per_worker),
-                              ("--recycle-memory", recycle_memory)):
-            if value is not None:
-                self._worker_options += [option, str(value)]
-        self._limited_running = False
-        self.control_address = self._control_endpoint.zmq
-        # The CPUs this process may use (taskset, a Slurm allocation), not all of the machine's.
-        self.processes = processes or len(os.sched_getaffinity(0)) or 1
-        self.instance = uuid.uuid4().hex
-        self._runtime = transport.private_directory(transport.NODE_DIRECTORY_PREFIX)
-        self._slots = SlotTable(os.path.join(self._runtime, "slots"), self.processes, create=True)
-        self._workers: dict[int, WorkerProcess] = {}
-        self._clients: dict[bytes, ClientRecord] = {}
-        self._generation = 0
-        self._restart_failures = 0
-        self._restart_at: dict[int, float] = {}
-        self._spawn_failures = 0
-        self._last_spawn_log = -SPAWN_LOG_INTERVAL
-        self._joined = False
-        self._counters = NodeCounters()
-        self._last_expiry = time.monotonic()
-        self._link = ControlLink(self._context, self._control_endpoint, self.name)
-        self.address = ""  # where clients reach this daemon (the advertised host)
-        self._worker_host = ""  # what workers bind to, and what the daemon reaches them at
-        self._worker_env = limits.thread_environment(
-            self.processes, dict(os.environ, LUCIDITY_NODE=self.name, LUCIDITY_ADDRESS=control_address),
-            memory_limit)  # a small cap gets fewer native threads (their buffers count toward RLIMIT_DATA)
-        self._worker_env[output.FORWARD_VARIABLE] = "1" if forward_output else "0"
+        # Before the template forks: a worker it orphans must come to us. Before any ZeroMQ context: the
+        # template is forked from this process as it is now (`lucidity.node.template`).
+        limits.become_subreaper()
+        self._template = WorkerTemplate.start() if can_fork() else None
+        try:
+            super().__init__(f"node {self.name}", self._bind.zmq, secret=secret, insecure=insecure,
+                             parent_fd=parent_fd, ready_fd=ready_fd, metrics=metrics)
+            self._advertise = advertise
+            addresses.advertised_host(self._bind, None, advertise)  # a bad --advertise fails now, not once bound
+            self._worker_ports = worker_ports
+            self._log_worker_output = log_worker_output
+            self._heartbeat_interval = heartbeat_interval
+            self._client_timeout = client_timeout
+            if memory_limit is not None and memory_limit < limits.MIN_WORKER_MEMORY:
+                raise ValueError(f"a memory limit of {format_size(memory_limit)} is too small to start a worker; "
+                                 f"a worker needs at least {format_size(limits.MIN_WORKER_MEMORY)}")
+            self.memory_limit = memory_limit
+            self._worker_options: list[str] = []
+            for option, value in (("--memory-limit", memory_limit), ("--max-tasks", max_tasks_per_worker),
+                                  ("--recycle-memory", recycle_memory)):
+                if value is not None:
+                    self._worker_options += [option, str(value)]
+            self._limited_running = False
+            self.control_address = self._control_endpoint.zmq
+            # The CPUs this process may use (taskset, a Slurm allocation), not all of the machine's.
+            self.processes = processes or len(os.sched_getaffinity(0)) or 1
+            self.instance = uuid.uuid4().hex
+            self._runtime = transport.private_directory(transport.NODE_DIRECTORY_PREFIX)
+            self._slots = SlotTable(os.path.join(self._runtime, "slots"), self.processes, create=True)
+            self._workers: dict[int, WorkerProcess] = {}
+            self._clients: dict[bytes, ClientRecord] = {}
+            self._generation = 0
+            self._restart_failures = 0
+            self._restart_at: dict[int, float] = {}
+            self._spawn_failures = 0
+            self._last_spawn_log = -SPAWN_LOG_INTERVAL
+            self._joined = False
+            self._counters = NodeCounters()
+            self._last_expiry = time.monotonic()
+            self._link = ControlLink(self._context, self._control_endpoint, self.name)
+            self.address = ""  # where clients reach this daemon (the advertised host)
+            self._worker_host = ""  # what workers bind to, and what the daemon reaches them at
+            self._worker_env = limits.thread_environment(
+                self.processes, dict(os.environ, LUCIDITY_NODE=self.name, LUCIDITY_ADDRESS=control_address),
+                memory_limit)  # a small cap gets fewer native threads (their buffers count toward RLIMIT_DATA)
+            self._worker_env[output.FORWARD_VARIABLE] = "1" if forward_output else "0"
+        except BaseException:
+            if self._template is not None:
+                self._template.close()
+            raise
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM, a LEAVE, or the owner's exit; then stop every worker. Returns 0."""
-        limits.become_subreaper()  # what a killed worker's tasks leave behind is reparented here, and stopped
         status = self._open()
         if status is not None:
             return status
@@ -219,6 +228,9 @@ class NodeDaemon(Daemon):
         self._link.close_watch()
         super()._close(self._link.socket, *others, linger=0.1)  # time for the LEAVE to go out
         self._slots.close()
+        if self._template is not None:
+            self._template.close()
+            self._template = None
         shutil.rmtree(self._runtime, ignore_errors=True)
 
     # -- the loop ----------------------------------------------------------------------------------------
@@ -376,14 +388,13 @@ class NodeDaemon(Daemon):
     def _spawn(self, index: int) -> None:
         self._slots.reset(index)
         read_fd, write_fd = os.pipe()
-        argv = [sys.executable, "-m", "lucidity.node.worker", "--slots", self._slots.path,
-                "--slot-count", str(self.processes), "--slot-index", str(index), "--bind", self._worker_bind(index),
-                "--ready-fd", str(write_fd), "--parent", str(os.getpid())]
+        args = ["--slots", self._slots.path, "--slot-count", str(self.processes), "--slot-index", str(index),
+                "--bind", self._worker_bind(index), "--parent", str(os.getpid())]
         if self._worker_ports is not None:
-            argv += ["--ports", "%d-%d" % self._worker_ports]
-        argv += self._worker_options
+            args += ["--ports", "%d-%d" % self._worker_ports]
+        args += self._worker_options
         try:
-            child = Child.start(argv, pass_fds=(write_fd,), env=self._worker_env, capture_stderr=True)
+            child = self._start_process(args, write_fd)
         except BaseException:
             os.close(read_fd)
             raise
@@ -394,6 +405,21 @@ class NodeDaemon(Daemon):
                                              output_slots=self._slots if self._log_worker_output else None)
         self._counters.workers_started += 1
         logger.debug("node %s started worker %d in position %d", self.name, child.pid, index)
+
+    def _start_process(self, args: list[str], ready_write: int) -> Child:
+        """A worker forked from the template, or a fresh interpreter if there is none (or it just failed)."""
+        if self._template is not None:
+            try:
+                return Child(self._template.spawn([*args, "--ready-fd", str(READY_FD)], self._worker_env, ready_write))
+            except OSError as exc:
+                if self._template.is_alive():
+                    raise  # out of processes or memory: the caller retries later
+                logger.warning("node %s: the worker template is gone (%s); starting workers as fresh interpreters",
+                               self.name, exc)
+                self._template.close()
+                self._template = None
+        argv = [sys.executable, "-m", "lucidity.node.worker", *args, "--ready-fd", str(ready_write)]
+        return Child.start(argv, pass_fds=(ready_write,), env=self._worker_env, capture_stderr=True)
 
     def _on_worker_ready(self, worker: WorkerProcess) -> None:
         """The worker's pipe: its address once, then a byte whenever it starts a limited task."""
@@ -432,7 +458,8 @@ class NodeDaemon(Daemon):
         was_stopping = worker.state is WorkerState.STOPPING
         worker.move(WorkerState.EXITED)
         worker.close_links()
-        stop_adopted((w.child.pid for w in self._workers.values() if w.state is not WorkerState.EXITED), self.who)
+        keep = [w.child.pid for w in self._workers.values() if w.state is not WorkerState.EXITED]
+        stop_adopted(keep + ([self._template.pid] if self._template is not None else []), self.who)
         slot = self._slots.read(worker.index)
         self._counters.worker_exited(worker, slot, self._slots.tally(worker.index))
         if slot.state is SlotState.RUNNING and worker.abandoned:

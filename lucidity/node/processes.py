@@ -16,7 +16,7 @@ import select
 import signal
 import subprocess
 import time
-from typing import Iterable, Optional
+from typing import IO, Iterable, Optional, Protocol
 
 from .limits import children_of
 
@@ -28,10 +28,27 @@ __all__ = ["Child", "stop_children", "stop_adopted", "raise_open_file_limit"]
 STOP_GRACE = 2.0
 
 
+class Process(Protocol):
+    """What `Child` needs of a process: a Popen, or a worker adopted from a template (`node.template`)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> Optional[int]: ...
+    @property
+    def stdin(self) -> Optional[IO[bytes]]: ...
+    @property
+    def stdout(self) -> Optional[IO[bytes]]: ...
+    @property
+    def stderr(self) -> Optional[IO[bytes]]: ...
+    def poll(self) -> Optional[int]: ...
+    def wait(self) -> int: ...
+
+
 class Child:
     """A child process in its own process group, with a pidfd to poll for its exit."""
 
-    def __init__(self, popen: "subprocess.Popen[bytes]") -> None:
+    def __init__(self, popen: Process) -> None:
         self.popen = popen
         self.pid = popen.pid
         try:
