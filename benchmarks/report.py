@@ -64,6 +64,7 @@ def make_rows(map_items: int, map1_items: int, submits: int, array_bytes: int) -
         Row("array", f"{array_bytes // MIB} MiB array round trip", "GB/s", "array_gbps", median, 1, True),
         Row("start", "new pool to first result", "s", "start_time", median, 1, False),
         Row("close", "close+join / shutdown", "s", "close_time", median, 1, False),
+        Row("start_cpu", "CPU of a new pool, open to closed", "ms", "start_cpu", median, 1e3, False),
         Row("worker_uss", "idle worker USS", "MiB", "worker_uss", median, 1 / MIB, False),
         Row("daemon_uss", "node daemon USS", "MiB", "daemon_uss", median, 1 / MIB, False),
     ]

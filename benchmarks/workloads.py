@@ -26,7 +26,7 @@ METRICS = {
     "map-chunk1": ["map1_throughput"],
     "submit": ["submit_throughput"],
     "array": ["array_gbps"],
-    "startup": ["start_time", "close_time"],
+    "startup": ["start_time", "close_time", "start_cpu"],
 }
 #: The order workloads run in within one peer's process: memory first, while the workers are fresh; startup
 #: last, because it opens pools of its own after the shared one is closed.
@@ -139,9 +139,15 @@ def array(peer: Peer, pool: Any, sizes: Sizes, emit: Emit) -> None:
 
 
 def startup(peer: Peer, sizes: Sizes, emit: Emit) -> None:
-    """Fresh pools: construction to first result, then the graceful close (close+join / shutdown)."""
-    starts, closes = [], []
+    """Fresh pools: construction to first result, then the graceful close (close+join / shutdown).
+
+    Also the CPU time a pool costs from construction to closed, in this process and every process it started
+    (all of them reaped by then, so counted in RUSAGE_CHILDREN): unlike the wall time, it hardly moves
+    with the machine's load, so it shows what a change saved on a busy machine.
+    """
+    starts, closes, cpus = [], [], []
     for _ in range(sizes.starts):
+        cpu = _cpu_seconds()
         started = time.perf_counter()
         pool = peer.open()
         try:
@@ -152,10 +158,20 @@ def startup(peer: Peer, sizes: Sizes, emit: Emit) -> None:
         first = time.perf_counter()
         peer.close(pool)
         closed = time.perf_counter()
+        cpus.append(_cpu_seconds() - cpu)
         starts.append(first - started)
         closes.append(closed - first)
     emit("start_time", starts)
     emit("close_time", closes)
+    emit("start_cpu", cpus)
+
+
+def _cpu_seconds() -> float:
+    """User and system CPU of this process and of its reaped descendants, in seconds."""
+    import resource
+
+    return sum(usage.ru_utime + usage.ru_stime
+               for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 #: The workloads that run on the shared, warmed-up pool, by name.

@@ -26,7 +26,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from ..errors import describe_exit
 from ..security import Role
 from .controllink import ControlLink
 from .logformat import context
-from .processes import STOP_GRACE, Child, stop_adopted, stop_children
+from .processes import STOP_GRACE, stop_adopted, stop_children
 from .skeleton import Daemon
 from . import limits, output
 from ..sizes import format_size
@@ -47,7 +46,7 @@ from .slots import SlotState, SlotTable, SlotView
 from .metrics import Family, Health
 from .reporting import NodeCounters, node_families, node_status
 from .supervision import WorkerProcess, WorkerState, enforce_limits, failure_report
-from .template import READY_FD, WorkerTemplate, can_fork
+from .template import WorkerStarter
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +118,7 @@ class NodeDaemon(Daemon):
         # Before the template forks: a worker it orphans must come to us. Before any ZeroMQ context: the
         # template is forked from this process as it is now (`lucidity.node.template`).
         limits.become_subreaper()
-        self._template = WorkerTemplate.start() if can_fork() else None
+        self._starter = WorkerStarter(self.name)
         try:
             super().__init__(f"node {self.name}", self._bind.zmq, secret=secret, insecure=insecure,
                              parent_fd=parent_fd, ready_fd=ready_fd, metrics=metrics)
@@ -163,8 +162,7 @@ class NodeDaemon(Daemon):
                 memory_limit)  # a small cap gets fewer native threads (their buffers count toward RLIMIT_DATA)
             self._worker_env[output.FORWARD_VARIABLE] = "1" if forward_output else "0"
         except BaseException:
-            if self._template is not None:
-                self._template.close()
+            self._starter.close()
             raise
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -178,7 +176,6 @@ class NodeDaemon(Daemon):
         assert guard is not None
         if self._secret:
             self._worker_env[security.SECRET_ENV] = self._secret.decode()
-        self._link.connect(guard)
         bound = addresses.parse(self._bound, allow_port_zero=True)
         advertised = addresses.advertised_host(bound, self._control_endpoint, self._advertise)
         self.address = bound.with_host(advertised).zmq
@@ -196,6 +193,9 @@ class NodeDaemon(Daemon):
                     return 1
                 now = time.monotonic()
                 if not self._joined and (self._all_ready() or now - started > STARTUP_TIMEOUT):
+                    # Dialled only now: an embedded cluster starts its control node beside us, and a dial that
+                    # finds no ipc:// socket yet is retried only after transport.RECONNECT_INTERVAL (0.1 s).
+                    self._link.connect(guard)
                     self._joined = True
                     next_heartbeat = now
                 if self._joined and now >= next_heartbeat:
@@ -228,9 +228,7 @@ class NodeDaemon(Daemon):
         self._link.close_watch()
         super()._close(self._link.socket, *others, linger=0.1)  # time for the LEAVE to go out
         self._slots.close()
-        if self._template is not None:
-            self._template.close()
-            self._template = None
+        self._starter.close()
         shutil.rmtree(self._runtime, ignore_errors=True)
 
     # -- the loop ----------------------------------------------------------------------------------------
@@ -394,7 +392,7 @@ class NodeDaemon(Daemon):
             args += ["--ports", "%d-%d" % self._worker_ports]
         args += self._worker_options
         try:
-            child = self._start_process(args, write_fd)
+            child = self._starter.start(args, self._worker_env, write_fd)
         except BaseException:
             os.close(read_fd)
             raise
@@ -405,21 +403,6 @@ class NodeDaemon(Daemon):
                                              output_slots=self._slots if self._log_worker_output else None)
         self._counters.workers_started += 1
         logger.debug("node %s started worker %d in position %d", self.name, child.pid, index)
-
-    def _start_process(self, args: list[str], ready_write: int) -> Child:
-        """A worker forked from the template, or a fresh interpreter if there is none (or it just failed)."""
-        if self._template is not None:
-            try:
-                return Child(self._template.spawn([*args, "--ready-fd", str(READY_FD)], self._worker_env, ready_write))
-            except OSError as exc:
-                if self._template.is_alive():
-                    raise  # out of processes or memory: the caller retries later
-                logger.warning("node %s: the worker template is gone (%s); starting workers as fresh interpreters",
-                               self.name, exc)
-                self._template.close()
-                self._template = None
-        argv = [sys.executable, "-m", "lucidity.node.worker", *args, "--ready-fd", str(ready_write)]
-        return Child.start(argv, pass_fds=(ready_write,), env=self._worker_env, capture_stderr=True)
 
     def _on_worker_ready(self, worker: WorkerProcess) -> None:
         """The worker's pipe: its address once, then a byte whenever it starts a limited task."""
@@ -459,7 +442,7 @@ class NodeDaemon(Daemon):
         worker.move(WorkerState.EXITED)
         worker.close_links()
         keep = [w.child.pid for w in self._workers.values() if w.state is not WorkerState.EXITED]
-        stop_adopted(keep + ([self._template.pid] if self._template is not None else []), self.who)
+        stop_adopted(keep + self._starter.pids, self.who)
         slot = self._slots.read(worker.index)
         self._counters.worker_exited(worker, slot, self._slots.tally(worker.index))
         if slot.state is SlotState.RUNNING and worker.abandoned:

@@ -48,9 +48,11 @@ import sys
 import time
 from typing import IO, NoReturn, Optional
 
+from .processes import Child
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["WorkerTemplate", "AdoptedProcess", "can_fork", "WORKER_START_VARIABLE", "READY_FD"]
+__all__ = ["WorkerStarter", "WorkerTemplate", "AdoptedProcess", "can_fork", "WORKER_START_VARIABLE", "READY_FD"]
 
 #: Environment variable choosing how a node starts its workers: "fork" (from the template, the default)
 #: or "exec" (each a fresh interpreter, ``python -m lucidity.node.worker``).
@@ -74,6 +76,45 @@ def can_fork() -> bool:
         return len(os.listdir("/proc/self/task")) == 1  # ZeroMQ's I/O threads count here, Python's too
     except OSError:
         return False
+
+
+class WorkerStarter:
+    """Starts a node's workers: forked from its template while it lives, else as fresh interpreters.
+
+    Create it where `WorkerTemplate.start` may fork (before any ZeroMQ context); `close` it when the node stops.
+    """
+
+    def __init__(self, node: str) -> None:
+        self._node = node
+        self._template = WorkerTemplate.start() if can_fork() else None
+
+    @property
+    def pids(self) -> list[int]:
+        """The template's pid, if there is one: a child of the daemon that is not a worker."""
+        return [] if self._template is None else [self._template.pid]
+
+    def start(self, args: list[str], env: dict[str, str], ready_write: int) -> Child:
+        """Start a worker with `args` (all but ``--ready-fd``) and `env`; it writes its address to `ready_write`.
+
+        Raises:
+            OSError: the system refused (out of processes, memory or descriptors); the daemon retries later.
+        """
+        if self._template is not None:
+            try:
+                return Child(self._template.spawn([*args, "--ready-fd", str(READY_FD)], env, ready_write))
+            except OSError as exc:
+                if self._template.is_alive():
+                    raise
+                logger.warning("node %s: the worker template is gone (%s); starting workers as fresh interpreters",
+                               self._node, exc)
+                self.close()
+        argv = [sys.executable, "-m", "lucidity.node.worker", *args, "--ready-fd", str(ready_write)]
+        return Child.start(argv, pass_fds=(ready_write,), env=env, capture_stderr=True)
+
+    def close(self) -> None:
+        if self._template is not None:
+            self._template.close()
+            self._template = None
 
 
 class AdoptedProcess:
