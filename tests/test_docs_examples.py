@@ -20,6 +20,9 @@ a fresh directory of their own, as a reader following the page would run them. T
   start daemons through tests/helpers.CliCluster (stopped, by pid, when the page ends; ``kill %N`` in a
   later console block stops the N-th daemon the page started), and the test waits until each node is in
   ``lucidity status`` before it starts the next (so status lists them in the page's order). Other lines run in bash like console commands, their output unchecked.
+- ``cd`` carries over from one block to the next, as in a terminal. A directory the page changes into
+  (``cd /tmp/NAME``) is made inside the page's directory and swapped back in the output, like ports, and
+  ``<!-- file: /tmp/NAME/mod.py -->`` writes there.
 - Every ``tcp://127.0.0.1:PORT`` and every bare ``:PORT`` of such an address that a daemon of the page
   binds is replaced by a free port when the examples run, and replaced back in what they print, so pages
   keep readable fixed ports while tests run side by side (`lucidity control` with no ``--bind`` binds
@@ -71,6 +74,8 @@ BETWEEN = re.compile(r"^\s*(?:</?div[^>]*>)?\s*$")
 OUTPUT_LANGS = {"", "text", "output", "console"}
 SHELL_LANGS = {"sh", "bash", "shell"}
 ADDRESS = re.compile(r"tcp://127\.0\.0\.1:(\d+)")
+#: A directory a page changes into: ``cd /tmp/NAME``.
+FIXED_DIRECTORY = re.compile(r"\bcd (/tmp/[\w.-]+)")
 
 
 @dataclasses.dataclass
@@ -189,10 +194,16 @@ def check_parses(block: Block) -> None:
 class PageRun:
     """The state a page's examples share: their directory, the daemons started, the addresses replaced."""
 
-    def __init__(self, directory: pathlib.Path) -> None:
+    def __init__(self, directory: pathlib.Path, text: str = "") -> None:
         self.directory = directory
+        self.cwd = directory  # where the next command runs: `cd` in a session moves it, as in a terminal
         self.cluster = CliCluster()
         self.cluster.cwd = str(directory)  # relative paths in daemon command lines (--secret-file) are the page's
+        # Fixed directories a page works in (`cd /tmp/shipdemo`) live in the page's directory instead.
+        self.paths = {fixed: str(directory / fixed.strip("/").replace("/", "_"))
+                      for fixed in sorted(set(FIXED_DIRECTORY.findall(text)), key=len, reverse=True)}
+        for real in self.paths.values():
+            os.makedirs(real, exist_ok=True)
         self.cluster.log_dir = str(directory)  # the daemons' logs, kept out of the test's output
         self.daemons: list[str] = []  # keys of self.cluster.processes, in the order the page started them
         self.ports: dict[str, str] = {}  # documented port -> the free port used instead
@@ -205,11 +216,15 @@ class PageRun:
         """The page's text with its documented ports replaced by the ports this run uses."""
         for documented, real in self.ports.items():
             text = re.sub(rf"(?<=127\.0\.0\.1:){documented}\b", real, text)
+        for fixed, real in self.paths.items():
+            text = re.sub(rf"{re.escape(fixed)}\b", real, text)
         return text
 
     def documented(self, text: str) -> str:
         for documented, real in self.ports.items():
             text = re.sub(rf"(?<=127\.0\.0\.1:){real}\b", documented, text)
+        for fixed, real in self.paths.items():
+            text = text.replace(real, fixed)
         return text
 
     def claim_ports(self, text: str) -> None:
@@ -217,13 +232,14 @@ class PageRun:
             self.ports.setdefault(port, str(free_port()))
 
     def run_python(self, block: Block, output: Optional[Block]) -> None:
-        name = block.file or f"example_{block.line}.py"
+        name = self.cwd / self.localize(block.file or f"example_{block.line}.py")  # an absolute file stays so
         source = self.localize("\n".join(block.lines)) + "\n"
         compile(source, block.where, "exec")
-        (self.directory / name).write_text(source)
+        name.parent.mkdir(parents=True, exist_ok=True)
+        name.write_text(source)
         if block.file:
             return
-        done = subprocess.run([sys.executable, name], cwd=self.directory, env=self.env, capture_output=True,
+        done = subprocess.run([sys.executable, str(name)], cwd=self.cwd, env=self.env, capture_output=True,
                               text=True, timeout=EXAMPLE_TIMEOUT)
         if done.returncode != 0:
             pytest.fail(f"{block.where}: the example exited with {done.returncode}\n{done.stdout}\n{done.stderr}",
@@ -250,6 +266,7 @@ class PageRun:
                     check_output(block, expected, self.documented(output))
                 commands, expected = [], []
                 if in_daemon_log:
+                    self.cluster.cwd = str(self.cwd)
                     self.start_daemon(words[1:])
                     if words[1] == "node":
                         self.cluster.wait_for(self.nodes, secret=self.secret(words))
@@ -263,7 +280,7 @@ class PageRun:
         if "--secret-file" not in words:
             return None
         from lucidity.security import load_secret
-        return load_secret(secret_file=str(self.directory / words[words.index("--secret-file") + 1]))
+        return load_secret(secret_file=str(self.cwd / words[words.index("--secret-file") + 1]))
 
     def run_commands(self, block: Block) -> None:
         for line in block.lines:
@@ -272,6 +289,7 @@ class PageRun:
                 continue
             words = shlex.split(command.rstrip("&"))
             if command.endswith("&") and words[:1] == ["lucidity"] and words[1] in ("control", "node"):
+                self.cluster.cwd = str(self.cwd)
                 self.start_daemon(words[1:])
                 if words[1] == "node":  # in the cluster before the next starts, as when typed: status lists join order
                     self.cluster.wait_for(self.nodes, secret=self.secret(words))
@@ -279,8 +297,12 @@ class PageRun:
             self.bash(self.localize(command), check=True)
 
     def bash(self, script: str, check: bool = False) -> str:
-        """Run `script` in a bash of its own process group, and end whatever it left running; its stdout."""
-        proc = subprocess.Popen(["bash", "-c", script], cwd=self.directory, env=self.env, stdout=subprocess.PIPE,
+        """Run `script` in a bash of its own process group, and end whatever it left running; its stdout.
+
+        The directory bash ends in is where the page's next command runs (a `cd` carries over)."""
+        where = self.directory / ".docs-test-cwd"
+        script = f"{script}\nstatus=$?; pwd > {shlex.quote(str(where))}; exit $status"
+        proc = subprocess.Popen(["bash", "-c", script], cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             out, err = proc.communicate(timeout=EXAMPLE_TIMEOUT)
@@ -290,6 +312,8 @@ class PageRun:
             except ProcessLookupError:
                 pass
             proc.wait()
+        if where.exists():
+            self.cwd = pathlib.Path(where.read_text().strip())
         if check and proc.returncode != 0:
             pytest.fail(f"`{script}` exited with {proc.returncode}:\n{out}{err}", pytrace=False)
         return out
@@ -326,7 +350,7 @@ PENDING_PAGES = {
 }
 #: Pages run at once: their examples mostly wait (on sleeps, timeouts, clusters starting), so running
 #: a few pages side by side keeps the whole module near its longest page on this 2-core machine.
-CONCURRENT_PAGES = 4
+CONCURRENT_PAGES = 6
 
 
 def known_bug(block: Block) -> Optional[str]:
@@ -339,7 +363,7 @@ def known_bug(block: Block) -> Optional[str]:
 def run_page(page: pathlib.Path, directory: pathlib.Path) -> list[str]:
     """Run every example of `page` in `directory`; the known bugs that showed (raises on any other failure)."""
     blocks = parse(page)
-    run = PageRun(directory)
+    run = PageRun(directory, page.read_text())
     shown: list[str] = []
     try:
         for index, block in enumerate(blocks):
