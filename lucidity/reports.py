@@ -54,14 +54,15 @@ class Reports:
 
     # -- the faces (any thread) ------------------------------------------------------------------------
 
+    # One store and one pop per task of a map with a bar: a dict's are atomic, so no lock (`_lock` guards
+    # the silenced tasks, whose bound needs two steps).
+
     def watch(self, task_id: int, hook: ProgressHook) -> None:
         """Call `hook` (on the client's I/O thread) with each PROGRESS of the task, until `unwatch`."""
-        with self._lock:
-            self._watched[task_id] = hook
+        self._watched[task_id] = hook
 
     def unwatch(self, task_id: int) -> None:
-        with self._lock:
-            self._watched.pop(task_id, None)
+        self._watched.pop(task_id, None)
 
     def silence(self, task_id: int) -> None:
         """Drop the output of this task (a job made with ``forward_output=False``), also what arrives late."""
@@ -76,8 +77,7 @@ class Reports:
         """An OUTPUT or PROGRESS from worker `pid` on `node` (checked here; `ProtocolError` if malformed)."""
         body = messages.parse(message)
         if isinstance(body, messages.Progress):
-            with self._lock:
-                hook = self._watched.get(body.task)
+            hook = self._watched.get(body.task)
             if hook is not None:
                 hook(body)
             return
