@@ -109,10 +109,12 @@ class JobFunction(Generic[T]):
         return self.function(*args, **kwargs)
 
     def __reduce__(self) -> Any:
-        # By reference where the module attribute is this object (so workers import it); else by value.
+        # By reference where the module attribute is this object (so workers import it); else by value. Not
+        # for the caller's main script, which a worker knows as __mp_main__ only once it has run it: a job
+        # of the script started by a task (nested) goes by value too, as its top-level jobs do.
         module = sys.modules.get(self.__module__)
         name: str = getattr(self, "__qualname__")
-        if self.__module__ != "__main__" and getattr(module, name, None) is self:
+        if self.__module__ not in ("__main__", "__mp_main__") and getattr(module, name, None) is self:
             return name
         return (_rebuild, (self.function, self.options))
 

@@ -335,13 +335,7 @@ class PageRun:
 
 #: Examples that fail because of a product bug, reported and not yet fixed: (page, a line of the example)
 #: -> the bug. Such an example must fail (xfail, strict): once the bug is fixed, delete its entry.
-KNOWN_PRODUCT_BUGS = {
-    ("jobs.md", "def pythagorean(a, b):"):
-        "a nested job of a main script: AttributeError: Can't get attribute 'square' on <module "
-        "'__mp_main__'> in the worker (at HEAD 333665f; reported to the lead)",
-    ("jobs.md", "def child(x):"):
-        "the same bug on an embedded cluster: Can't get attribute 'child' on <module '__mp_main__'>",
-}
+KNOWN_PRODUCT_BUGS: dict[tuple[str, str], str] = {}
 #: Pages that others are writing now, whose examples do not follow the convention yet -> why. Strict
 #: xfail: the page's test fails once its examples pass, as a reminder to delete the entry.
 PENDING_PAGES = {

@@ -453,3 +453,31 @@ def test_pools_sharing_one_worker_each_have_their_namespace_and_initializer(tmp_
         got = run_script(SHARED_WORKER, tmp_path / "lucidity", "lucidity",
                          env={"LUCIDITY_ADDRESS": cluster.address}).check().stdout
     assert got == fork == "first\nTrue\nfirst first\n"
+
+
+NESTED_JOBS = """
+    import math
+
+    from lucidity import job
+
+    @job
+    def square(a):
+        return a * a
+
+    @job
+    def pythagorean(a, b):
+        # Jobs of the script started by a task: the worker knows the script as __mp_main__.
+        a2 = square.remote_async(a)
+        b2 = square.remote_async(b)
+        return math.sqrt(a2.await_get() + b2.await_get())
+
+    if __name__ == "__main__":
+        print(pythagorean.remote_fanout([(3, 4), (5, 12), (8, 15)]))
+"""
+
+
+def test_jobs_of_the_script_started_by_its_tasks_run(tmp_path: Path) -> None:
+    """A nested job of the main script went by reference to __mp_main__, which the worker running it had not
+    loaded: AttributeError (found by the docs examples of docs/jobs.md)."""
+    run = run_script(NESTED_JOBS, tmp_path, "lucidity").check()
+    assert run.stdout == "[5.0, 13.0, 17.0]\n"
