@@ -16,6 +16,12 @@ Four configurations: "off" (forwarding off at the node and the pool, no bar), "f
 The tasks print nothing: what is measured is what the machinery costs a task that does not use it. Each
 cell is the median over rounds, and the ratio to "off" follows it. Options: ``--rounds``, ``--applies``,
 ``--items``, ``--chunk1-items``, ``--quick``.
+
+``--hooks`` instead times, in this process, what the machinery adds to one task where it runs: the
+worker's calls per task (`lucidity.node.output.Reports`: task_started, items, task_ended) and per batch of
+results (flush), with forwarding on and off, and the caller's per task of a map with a bar (a
+`lucidity.progressbar.Tracker` with a tqdm bar to /dev/null, or a callable). These are the costs the
+end-to-end table cannot resolve on a busy machine of two cores.
 """
 
 from __future__ import annotations
@@ -110,6 +116,92 @@ def run_client(address: str, forward: str, bar: str, args: argparse.Namespace) -
     return result
 
 
+def time_hooks(count: int) -> None:
+    """Print the per-task cost of the worker's and the caller's hooks, in µs of this thread's CPU time (the best
+    of 5 runs)."""
+    import functools
+    import threading
+
+    import zmq
+
+    from tqdm import tqdm
+
+    from lucidity.node.output import Reports
+    from lucidity.progressbar import Tracker
+    from lucidity.reports import Reports as ClientReports
+
+    def best(run: Any) -> float:
+        times = []
+        for _ in range(5):
+            started = time.thread_time()  # this thread's CPU: the machine's load from elsewhere stays out
+            run()
+            times.append(time.thread_time() - started)
+        return min(times) / count * 1e6
+
+    lock = threading.RLock()
+    rows = []
+    saved = os.dup(1), os.dup(2)  # forwarding points this process's fds 1 and 2 at pipes: put them back after
+    for capture in (False, True):
+        reports = Reports(lock, lambda identity, frames: None, capture)
+        lock.acquire()
+        one_item = (1,)
+
+        def tasks() -> None:
+            for task_id in range(count):
+                reports.task_started(b"client", task_id)
+                for _ in reports.items(one_item):
+                    pass
+                reports.task_ended()
+
+        def flushes() -> None:
+            for _ in range(count):
+                reports.flush()
+
+        context = zmq.Context()
+        receiver, sender = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+        receiver.bind(f"inproc://hooks-{capture}")
+        sender.connect(f"inproc://hooks-{capture}")
+
+        def waits() -> None:
+            # What the worker does to wait for each message when idle: wait_for_work, then the recv it had.
+            for _ in range(count // 10):
+                sender.send(b"task")
+                reports.wait_for_work(receiver)
+                receiver.recv()
+
+        label = "on" if capture else "off"
+        rows.append(f"| worker, forwarding {label} | task (start, items, end) | {best(tasks):.2f} |")
+        rows.append(f"| worker, forwarding {label} | batch of results (flush) | {best(flushes):.2f} |")
+        rows.append(f"| worker, forwarding {label} | wait for work + recv (per message) | {best(waits) * 10:.2f} |")
+        lock.release()
+        receiver.close(linger=0)
+        sender.close(linger=0)
+        context.term()
+    sys.stdout.flush()
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
+    print("| where | per | µs |")
+    print("|---|---|---|")
+    print("\n".join(rows))
+
+    class Client:
+        reports = ClientReports()
+
+    class Task:
+        id = 0
+
+    for name, option in (("tqdm bar", functools.partial(tqdm, file=open(os.devnull, "w"))),
+                         ("callable", lambda done, total: None)):
+        def tracked() -> None:
+            tracker = Tracker(option, count, "map(f)")
+            for _ in range(count):
+                one = tracker.track(Client(), 1, lambda succeeded, value: None)  # type: ignore[arg-type]
+                one.attach(Task())  # type: ignore[arg-type]
+                one.on_done(True, None)
+
+        print(f"| caller, progress={name} | task of a map | {best(tracked):.2f} |")
+
+
 def main(argv: Any = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.reports", description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -118,7 +210,11 @@ def main(argv: Any = None) -> int:
     parser.add_argument("--chunk1-items", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=10, help="maps of --items per client (their median counts)")
     parser.add_argument("--quick", action="store_true", help="1 round, small sizes: a smoke test")
+    parser.add_argument("--hooks", action="store_true", help="time the per-task hooks in this process instead")
     args = parser.parse_args(argv)
+    if args.hooks:
+        time_hooks(1000 if args.quick else 100_000)
+        return 0
     if args.quick:
         args.rounds, args.applies, args.items, args.chunk1_items, args.repeats = 1, 50, 1000, 100, 1
     samples: dict[str, dict[str, list[float]]] = {name: {} for name in CONFIGURATIONS}
