@@ -27,6 +27,7 @@ def test_the_scheme_names_users_pass_are_the_enum_values() -> None:
     assert FANOUT_SCHEMES == ("roundrobin", "random", "least_loaded")
     assert [Fanout(name) for name in FANOUT_SCHEMES] == [Fanout.ROUNDROBIN, Fanout.RANDOM, Fanout.LEAST_LOADED]
     assert Fanout.RANDOM == "random"  # a str Enum: code comparing the strings keeps working
+    assert f"{Fanout.RANDOM}" == str(Fanout.RANDOM) == "random"  # and it prints as the string users wrote
     with pytest.raises(ValueError):
         Fanout("bogus")
 
