@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import Iterator
 
 import psutil
@@ -90,6 +91,16 @@ def test_a_task_sees_a_fresh_process(cluster: lucidity.LocalCluster) -> None:
         assert pool.apply(_interrupts_as_fresh) is True  # the template ignores SIGINT; a worker must not
 
 
+def test_a_retiring_worker_exits_as_an_interpreter_does(tmp_path: Path) -> None:
+    """Its non-daemon threads are joined and its atexit handlers run (a task's, not the daemon's)."""
+    marker = tmp_path / "atexit.txt"
+    with lucidity.Pool(1, maxtasksperchild=1) as pool:
+        first = pool.apply(_leave_work_for_exit, (str(marker),))
+        wait_until(marker.exists, WAIT, "the retired worker's atexit handler")
+        assert marker.read_text() == f"{first} thread joined"
+        assert pool.apply(os.getpid) != first
+
+
 def test_a_node_whose_template_died_starts_fresh_workers_and_serves(cluster: lucidity.LocalCluster) -> None:
     node, template, workers = _roles(cluster)
     template.kill()
@@ -114,6 +125,23 @@ def test_exec_start_has_no_template(monkeypatch: pytest.MonkeyPatch) -> None:
                    for child in node.children())
         with lucidity.Pool(address=local.address) as pool:
             assert pool.apply(abs, (-4,)) == 4
+
+
+def _leave_work_for_exit(path: str) -> int:
+    import atexit
+    import threading
+    import time
+
+    joined = []
+
+    def late() -> None:
+        time.sleep(0.2)  # still running when the worker retires: exit must join it before atexit runs
+        joined.append("thread joined")
+
+    thread = threading.Thread(target=late)
+    atexit.register(lambda: Path(path).write_text(f"{os.getpid()} {' '.join(joined)}"))
+    thread.start()
+    return os.getpid()
 
 
 def _root_handlers() -> int:

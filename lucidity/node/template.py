@@ -156,6 +156,7 @@ class WorkerTemplate:
         """Fork the template. Call only where `can_fork` says so, before any ZeroMQ context exists."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent = os.getpid()
+        _flush_output()  # what this process has buffered would otherwise be written again by every worker
         pid = os.fork()
         if pid == 0:
             ours.close()
@@ -268,7 +269,12 @@ def _fork_worker(args: list[str], env: dict[str, str], fds: list[int], daemon: i
         raise ValueError(f"a worker needs two descriptors, got {len(fds)}")
     go_read, go_write = os.pipe()
     report_read, report_write = os.pipe()
-    intermediate = os.fork()
+    try:
+        intermediate = os.fork()
+    except OSError:
+        for fd in (go_read, go_write, report_read, report_write):
+            os.close(fd)
+        raise
     if intermediate == 0:
         status = 1
         try:
@@ -359,13 +365,17 @@ def _finish(code: int) -> int:
     except BaseException:
         pass
     atexit._run_exitfuncs()
+    _flush_output()
+    return code
+
+
+def _flush_output() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
                 stream.flush()
         except (OSError, ValueError):
             pass
-    return code
 
 
 def _set_command_line(argv: list[str]) -> None:
