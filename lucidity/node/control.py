@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import time
@@ -57,6 +58,15 @@ LOAD_INTERVAL = 0.5
 #: The silent nodes are looked for at most this often (and at most a tenth of the node timeout), in seconds:
 #: a look scans every node, and with hundreds of nodes messages arrive every few milliseconds.
 SWEEP_INTERVAL = 0.5
+#: Above this many messages a second (about as many nodes and clients), the loop rests `BUSY_REST` seconds
+#: after each turn that read messages, so that one turn reads many: on a virtual machine a wake-up of the
+#: loop (poll, the ZeroMQ mailbox, a turn in Python) costs more than the message it wakes for. Below it,
+#: membership answers come at once (an embedded cluster's start-up waits on them).
+BUSY_RATE = 32
+BUSY_REST = 0.05
+
+#: The header frame of a BEAT (`_receive` answers one that repeats a node's last BEAT without parsing it).
+BEAT_HEADER = bytes((protocol.VERSION, protocol.Kind.BEAT))
 
 ACCEPTED = frozenset({protocol.Kind.JOIN, protocol.Kind.BEAT, protocol.Kind.LEAVE, protocol.Kind.WATCH,
                       protocol.Kind.STATUS, protocol.Kind.HEARTBEAT})
@@ -77,6 +87,7 @@ class NodeRecord:
     running: int
     last_seen: float
     host: str = ""
+    beat: bytes = b""  # the meta frame of its last BEAT, checked then
 
     def describe(self) -> messages.NodeEntry:
         return messages.NodeEntry(self.name, self.address, self.processes, self.instance, self.running, self.host)
@@ -125,6 +136,11 @@ class ControlDaemon(Daemon):
         self._last_turn = time.monotonic()
         self._sweep_interval = min(SWEEP_INTERVAL, node_timeout / 10)
         self._next_sweep = 0.0
+        # The pace of the loop: messages read since `_rate_since`, whether that was busy, and a rest's end.
+        self._received = 0
+        self._rate_since = time.monotonic()
+        self._busy = False
+        self._rest_until = 0.0
         self._node_events = dict.fromkeys(NODE_EVENTS, 0)  # for the metrics
         # The clients' view: the number of the last change sent, the names changed since (membership: sent
         # at the end of this loop turn; load: at `_next_load_send`), and what is sent often, encoded once.
@@ -159,17 +175,23 @@ class ControlDaemon(Daemon):
         stop_attachment = self._on_serving(self.address) if self._on_serving is not None else None
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
-        poller.register(self._waker.read_fd, zmq.POLLIN)
-        if self._parent_fd is not None:
-            poller.register(self._parent_fd, zmq.POLLIN)
+        resting = zmq.Poller()  # all but the listening socket: what still ends a rest at once
+        for fd in [self._waker.read_fd] + ([self._parent_fd] if self._parent_fd is not None else []):
+            poller.register(fd, zmq.POLLIN)
+            resting.register(fd, zmq.POLLIN)
         try:
             while not self.stopping:
                 if self._guard_failed():
                     return 1
-                timeout = min(self._expire(time.monotonic()), 1.0)
+                now = time.monotonic()
+                timeout = min(self._expire(now), 1.0)
                 if self._load_changed:
-                    timeout = min(timeout, max(0.0, self._next_load_send - time.monotonic()))
-                events = dict(poller.poll(int(timeout * 1000)))
+                    timeout = min(timeout, max(0.0, self._next_load_send - now))
+                # Whole milliseconds, rounded up: a poll of 0 ms before a deadline would spin until it passed.
+                if now < self._rest_until:
+                    events = dict(resting.poll(math.ceil(min(timeout, self._rest_until - now) * 1000)))
+                else:
+                    events = dict(poller.poll(math.ceil(timeout * 1000)))
                 if self._waker.read_fd in events:
                     self._waker.drain()
                 if self._parent_fd is not None and self._parent_fd in events:
@@ -177,6 +199,7 @@ class ControlDaemon(Daemon):
                     break
                 if self._router in events:
                     self._drain_router(self._receive, ACCEPTED_BY_ROLE, ACCEPTED)
+                    self._pace(time.monotonic())
                 self._send_changes(time.monotonic())
                 self._answer_scrapes()
         finally:
@@ -186,8 +209,30 @@ class ControlDaemon(Daemon):
             self._close()
         return 0
 
+    def _pace(self, now: float) -> None:
+        """After a turn that read messages, rest for `BUSY_REST` if messages come faster than `BUSY_RATE`."""
+        if now - self._rate_since >= 1.0:
+            self._busy = self._received / (now - self._rate_since) > BUSY_RATE
+            self._received, self._rate_since = 0, now
+        if self._busy:
+            self._rest_until = now + BUSY_REST
+
     def _receive(self, identity: bytes, frames: list[Any], accepted: frozenset[protocol.Kind]) -> None:
-        self._handle(identity, messages.parse(protocol.decode(frames, accepted)))
+        self._received += 1
+        record = self._nodes.get(identity)
+        if (record is not None and len(frames) == 2 and bytes(frames[0]) == BEAT_HEADER
+                and protocol.Kind.BEAT in accepted and bytes(frames[1]) == record.beat):
+            # The very bytes of this node's last BEAT, which were checked when they came: nothing new but
+            # its life. Most of what an idle cluster sends here, answered without JSON or a body.
+            record.last_seen = time.monotonic()
+            self._send(identity, self._welcome)
+            return
+        body = messages.parse(protocol.decode(frames, accepted))
+        self._handle(identity, body)
+        if isinstance(body, messages.NodeBeat):
+            record = self._nodes.get(identity)
+            if record is not None and record.name == body.name and record.instance == body.instance:
+                record.beat = bytes(frames[1])
 
     def _handle(self, identity: bytes, body: messages.Body) -> None:
         now = time.monotonic()
