@@ -760,7 +760,10 @@ def check_recovery(cluster: HostCluster, hosts: dict[str, Host], a: Host, e: Hos
     problems = []
     # Nothing else runs on the hosts: no worker of a killed daemon, no client, no stray `lucidity status`.
     for node in report["nodes"]:
-        expected = {cluster.processes[node["name"]].pid, *(w["pid"] for w in node["workers"])}
+        daemon = cluster.processes[node["name"]].pid
+        expected = {daemon, *(w["pid"] for w in node["workers"])}
+        group = os.getpgid(daemon)  # the node's worker template shares it; each worker leads its own
+        expected |= {p.pid for p in psutil.Process(daemon).children() if os.getpgid(p.pid) == group}
         if set(hosts[node["name"]].pids()) != expected:
             problems.append(f"host {node['name']} runs {sorted(hosts[node['name']].pids())}, not just its daemon and "
                             f"workers {sorted(expected)}")

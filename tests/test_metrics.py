@@ -254,6 +254,7 @@ def test_a_node_without_a_live_worker_is_unhealthy(tmp_path: Path) -> None:
         "import os\nif os.environ.get('LUCIDITY_NODE'):\n    os._exit(7)  # a worker, never its daemon\n")
     with MetricsCluster() as cluster:
         cluster.env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), cluster.env["PYTHONPATH"]])
+        cluster.env["LUCIDITY_WORKER_START"] = "exec"  # sitecustomize runs when an interpreter starts, not at a fork
         cluster.start_control()
         cluster.start_node("n1", 1, "--metrics", cluster.node_metrics)
 

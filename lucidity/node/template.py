@@ -27,8 +27,10 @@ environment the daemon chose (``os.environ`` and the C environment; MALLOC_ARENA
 because glibc reads the variable only when a process starts), a command line naming
 ``lucidity.node.worker``, no logging handlers, none of the daemon's atexit handlers (its own run when it
 exits, after its non-daemon threads, as at interpreter exit), and its own multiprocessing authkey. What it
-shares with its siblings: the template's pages, copy-on-write, and the string hash seed. Its memory cap is
-still set by the worker itself before any task runs (`lucidity.node.worker.main`).
+shares with its siblings: the template's pages, copy-on-write, and the string hash seed. What it does not
+get: the interpreter's start-up hooks (``sitecustomize``, ``.pth`` files) ran once, in the node daemon with
+the daemon's environment, not in each worker with its own. Its memory cap is still set by the worker itself
+before any task runs (`lucidity.node.worker.main`).
 
 A process that is not single-threaded (a daemon embedded in a test, say) cannot fork safely, and gets
 no template: its workers start as fresh interpreters, as they do with ``LUCIDITY_WORKER_START=exec``.
