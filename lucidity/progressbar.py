@@ -101,7 +101,7 @@ class Tracker:
         self._final = total is not None
         self._finished = 0.0  # items finished
         self._running: dict[int, float] = {}  # task id -> its items (or fraction of one) done so far
-        self._shown = 0  # what the bar shows, in whole items
+        self._shown: tuple[int, Optional[int]] = (0, total)  # what was shown: whole items, and the total
         self._own_units = False  # a bar of one item showing its task's own units
         self._own_total = 0.0
         self._closed = False
@@ -178,22 +178,24 @@ class Tracker:
         if self._closed:
             return
         done = int(self._finished + sum(self._running.values()))
+        # A lazy input's bar shows what has been read so far as its total; a callable gets None until the end.
+        total = self._total if self._final else None
+        changed = (done, total) != self._shown
         bar = self._bar
         if bar is not None:
             if self._own_units and self._finished:
                 bar.n = bar.total
                 bar.refresh()
             elif not self._own_units:
-                if not self._final:
-                    bar.total = self._total or None
-                if done != self._shown:
-                    bar.update(done - self._shown)
+                bar.total = self._total or None
+                if done != self._shown[0]:
+                    bar.update(done - self._shown[0])
         elif self._callback is not None and self._own_units:
             if self._finished:
                 self._callback(self._own_total, self._own_total)
-        elif self._callback is not None and done != self._shown:
-            self._callback(done, self._total if self._final else None)
-        self._shown = done
+        elif self._callback is not None and changed:
+            self._callback(done, total)
+        self._shown = (done, total)
         if self._final and self._finished >= self._total:
             self._closed = True
             if bar is not None:

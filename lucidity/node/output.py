@@ -212,10 +212,7 @@ class Reports:
     def flush(self) -> None:
         """Send the output read so far, before results leave (the worker's thread, under its lock)."""
         if self._capture:
-            if self._check.poll(0):
-                self._drain()
-            if self._outputs:
-                self._send_outputs(end=True)
+            self._send_outputs(end=True, drain=True)
 
     def wait_for_work(self, sock: zmq.Socket[Any]) -> None:
         """Block until a message waits on `sock`, sending late output meanwhile (a task's thread may print
@@ -325,19 +322,22 @@ class Reports:
     # -- output ----------------------------------------------------------------------------------------
 
     def _drain(self) -> None:
-        """Read whatever the pipes hold now, copy it to the original fds, and keep it for the current client."""
         with self._pending:
-            identity, task = self._current
-            for pipe in self._pipes:
-                while True:
-                    try:
-                        data = os.read(pipe.read_fd, READ_SIZE)
-                    except BlockingIOError:
-                        break
-                    if not data:
-                        break
-                    _write_all(pipe.original, data)
-                    self._keep(identity, task, data)
+            self._drain_locked()
+
+    def _drain_locked(self) -> None:
+        """Read whatever the pipes hold now, copy it to the original fds, and keep it for the current client."""
+        identity, task = self._current
+        for pipe in self._pipes:
+            while True:
+                try:
+                    data = os.read(pipe.read_fd, READ_SIZE)
+                except BlockingIOError:
+                    break
+                if not data:
+                    break
+                self._keep(identity, task, data)
+                _write_all(pipe.original, data)
 
     def _keep(self, identity: bytes, task: int, data: bytes) -> None:
         if not identity:
@@ -349,9 +349,17 @@ class Reports:
         if len(pending.data) > MAX_PENDING:
             del pending.data[:len(pending.data) - MAX_PENDING]
 
-    def _send_outputs(self, end: bool) -> None:
-        """Send what is kept for each client (under the worker's lock)."""
+    def _send_outputs(self, end: bool, drain: bool = False) -> None:
+        """Send what is kept for each client (under the worker's lock); with `drain`, what the pipes hold too.
+
+        Under `_pending`, so after a drain the pump thread may be in the middle of: what it read goes now,
+        not after the results that are about to leave.
+        """
         with self._pending:
+            if drain and self._check.poll(0):
+                self._drain_locked()
+            if not self._outputs:
+                return
             outputs, self._outputs = self._outputs, {}
         for identity, pending in outputs.items():
             self._send(identity, messages.encode(messages.Output(pending.task, end), [bytes(pending.data)]))
