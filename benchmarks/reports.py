@@ -109,7 +109,8 @@ def run_client(address: str, forward: str, bar: str, args: argparse.Namespace) -
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")])))
     env.pop("LUCIDITY_ADDRESS", None)
     done = subprocess.run([sys.executable, "-c", CLIENT, address, forward, bar, str(args.applies), str(args.items),
-                           str(args.chunk1_items), str(args.repeats)], capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT)
+                           str(args.chunk1_items), str(args.repeats)], capture_output=True, text=True, env=env,
+                          timeout=RUN_TIMEOUT)
     if done.returncode:
         raise RuntimeError(f"the client (forwarding {forward}, {bar}) failed:\n{done.stderr}")
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -234,7 +235,8 @@ def main(argv: Any = None) -> int:
              "map": f"map of {args.items:,} tiny tasks, default chunks (s)",
              "map client cpu": "· client CPU per item (µs)", "map worker cpu": "· workers' CPU per item (µs)",
              "map-chunk1": f"map of {args.chunk1_items:,} tiny tasks, chunksize=1 (s)",
-             "map-chunk1 client cpu": "· client CPU per task (µs)", "map-chunk1 worker cpu": "· workers' CPU per task (µs)"}
+             "map-chunk1 client cpu": "· client CPU per task (µs)",
+             "map-chunk1 worker cpu": "· workers' CPU per task (µs)"}
     print(f"{args.rounds} rounds, {time.monotonic() - started:.0f} s; each cell the median, [min-max] of rounds\n")
     print("| workload | " + " | ".join(CONFIGURATIONS) + " |")
     print("|---" * (len(CONFIGURATIONS) + 1) + "|")

@@ -174,8 +174,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 max_tasks_per_worker=args.max_tasks_per_worker, recycle_memory=args.recycle_memory,
                                 heartbeat_interval=args.heartbeat_interval, client_timeout=args.client_timeout,
                                 secret=_secret(args), insecure=args.insecure, advertise=args.advertise,
-                                worker_ports=worker_ports, metrics=args.metrics, log_worker_output=json_logs is not None,
-                                forward_output=args.forward_output)
+                                worker_ports=worker_ports, metrics=args.metrics,
+                                log_worker_output=json_logs is not None, forward_output=args.forward_output)
         except ValueError as exc:
             print(f"lucidity node: {exc}", file=sys.stderr)
             return 2

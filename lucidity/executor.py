@@ -53,7 +53,7 @@ from .feed import WINDOW, Feed, MapCall
 from .messages import TaskMode
 from .sizes import parse_size
 from .options import TaskOptions
-from .progressbar import ProgressOption, Tracker, label
+from .progressbar import ProgressOption, Tracker, closed_on_error, label, new_tracker
 
 if sys.version_info >= (3, 10):
     from typing import ParamSpec
@@ -327,17 +327,11 @@ class Executor(concurrent.futures.Executor):
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else time.monotonic() + timeout
         self._check_open()
-        tracker = None
-        if progress:
-            sized = bool(iterables) and all(hasattr(iterable, "__len__") for iterable in iterables)
-            tracker = Tracker(progress, min(len(i) for i in iterables) if sized else None,  # type: ignore[arg-type]
-                              label("map", fn))
-        try:
+        sized = bool(iterables) and all(hasattr(iterable, "__len__") for iterable in iterables)
+        total = min(map(len, iterables)) if sized else None  # type: ignore[arg-type]
+        tracker = new_tracker(progress, total, label("map", fn))
+        with closed_on_error(tracker):
             call = MapCall(self._client, self._options, self._client.function(fn), TaskMode.STARMAP, "map", tracker)
-        except BaseException:
-            if tracker is not None:
-                tracker.close()
-            raise
         # The feed holds the executor: a map alive, or its tasks in flight, keep it from being torn down.
         feed = Feed(call, zip(*iterables), chunksize, owner=self)
         with self._lock:

@@ -37,7 +37,7 @@ from .messages import TaskMode
 from .sizes import parse_size
 from .options import TaskOptions
 from .placement import Fanout, local_node, place
-from .progressbar import ProgressOption, Tracker, label, observe, waited
+from .progressbar import ProgressOption, Tracker, closed_on_error, label, new_tracker, observe, waited
 
 __all__ = ["job", "Job", "JobFunction", "FANOUT_SCHEMES"]
 
@@ -159,14 +159,10 @@ class JobFunction(Generic[T]):
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             ((tuple(item) if isinstance(item, tuple) else (item,)), {}) for item in items]
         client = default_client()
-        tracker = None if not progress else Tracker(progress, len(calls), label("remote_fanout", self.function))
-        try:
+        tracker = new_tracker(progress, len(calls), label("remote_fanout", self.function))
+        with closed_on_error(tracker):
             jobs = self._submit(client, calls, self._place(client, len(calls)), "remote_fanout", fanned=True,
                                 tracker=tracker)
-        except BaseException:
-            if tracker is not None:
-                tracker.close()
-            raise
 
         def settle() -> None:
             for one in jobs:

@@ -52,7 +52,7 @@ from .feed import Feed, MapCall, chunks
 from .messages import TaskMode
 from .sizes import parse_size
 from .options import TaskOptions
-from .progressbar import ProgressOption, Tracker, label, waited
+from .progressbar import ProgressOption, Tracker, closed_on_error, label, new_tracker, waited
 from .task import Task
 
 __all__ = ["Pool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator", "IMapUnorderedIterator"]
@@ -448,8 +448,8 @@ class Pool:
                 chunksize += 1
         if length == 0:
             chunksize = 0
-        tracker = None if not progress else Tracker(progress, length, label(made_by, func))
-        try:
+        tracker = new_tracker(progress, length, label(made_by, func))
+        with closed_on_error(tracker):
             call = self._map_call(func, mode, made_by, tracker)
             result: MapResult[Any] = MapResult(chunksize, length, callback, error_callback, self._cache)
             result._tracker = tracker
@@ -457,10 +457,6 @@ class Pool:
                 return result
             self._submit([call.task(chunk, positions, functools.partial(result._set, index))
                           for index, (positions, chunk) in enumerate(chunks(items, chunksize))], result)
-        except BaseException:
-            if tracker is not None:
-                tracker.close()
-            raise
         return result
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *,
@@ -480,13 +476,9 @@ class Pool:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         # The total is known up front for a sized input; else the bar counts what has been read so far.
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
-        tracker = None if not progress else Tracker(progress, total, label(made_by, func))
-        try:
+        tracker = new_tracker(progress, total, label(made_by, func))
+        with closed_on_error(tracker):
             call = self._map_call(func, TaskMode.MAP, made_by, tracker)
-        except BaseException:
-            if tracker is not None:
-                tracker.close()
-            raise
         job = self._cache.new_job()
         # In the cache until the feeder has read the input and every result has arrived, as the stdlib's.
         feed = Feed(call, iterable, chunksize, ordered=kind._ordered,

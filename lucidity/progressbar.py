@@ -25,10 +25,11 @@ tqdm is optional (``pip install 'lucidity-pool[progress]'``); nothing here impor
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, TypeVar, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, TypeVar, Union, cast
 
 from . import messages
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from .task import Task
 
 __all__ = ["progress", "report_progress", "Tracker", "Tracked", "ProgressOption", "INSTALL_HINT", "label", "observe",
-           "waited"]
+           "waited", "new_tracker", "closed_on_error"]
 
 #: What ``progress=True`` says when tqdm is not installed.
 INSTALL_HINT = "progress=True needs tqdm: pip install 'lucidity-pool[progress]' (or pip install tqdm)"
@@ -68,7 +69,8 @@ def report_progress(done: float, total: float) -> None:
     output.report(done, total)
 
 
-def _make_display(option: ProgressOption, total: Optional[int], desc: str) -> tuple[Any, Optional[Callable[..., object]]]:
+def _make_display(option: ProgressOption, total: Optional[int],
+                  desc: str) -> tuple[Any, Optional[Callable[..., object]]]:
     """(a bar, None) or (None, a callable) for a ``progress=`` option; ImportError with the hint without tqdm."""
     if option is True:
         try:
@@ -291,6 +293,22 @@ def observe(tracker: Tracker, result: Any, size: int, done: Callable[[], None] =
 def label(made_by: str, function: Any) -> str:
     """A bar's label: the call and the function's name, e.g. "map(square)"."""
     return f"{made_by}({getattr(function, '__name__', type(function).__name__)})"
+
+
+def new_tracker(option: ProgressOption, total: Optional[int], desc: str) -> Optional[Tracker]:
+    """A `Tracker` for a face's ``progress=`` option, or None when it is not set."""
+    return Tracker(option, total, desc) if option else None
+
+
+@contextlib.contextmanager
+def closed_on_error(tracker: Optional[Tracker]) -> Iterator[None]:
+    """Close `tracker` if the block raises (a call that fails before its tasks are submitted)."""
+    try:
+        yield
+    except BaseException:
+        if tracker is not None:
+            tracker.close()
+        raise
 
 
 def waited(tracker: Optional[Tracker], wait: Callable[[], T]) -> T:

@@ -145,7 +145,8 @@ def test_lines_written_after_the_result_still_arrive(tmp_path: Any, one_worker: 
 def test_forward_output_false_keeps_the_lines_at_the_node(tmp_path: Any, one_worker: CliCluster, face: str) -> None:
     run = {
         "Pool": "with lucidity.Pool(address=ADDRESS, forward_output=False) as pool:\n    pool.map(chatty, [1])",
-        "Executor": "with lucidity.Executor(address=ADDRESS, forward_output=False) as ex:\n    ex.submit(chatty, 1).result()",
+        "Executor": "with lucidity.Executor(address=ADDRESS, forward_output=False) as ex:\n"
+                    "    ex.submit(chatty, 1).result()",
         "job": "lucidity.connect(ADDRESS)\n"
                "lucidity.job(forward_output=False)(chatty).remote(1)",
     }[face]

@@ -259,16 +259,25 @@ class Reports:
     def _pump(self) -> None:
         self._poller.register(self._wake_read, select.POLLIN)
         while True:
-            # Cleared before the look at what is due: a chunk starting meanwhile sees it clear and wakes us.
-            self._ticking = False
-            timeout = self._next_timeout()
-            self._ticking = timeout is not None
-            ready = self._poller.poll(None if timeout is None else max(1, int(timeout * 1000)))
-            if any(fd == self._wake_read for fd, _ in ready):
-                _clear(self._wake_read)
-            if self._capture and any(fd != self._wake_read for fd, _ in ready):
-                self._drain()
-            self._send_due()
+            try:
+                self._pump_once()
+            except Exception:  # a bug of ours: the pump must go on, or a task printing a pipe-full would block
+                import traceback
+
+                text = f"lucidity worker {os.getpid()}: the output pump failed:\n{traceback.format_exc()}"
+                _write_all(self._pipes[1].original if self._pipes else 2, text.encode(errors="replace"))
+
+    def _pump_once(self) -> None:
+        # Cleared before the look at what is due: a chunk starting meanwhile sees it clear and wakes us.
+        self._ticking = False
+        timeout = self._next_timeout()
+        self._ticking = timeout is not None
+        ready = self._poller.poll(None if timeout is None else max(1, int(timeout * 1000)))
+        if any(fd == self._wake_read for fd, _ in ready):
+            _clear(self._wake_read)
+        if self._capture and any(fd != self._wake_read for fd, _ in ready):
+            self._drain()
+        self._send_due()
 
     def _next_timeout(self) -> Optional[float]:
         """Seconds until something is due, or None when nothing is (wait for output or a wake-up)."""
@@ -277,7 +286,8 @@ class Reports:
         if outputs:
             due.append(min(pending.since for pending in outputs) + SEND_DELAY)
         if self._chunk is not None or self._own is not None:
-            due.append(max(self._chunk_since if self._chunk is not None else 0.0, self._reported_at) + PROGRESS_INTERVAL)
+            since = max(self._chunk_since if self._chunk is not None else 0.0, self._reported_at)
+            due.append(since + PROGRESS_INTERVAL)
         return max(0.0, min(due) - time.monotonic()) if due else None
 
     def _send_due(self) -> None:
