@@ -152,6 +152,7 @@ class WorkerTemplate:
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
         self._sock = sock
+        self._broken = False  # it did not answer in time: a late answer would be taken for the next one's
 
     @classmethod
     def start(cls) -> "WorkerTemplate":
@@ -178,7 +179,9 @@ class WorkerTemplate:
             socket.send_fds(self._sock, [request], [stderr_write, ready_write])
             os.close(stderr_write)
             stderr_write = -1
-            if not select.select([self._sock], [], [], TEMPLATE_TIMEOUT)[0]:
+            if not _readable(self._sock.fileno(), TEMPLATE_TIMEOUT):
+                self._broken = True
+                os.kill(self.pid, signal.SIGKILL)
                 raise TimeoutError(f"the worker template (pid {self.pid}) did not answer in {TEMPLATE_TIMEOUT:.0f} s")
             reply = self._sock.recv(256).decode()
             if not reply:
@@ -193,6 +196,8 @@ class WorkerTemplate:
         return AdoptedProcess(int(reply), open(stderr_read, "rb", buffering=0))
 
     def is_alive(self) -> bool:
+        if self._broken:
+            return False
         try:
             return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
         except ChildProcessError:
@@ -213,7 +218,7 @@ class WorkerTemplate:
                     os.kill(self.pid, signal.SIGKILL)
                     os.waitpid(self.pid, 0)
                     break
-                select.select([pidfd], [], [], remaining)
+                _readable(pidfd, remaining)
         except ChildProcessError:
             pass
         finally:
@@ -400,6 +405,13 @@ def _set_command_line(argv: list[str]) -> None:
         ctypes.memmove(start, data, len(data))
     except (OSError, ValueError, IndexError):
         pass
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether `fd` became readable within `timeout` seconds (poll: a daemon's descriptors pass 1,024)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 def _max_fd() -> int:
