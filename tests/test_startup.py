@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 from pathlib import Path
 from typing import Iterator
@@ -91,6 +92,19 @@ def test_a_task_sees_a_fresh_process(cluster: lucidity.LocalCluster) -> None:
         assert pool.apply(_interrupts_as_fresh) is True  # the template ignores SIGINT; a worker must not
 
 
+def test_a_worker_has_the_open_file_limit_its_daemon_raised() -> None:
+    """The daemon raises its soft limit to the hard one (`processes.raise_open_file_limit`), and its workers
+    inherited that from it; a template forked before the raise would hand its workers the lower one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard // 2), hard))  # what the daemons inherit
+    try:
+        with lucidity.LocalCluster(processes=1) as local:
+            with lucidity.Pool(address=local.address) as pool:
+                assert pool.apply(_open_file_limits) == [hard, hard]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_a_retiring_worker_exits_as_an_interpreter_does(tmp_path: Path) -> None:
     """Its non-daemon threads are joined and its atexit handlers run (a task's, not the daemon's)."""
     marker = tmp_path / "atexit.txt"
@@ -150,6 +164,10 @@ def _root_handlers() -> int:
 
 def _environment(*names: str) -> list[str]:
     return [os.environ.get(name, "") for name in names]
+
+
+def _open_file_limits() -> list[int]:
+    return list(resource.getrlimit(resource.RLIMIT_NOFILE))
 
 
 def _interrupts_as_fresh() -> bool:

@@ -38,7 +38,7 @@ from ..errors import describe_exit
 from ..security import Role
 from .controllink import ControlLink
 from .logformat import context
-from .processes import STOP_GRACE, stop_adopted, stop_children
+from .processes import STOP_GRACE, raise_open_file_limit, stop_adopted, stop_children
 from .skeleton import Daemon
 from . import limits, output
 from ..sizes import format_size
@@ -115,9 +115,11 @@ class NodeDaemon(Daemon):
         self._control_endpoint = addresses.parse(control_address, what="control address")
         self._bind = addresses.bind_endpoint(bind, default_port=0)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
-        # Before the template forks: a worker it orphans must come to us. Before any ZeroMQ context: the
-        # template is forked from this process as it is now (`lucidity.node.template`).
+        # Before the template forks: a worker it orphans must come to us, and workers inherit the raised
+        # open-file limit as they did from the daemon. Before any ZeroMQ context: the template is forked from
+        # this process as it is now (`lucidity.node.template`).
         limits.become_subreaper()
+        raise_open_file_limit()
         self._starter = WorkerStarter(self.name)
         try:
             super().__init__(f"node {self.name}", self._bind.zmq, secret=secret, insecure=insecure,
