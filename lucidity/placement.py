@@ -32,9 +32,12 @@ class Fanout(str, enum.Enum):
     RANDOM = "random"  # a node drawn uniformly for each task
     LEAST_LOADED = "least_loaded"  # the fewest tasks running and queued per worker, counting this burst
 
-    # Printed as the string users wrote (``f"{job.fanout}"`` is "random"), as enum.StrEnum does from 3.11.
-    __str__ = str.__str__
-    __format__ = str.__format__
+    def __str__(self) -> str:
+        """The string users wrote: ``f"{job.fanout}"`` is "random" (as enum.StrEnum prints, from 3.11)."""
+        return str.__str__(self)
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(self, format_spec)
 
 
 def place(nodes: Sequence[NodeInfo], scheme: Fanout, count: int, *, turn: int = 0,
