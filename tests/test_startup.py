@@ -68,8 +68,10 @@ def test_workers_are_the_nodes_children_in_their_own_sessions(cluster: lucidity.
         assert worker.ppid() == node.pid  # reparented to the daemon, which reaps it and reads its status
         assert os.getsid(worker.pid) == worker.pid  # a session and a process group of its own
         assert "lucidity.node.worker" in worker.cmdline() and "node" not in worker.cmdline()
+        assert "" not in worker.cmdline()  # the old line's rest is not shown as empty arguments
         assert os.readlink(f"/proc/{worker.pid}/fd/0") == os.devnull
     assert template.ppid() == node.pid and os.getsid(template.pid) == os.getsid(node.pid)
+    assert template.cmdline()[1:] == ["-m", "lucidity.node.template", "--of-node", "local"]
 
 
 def test_the_template_holds_no_zeromq_state_and_the_worker_nothing_of_the_templates(

@@ -88,7 +88,7 @@ class WorkerStarter:
 
     def __init__(self, node: str) -> None:
         self._node = node
-        self._template = WorkerTemplate.start() if can_fork() else None
+        self._template = WorkerTemplate.start(node) if can_fork() else None
 
     @property
     def pids(self) -> list[int]:
@@ -155,15 +155,15 @@ class WorkerTemplate:
         self._broken = False  # it did not answer in time: a late answer would be taken for the next one's
 
     @classmethod
-    def start(cls) -> "WorkerTemplate":
-        """Fork the template. Call only where `can_fork` says so, before any ZeroMQ context exists."""
+    def start(cls, node: str) -> "WorkerTemplate":
+        """Fork the template of node `node`. Call only where `can_fork` says so, before any ZeroMQ context."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent = os.getpid()
         _flush_output()  # what this process has buffered would otherwise be written again by every worker
         pid = os.fork()
         if pid == 0:
             ours.close()
-            _run_template(theirs, parent)
+            _run_template(theirs, parent, node)
         theirs.close()
         return cls(pid, ours)
 
@@ -229,7 +229,7 @@ class WorkerTemplate:
 # -- the template process ----------------------------------------------------------------------------
 
 
-def _run_template(sock: socket.socket, daemon: int) -> NoReturn:
+def _run_template(sock: socket.socket, daemon: int, node: str) -> NoReturn:
     """The template's life: leave the daemon's state behind, import the worker, fork workers on request."""
     code = 1
     try:
@@ -246,6 +246,7 @@ def _run_template(sock: socket.socket, daemon: int) -> NoReturn:
         for handler in list(root.handlers):
             root.removeHandler(handler)
         root.setLevel(logging.WARNING)
+        _set_command_line([sys.executable, "-m", "lucidity.node.template", "--of-node", node])
         importlib.import_module(f"{__package__}.worker")  # what every worker imports: once, here
 
         while True:
@@ -390,7 +391,9 @@ def _set_command_line(argv: list[str]) -> None:
 
     The forked worker would otherwise show its daemon's (``python -m lucidity node ...``), and tools that
     tell workers from nodes by their command line would count it as a node. The new line is cut to the
-    space of the old one; the rest is zeroed.
+    space of the old one. As setproctitle(3) does, its arguments are separated by spaces and the old area's
+    last byte is left non-zero: the kernel then shows the line up to its first zero byte (a zero-separated
+    line would show the old area's whole length, the rest as empty arguments).
     """
     try:
         import ctypes
@@ -398,11 +401,12 @@ def _set_command_line(argv: list[str]) -> None:
         with open("/proc/self/stat", "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[1].split()
         start, end = int(fields[45]), int(fields[46])  # arg_start and arg_end: fields 48 and 49 of stat(5)
-        if not 0 < start < end:
+        if end - start < 3:
             return
-        data = b"\0".join(arg.encode(errors="replace") for arg in argv)[:end - start - 1]
-        ctypes.memset(start, 0, end - start)
-        ctypes.memmove(start, data, len(data))
+        line = " ".join(argv).encode(errors="replace")[:end - start - 2]
+        ctypes.memset(start, 0, end - start - 1)
+        ctypes.memmove(start, line, len(line))
+        ctypes.memset(end - 1, ord(" "), 1)
     except (OSError, ValueError, IndexError):
         pass
 
