@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from typing import Any, Iterator, Optional
 
 import pytest
@@ -34,6 +35,8 @@ NODE_TIMEOUT = 2.0
 HEARTBEAT = "0.3"
 #: How long one raw socket waits for the next message, in seconds.
 RECEIVE_TIMEOUT = 15.0
+#: How long the busy control node's test floods it with WATCHes, in seconds.
+FLOOD_SECONDS = 3.0
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -255,3 +258,39 @@ def test_a_watch_numbered_for_another_control_node_gets_the_whole_list(cluster: 
         sock.send_multipart(messages.encode(stale))
         answer: Optional[messages.Nodes] = receive(sock, frozenset({protocol.Kind.NODES}))
         assert answer is not None and answer.full and [entry.name for entry in answer.nodes] == ["n1"]
+
+
+def test_a_busy_control_node_answers_every_watch_and_lists_a_node_that_joins(cluster: CliCluster,
+                                                                            raw_socket: Any) -> None:
+    """WATCHes for `FLOOD_SECONDS`, far more than `control.BUSY_RATE` a second (after its first second of them
+    the control node reads them in batches, resting between): none is lost, none is answered twice, and a
+    node that joins meanwhile is listed. The duration sizes the load; no assertion depends on time."""
+    from lucidity.node.control import BUSY_RATE
+
+    cluster.start_control("--node-timeout", str(NODE_TIMEOUT))
+    sock = raw_socket(zmq.DEALER)
+    sock.connect(cluster.address)
+    outstanding = 4 * BUSY_RATE  # WATCHes in flight: a turn of the control node answers them all
+    started = time.monotonic()
+    sent = answered = 0
+    named = False
+    while sent > answered or not named:
+        flooding = time.monotonic() - started < FLOOD_SECONDS
+        while flooding and sent - answered < outstanding:
+            sock.send_multipart(messages.encode(messages.Watch()))
+            sent += 1
+        if "n1" not in cluster.processes and time.monotonic() - started > FLOOD_SECONDS / 2:
+            start_node(cluster, "n1")  # joins while the control node is busy
+        if not flooding and "n1" not in cluster.processes:
+            start_node(cluster, "n1")
+        body = receive(sock, frozenset({protocol.Kind.NODES}))
+        answered += body.full  # each WATCH without a number is answered with the whole list, once
+        named = named or any(entry.name == "n1" for entry in body.nodes)
+        if not flooding and not named and sent == answered:
+            sock.send_multipart(messages.encode(messages.Watch()))  # ask again until n1 is listed
+            sent += 1
+    assert answered == sent > FLOOD_SECONDS * BUSY_RATE
+    extra = []
+    while sock.poll(500):
+        extra.append(messages.parse(protocol.decode(sock.recv_multipart(), frozenset({protocol.Kind.NODES}))))
+    assert not [body for body in extra if body.full]  # pushed changes may follow; no WATCH answered twice
