@@ -19,9 +19,10 @@ elsewhere cannot read it through DNS rebinding. Beyond loopback it needs the clu
 as the daemons' listening sockets), and then every request must carry ``?token=...``, a random token made
 at start and printed once, compared in constant time.
 
-What it does not show: the error text of failures. A node's status carries counts of failed tasks, not
-their messages (those go to the client whose task failed, in TASK_FAILED), so "recent failures" are the
-growth of those counts between two samples: when, which node, which kind, how many.
+Recent failures: a node lists the last tasks it reported failed (a worker that died, a limit broken) with
+the text their clients got, and the dashboard shows those as they are. A task that raised an exception is
+answered by its worker straight to its client, with no copy at the node, so for those (the ``error``
+outcome) it shows how many more there were since its last sample, without text.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ DASHBOARD_PORT = 3080
 HISTORY_SECONDS = 300
 #: How many failure events the page lists, newest first.
 FAILURE_EVENTS = 50
+#: Kinds of failure a node lists one by one with their text (the rest are shown as counts).
+LISTED_KINDS = frozenset({"crashed", "memory", "timeout", "cpu"})
 #: Seconds the sampler waits for each daemon's answer; a slower node shows as unreachable for that sample.
 SAMPLE_TIMEOUT = 1.0
 #: Seconds to wait for the threads when stopping.
@@ -104,6 +107,7 @@ class Dashboard:
                                      "failures": []}).encode()
         self._history: collections.deque[tuple[float, float]] = collections.deque(maxlen=HISTORY_SECONDS)
         self._failures: collections.deque[dict[str, Any]] = collections.deque(maxlen=FAILURE_EVENTS)
+        self._seen_failures: dict[tuple[str, str], set[tuple[Any, Any, Any]]] = {}
         self._last_failures: dict[tuple[str, str], dict[str, int]] = {}
         self._meter = RateMeter()
         self._stopping = threading.Event()
@@ -183,15 +187,25 @@ class Dashboard:
         return json.dumps(report).encode()
 
     def _note_failures(self, node: dict[str, Any], wall: float) -> None:
-        """Record the growth of a node's failure counts since the last sample as failure events."""
+        """Record a node's new failures as events: those it lists with their text, one each, and the growth
+        of its other failure counts since the last sample (tasks that raised: their text is the client's)."""
         key = (str(node["name"]), str(node.get("instance", "")))
         before = self._last_failures.get(key)
         now = dict(node["failures"])
+        listed = [f for f in node.get("recent_failures") or () if isinstance(f, dict)]
+        seen = self._seen_failures.get(key, set())
+        for failure in reversed(listed):  # oldest first, so that the newest ends at the top
+            mark = (failure.get("time"), failure.get("task"), failure.get("pid"))
+            if mark not in seen:
+                self._failures.appendleft({"time": failure.get("time", wall), "node": key[0],
+                                           "kind": failure.get("reason", "failed"), "count": 1,
+                                           "message": str(failure.get("message", ""))})
         if before is not None:
             for kind, count in now.items():
                 grown = count - before.get(kind, 0)
-                if grown > 0:
+                if grown > 0 and (not listed or kind not in LISTED_KINDS):
                     self._failures.appendleft({"time": wall, "node": key[0], "kind": kind, "count": grown})
+        self._seen_failures[key] = {(f.get("time"), f.get("task"), f.get("pid")) for f in listed}
         self._last_failures = {k: v for k, v in self._last_failures.items() if k[0] != key[0]}
         self._last_failures[key] = now
 

@@ -142,7 +142,9 @@ def test_the_page_shows_the_cluster_and_its_numbers_move_with_the_work(browser: 
             wait_until(lambda: len(set(pool.map(pid_of, range(40), chunksize=1))) == 4, WAIT, "all four workers")
             with pytest.raises(WorkerCrashed):
                 pool.apply_async(os._exit, (3,)).get(WAIT)  # one failure for the page's list
-            wait_until(lambda: "task(s) failed" in text_of(browser, "#failures"), WAIT, "the crash among failures")
+            # The crash, with the text its client got (the node lists it in its status).
+            wait_until(lambda: "crashed: worker" in text_of(browser, "#failures")
+                       and "exited with code 3" in text_of(browser, "#failures"), WAIT, "the crash among failures")
             done_before = wait_until(lambda: number(browser, "#total-done") >= 40 and number(browser, "#total-done"),
                                      WAIT, "the warm-up's tasks counted")
             held = []

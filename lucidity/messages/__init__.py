@@ -34,7 +34,7 @@ from .. import protocol
 from ..protocol import Kind
 from .fields import Meta
 from .membership import (Abandon, Bye, ControlStatus, Drop, FailureReason, FailureReport, Heartbeat, Hello, Leave,
-                         NodeEntry, Nodes, NodeStatus, Status, Watch, Welcome, WorkerEntry, Workers, WorkerStatus,
+                         NodeEntry, Nodes, NodeStatus, RecentFailure, Status, Watch, Welcome, WorkerEntry, Workers, WorkerStatus,
                          status_reply)
 from .membership import NodeBeat
 from .work import (Cancel, Fetch, MainEntry, Missing, Module, Output, Progress, Refused, ResultEntry, Results,
@@ -42,7 +42,7 @@ from .work import (Cancel, Fetch, MainEntry, Missing, Module, Output, Progress, 
 
 __all__ = ["TaskMode", "ResultStatus", "FailureReason", "NodeEntry", "Welcome", "Heartbeat", "Leave", "Watch",
            "Nodes", "Hello", "WorkerEntry", "Workers", "FailureReport", "Abandon", "Bye", "Status", "WorkerStatus",
-           "NodeStatus", "ControlStatus", "MainEntry", "Module", "TaskSpec", "Tasks", "TasksPayload",
+           "NodeStatus", "RecentFailure", "ControlStatus", "MainEntry", "Module", "TaskSpec", "Tasks", "TasksPayload",
            "ResultEntry", "Results", "Cancel", "Missing", "Fetch", "Drop", "Refused", "Output", "Progress", "Body", "BODIES", "parse",
            "encode", "NodeBeat"]
 

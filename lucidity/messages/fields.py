@@ -15,7 +15,7 @@ from ..protocol import META_INT_MAX
 
 __all__ = ["Meta", "SLOTS", "MAX_SECONDS", "refused", "shown", "text", "maybe_text", "natural", "maybe_natural",
            "maybe_integer", "is_seconds", "maybe_seconds", "maybe_amount", "flag", "maybe_flag", "client_id", "array",
-           "texts", "task_ids", "objects", "is_layout"]
+           "texts", "task_ids", "objects", "is_layout", "maybe_counts"]
 
 #: A message's meta, or an entry in it: a JSON object.
 Meta = dict[str, Any]
@@ -154,3 +154,16 @@ def is_layout(entry: Any) -> bool:
         return 1 <= entry <= META_INT_MAX
     return (type(entry) is list and len(entry) == 2 and type(entry[0]) is int and type(entry[1]) is int
             and entry[0] >= 0 and entry[1] >= 0)
+
+
+def maybe_counts(meta: Mapping[str, Any], where: str, name: str) -> dict[str, int]:
+    """An object of counts by name (``{"ok": 3, "crashed": 1}``); empty when absent."""
+    value = meta.get(name)
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        raise refused(meta, where, name, "an object of counts")
+    for key, count in value.items():
+        if type(count) is not int or not 0 <= count <= META_INT_MAX:
+            raise ProtocolError(f"{where} field {name!r} holds {shown(count)} for {key!r}, not a count")
+    return dict(value)

@@ -13,15 +13,15 @@ every body class offers. The kinds, by who sends them::
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import ClassVar, Optional, TypeVar, Union
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Optional, TypeVar, Union
 
 from ..protocol import Kind
-from .fields import (SLOTS, Meta, client_id, flag, maybe_amount, maybe_integer, maybe_natural, maybe_text, natural,
-                     objects, refused, text, texts)
+from .fields import (SLOTS, Meta, client_id, flag, maybe_amount, maybe_counts, maybe_integer,
+                     maybe_natural, maybe_text, natural, objects, refused, text, texts)
 
 __all__ = ["NodeEntry", "Welcome", "Heartbeat", "Leave", "Watch", "Status", "Nodes", "Hello", "Abandon", "Bye",
-           "Drop", "WorkerEntry", "Workers", "FailureReason", "FailureReport", "WorkerStatus", "NodeStatus",
+           "Drop", "WorkerEntry", "Workers", "FailureReason", "FailureReport", "WorkerStatus", "RecentFailure", "NodeStatus",
            "ControlStatus", "status_reply", "NodeBeat"]
 
 
@@ -365,6 +365,28 @@ class WorkerStatus:
 
 
 @dataclass(frozen=True, **SLOTS)
+class RecentFailure:
+    """A task a node reported failed (its worker died, or broke a limit), as its STATUS_REPLY lists it."""
+
+    time: float  # when, in seconds since the epoch (the node's clock)
+    task: int
+    pid: int
+    reason: str  # a `FailureReason` value
+    message: str  # what the node told the task's client
+
+    def to_meta(self) -> Meta:
+        return {"time": self.time, "task": self.task, "pid": self.pid, "reason": self.reason, "message": self.message}
+
+    @classmethod
+    def from_meta(cls, meta: Meta, where: str = "a STATUS_REPLY failure") -> RecentFailure:
+        when: Any = meta.get("time")
+        if not (type(when) is float or type(when) is int) or not 0 <= when < 1e12:  # NaN fails too
+            raise refused(meta, where, "time", "a time in seconds since the epoch")
+        return cls(float(when), natural(meta, where, "task"), natural(meta, where, "pid"), text(meta, where, "reason"),
+                   text(meta, where, "message"))
+
+
+@dataclass(frozen=True, **SLOTS)
 class NodeStatus:
     """A node daemon's STATUS_REPLY (role "node")."""
 
@@ -380,21 +402,32 @@ class NodeStatus:
     tasks_done: int
     tasks_crashed: int
     running: int
+    # Tasks by outcome (the metrics' lucidity_tasks_total), limit kills by reason, and the last failures the
+    # node reported, newest first, with their text: what `lucidity top` and the dashboard show.
+    tasks_by_outcome: Mapping[str, int] = field(default_factory=dict)
+    kills_by_reason: Mapping[str, int] = field(default_factory=dict)
+    recent_failures: tuple[RecentFailure, ...] = ()
 
     def to_meta(self) -> Meta:
         return {"role": "node", "name": self.name, "address": self.address, "instance": self.instance,
                 "memory_limit": self.memory_limit, "processes": self.processes,
                 "workers": [worker.to_meta() for worker in self.workers], "clients": self.clients,
-                "tasks_done": self.tasks_done, "tasks_crashed": self.tasks_crashed, "running": self.running}
+                "tasks_done": self.tasks_done, "tasks_crashed": self.tasks_crashed, "running": self.running,
+                "tasks_by_outcome": dict(self.tasks_by_outcome), "kills_by_reason": dict(self.kills_by_reason),
+                "recent_failures": [failure.to_meta() for failure in self.recent_failures]}
 
     @classmethod
     def from_meta(cls, meta: Meta) -> NodeStatus:
         where = "a node's STATUS_REPLY meta"
         workers = tuple(WorkerStatus.from_meta(entry) for entry in objects(meta, where, "workers"))
+        failures = tuple(RecentFailure.from_meta(entry) for entry in objects(meta, where, "recent_failures")
+                         ) if "recent_failures" in meta else ()
         return cls(text(meta, where, "name"), text(meta, where, "address"), text(meta, where, "instance"),
                    maybe_natural(meta, where, "memory_limit"), natural(meta, where, "processes"), workers,
                    natural(meta, where, "clients"), natural(meta, where, "tasks_done"),
-                   natural(meta, where, "tasks_crashed"), natural(meta, where, "running"))
+                   natural(meta, where, "tasks_crashed"), natural(meta, where, "running"),
+                   maybe_counts(meta, where, "tasks_by_outcome"), maybe_counts(meta, where, "kills_by_reason"),
+                   failures)
 
 
 @dataclass(frozen=True, **SLOTS)

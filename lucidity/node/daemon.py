@@ -475,7 +475,7 @@ class NodeDaemon(Daemon):
     def _report_failure(self, worker: WorkerProcess, slot: SlotView, code: int) -> None:
         """Tell the task's client why its task failed: a limit the watchdog enforced, or a crash."""
         report = failure_report(worker, slot, code, self.name)
-        self._counters.task_failed(report.reason)
+        self._counters.task_failed(report)
         logger.warning("%s", report.message, extra=context(worker.child.pid, slot.task_id, slot.client.hex()))
         frames = messages.encode(report)
         for identity, record in self._clients.items():

@@ -18,11 +18,12 @@ as things happen, and `node_status` or `node_families` when asked, on its own th
 from __future__ import annotations
 
 import collections
+import time
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 from .. import messages
-from ..messages import FailureReason
+from ..messages import FailureReport
 from . import limits
 from .metrics import Family, Sample, counter, gauge, histogram
 from .slots import DURATION_BUCKETS, SlotState, SlotTable, SlotView, Tally
@@ -36,6 +37,8 @@ OUTCOMES = ("ok", "error", "crashed", "memory", "timeout", "cpu", "lost")
 WORKER_STATES = ("starting", "idle", "busy", "stopping")
 #: The watchdog's reasons to kill a worker.
 KILL_REASONS = tuple(kind.value for kind in limits.LimitKind)
+#: Failures a node's status lists with their text, the newest first.
+RECENT_FAILURES = 20
 
 
 @dataclass
@@ -47,14 +50,18 @@ class NodeCounters:
     abandoned: int = 0  # running tasks stopped because their client went away
     workers_started: int = 0
     retired: Tally = Tally()  # the tallies of workers that exited
+    recent: collections.deque[messages.RecentFailure] = field(
+        default_factory=lambda: collections.deque(maxlen=RECENT_FAILURES))
 
     @property
     def tasks_failed(self) -> int:
         """Tasks whose worker died or was killed (reported to their client as failed)."""
         return sum(self.failures.values())
 
-    def task_failed(self, reason: FailureReason) -> None:
-        self.failures[reason.value] += 1
+    def task_failed(self, report: FailureReport) -> None:
+        self.failures[report.reason.value] += 1
+        self.recent.appendleft(messages.RecentFailure(time.time(), report.task, report.pid, report.reason.value,
+                                                      report.message))
 
     def worker_exited(self, worker: WorkerProcess, slot: SlotView, tally: Tally) -> None:
         """Keep an exited worker's tally, and count why it ended (before its slot is reused)."""
@@ -70,7 +77,10 @@ def node_status(counters: NodeCounters, slots: SlotTable, workers: Iterable[Work
                 clients: int) -> messages.NodeStatus:
     """The node's STATUS_REPLY (`lucidity status`)."""
     entries = []
+    tally = counters.retired
     for worker in sorted(workers, key=lambda w: w.index):
+        if worker.state is not WorkerState.EXITED:
+            tally = tally.plus(slots.tally(worker.index))
         slot = slots.read(worker.index)
         running = slot.state is SlotState.RUNNING
         entries.append(messages.WorkerStatus(
@@ -83,7 +93,8 @@ def node_status(counters: NodeCounters, slots: SlotTable, workers: Iterable[Work
     return messages.NodeStatus(
         name, address, instance, memory_limit, processes, tuple(entries), clients,
         done_by_exited + sum(w.tasks_done for w in entries), counters.tasks_failed,
-        sum(1 for w in entries if w.state == "busy"))
+        sum(1 for w in entries if w.state == "busy"), _outcomes(counters, tally),
+        {reason: counters.kills[reason] for reason in KILL_REASONS}, tuple(counters.recent))
 
 
 def _state(worker: WorkerProcess, slot: SlotView) -> Optional[str]:
@@ -111,10 +122,7 @@ def node_families(counters: NodeCounters, slots: SlotTable, workers: Iterable[Wo
         cap = slot.limits.memory if state == "busy" and slot.limits.memory else memory_limit
         if cap:
             caps.append(Sample("", position, cap))
-    failures = counters.failures
-    outcomes = {"ok": tally.ok, "error": tally.error, "crashed": failures["crashed"],
-                "memory": tally.memory + failures["memory"], "timeout": failures["timeout"], "cpu": failures["cpu"],
-                "lost": counters.abandoned + tally.dropped}
+    outcomes = _outcomes(counters, tally)
     return [
         gauge("lucidity_node_joined", "1 if the control node answered this node's last heartbeats, else 0",
               int(joined)),
@@ -139,3 +147,11 @@ def node_families(counters: NodeCounters, slots: SlotTable, workers: Iterable[Wo
         counter("lucidity_worker_sent_bytes_total", "Bytes the workers sent to clients (results, requests)",
                 tally.sent_bytes),
     ]
+
+
+def _outcomes(counters: NodeCounters, tally: Tally) -> dict[str, int]:
+    """Tasks ended on this node by outcome (`OUTCOMES`): the workers' tallies and the daemon's own counts."""
+    failures = counters.failures
+    return {"ok": tally.ok, "error": tally.error, "crashed": failures["crashed"],
+            "memory": tally.memory + failures["memory"], "timeout": failures["timeout"], "cpu": failures["cpu"],
+            "lost": counters.abandoned + tally.dropped}

@@ -20,7 +20,7 @@ from lucidity import messages, protocol
 from lucidity.errors import ProtocolError
 from lucidity.messages import (Abandon, Bye, Cancel, ControlStatus, Drop, FailureReason, FailureReport, Fetch,
                                Heartbeat, Hello, Leave, MainEntry, Missing, Module, NodeBeat, NodeEntry, Nodes,
-                               NodeStatus,
+                               NodeStatus, RecentFailure,
                                Output, Progress, Refused, ResultEntry, Results, ResultStatus, Status, TaskMode, Tasks, TaskSpec, Watch,
                                Welcome, WorkerEntry, Workers, WorkerStatus)
 from lucidity.protocol import Kind
@@ -44,7 +44,9 @@ TASKS = Tasks(CLIENT, (DIGEST,), SPECS, tuple(LAYOUT), (SHIPPED,), MAIN, {"helpe
 RESULTS = Results((ResultEntry(1, ResultStatus.OK, 0.000125), ResultEntry(2, ResultStatus.ERROR, 2)), tuple(LAYOUT))
 NODE_STATUS = NodeStatus("n1", "tcp://10.0.0.2:4000", "a" * 32, None, 2, (
     WorkerStatus(4121, "tcp://10.0.0.2:5000", "busy", 50_000_000, 12, 17, 60_000_000, 100_000_000),
-    WorkerStatus(4122, "tcp://10.0.0.2:5001", "ready", 40_000_000, 3, None, 45_000_000, None)), 1, 15, 0, 1)
+    WorkerStatus(4122, "tcp://10.0.0.2:5001", "ready", 40_000_000, 3, None, 45_000_000, None)), 1, 15, 1, 1,
+    {"ok": 14, "error": 1, "crashed": 1}, {"memory": 0, "cpu": 0},
+    (RecentFailure(1796000000.5, 9, 4120, "crashed", "worker 4120 on node n1 died with SIGKILL while running task 9"),))
 
 #: One or more valid bodies of each kind, with their payload, and the JSON each travels as: written out as
 #: the dicts lucidity built by hand before the bodies had classes, in their key order.
@@ -90,7 +92,10 @@ VALID: list[tuple[Any, list[bytes], dict[str, Any]]] = [
              "task": 17, "peak": 60_000_000, "cap": 100_000_000},
             {"pid": 4122, "address": "tcp://10.0.0.2:5001", "state": "ready", "rss": 40_000_000, "tasks_done": 3,
              "task": None, "peak": 45_000_000, "cap": None}],
-        "clients": 1, "tasks_done": 15, "tasks_crashed": 0, "running": 1}),
+        "clients": 1, "tasks_done": 15, "tasks_crashed": 1, "running": 1,
+        "tasks_by_outcome": {"ok": 14, "error": 1, "crashed": 1}, "kills_by_reason": {"memory": 0, "cpu": 0},
+        "recent_failures": [{"time": 1796000000.5, "task": 9, "pid": 4120, "reason": "crashed",
+                             "message": "worker 4120 on node n1 died with SIGKILL while running task 9"}]}),
     (ControlStatus("tcp://10.0.0.1:3030", "c" * 32, (NODE,), 3), [], {
         "role": "control", "address": "tcp://10.0.0.1:3030", "instance": "c" * 32, "nodes": [
             {"name": "n1", "address": "tcp://10.0.0.2:4000", "processes": 2, "instance": "a" * 32, "running": 1,
@@ -298,7 +303,14 @@ FIELD_TYPES: dict[Kind, dict[tuple[Any, ...], set[Any]]] = {
                         ("workers", 0, "state"): {str}, ("workers", 0, "rss"): {int},
                         ("workers", 0, "tasks_done"): {int}, ("workers", 0, "task"): {int, None, "absent"},
                         ("workers", 0, "peak"): {int}, ("workers", 0, "cap"): {int, None, "absent"},
-                        ("clients",): {int}, ("tasks_done",): {int}, ("tasks_crashed",): {int}, ("running",): {int}},
+                        ("clients",): {int}, ("tasks_done",): {int}, ("tasks_crashed",): {int}, ("running",): {int},
+                        ("tasks_by_outcome",): {dict, None, "absent"}, ("tasks_by_outcome", "ok"): {int, "absent"},
+                        ("tasks_by_outcome", "error"): {int, "absent"}, ("tasks_by_outcome", "crashed"): {int, "absent"},
+                        ("kills_by_reason",): {dict, None, "absent"}, ("kills_by_reason", "memory"): {int, "absent"},
+                        ("kills_by_reason", "cpu"): {int, "absent"}, ("recent_failures",): {list, "absent"},
+                        ("recent_failures", 0): {dict}, ("recent_failures", 0, "time"): {int, float},
+                        ("recent_failures", 0, "task"): {int}, ("recent_failures", 0, "pid"): {int},
+                        ("recent_failures", 0, "reason"): {str}, ("recent_failures", 0, "message"): {str}},
     Kind.TASKS: {("client",): {str}, ("functions",): {list}, ("functions", 0): {str}, ("tasks",): {list},
                  ("tasks", 0): {dict}, ("tasks", 0, "id"): {int}, ("tasks", 0, "fn"): {str},
                  ("tasks", 0, "mode"): {str}, ("tasks", 0, "n"): {int, list},
