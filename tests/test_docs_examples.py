@@ -338,10 +338,7 @@ class PageRun:
 KNOWN_PRODUCT_BUGS: dict[tuple[str, str], str] = {}
 #: Pages that others are writing now, whose examples do not follow the convention yet -> why. Strict
 #: xfail: the page's test fails once its examples pass, as a reminder to delete the entry.
-PENDING_PAGES = {
-    "performance.md": "its `python -m benchmarks` blocks take minutes; they need the not-run mark (the "
-                      "benchmarks' own tests run them)",
-}
+PENDING_PAGES: dict[str, str] = {}
 #: Pages run at once: their examples mostly wait (on sleeps, timeouts, clusters starting), so running
 #: a few pages side by side keeps the whole module near its longest page on this 2-core machine.
 CONCURRENT_PAGES = 6
