@@ -433,6 +433,11 @@ class Client:
     def _drop_worker(self, link: WorkerLink, *, lost: bool = False) -> None:
         """The worker is gone: its unfinished tasks go to other workers (`TaskTable.remove_worker` says which),
         and those out of retries fail with `NodeLost`. Results are delivered at most once either way."""
+        # What it sent before it went counts: a worker that retires flushes its last results and exits, and
+        # its node's word that it is gone can be read first, with those results waiting on its socket.
+        handler = self._by_socket.get(link.sock)
+        if handler is not None:
+            self._drain(link.sock, handler)
         self._roster.remove_worker(link)
         self._unregister(link.sock)
         with self._lock:

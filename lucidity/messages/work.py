@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Mapping, NamedTuple, Optional, Sequence
 from .. import protocol
 from ..errors import ProtocolError
 from ..protocol import META_INT_MAX, Kind
+from ..shipping import ModuleSource
 from .fields import (MAX_SECONDS, SLOTS, Meta, array, client_id, flag, is_layout, maybe_flag, maybe_natural,
                      maybe_seconds, maybe_text, objects, refused, shown, task_ids, text, texts)
 
@@ -108,6 +109,15 @@ class Module:
             return cls(name, False, reason=maybe_text(meta, where, "reason") or "the client cannot find it")
         return cls(name, True, maybe_flag(meta, where, "package"), text(meta, where, "filename"),
                    text(meta, where, "digest"))
+
+    def source(self, frames: Sequence[Any]) -> tuple[Optional[ModuleSource], str]:
+        """The shipped module with its one source frame, or None and why the client could not ship it."""
+        if not self.found:
+            return None, self.reason
+        if len(frames) != 1:
+            raise ProtocolError(f"module {self.name} came with {len(frames)} source frames, not 1")
+        data = frames[0].bytes if hasattr(frames[0], "bytes") else bytes(frames[0])
+        return ModuleSource(self.name, self.package, self.filename, self.digest, data), ""
 
 
 class TaskSpec(NamedTuple):

@@ -3,7 +3,7 @@
 The daemon is deliberately *off* the task path. Clients learn the workers' addresses from it and then talk
 to the workers directly, which saves two hops per task. What the daemon does::
 
-    control <--JOIN (also the heartbeat)/WELCOME/LEAVE-- daemon
+    control <--JOIN, then BEAT (the heartbeat)/WELCOME/LEAVE-- daemon
     client  --HELLO/HEARTBEAT/ABANDON/BYE/STATUS-->      daemon --WORKERS/TASK_FAILED/STATUS_REPLY--> client
     daemon  --spawn, pidfd, slot--> worker processes (each in its own process group)
 
@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["NodeDaemon"]
 
-#: Seconds between heartbeats to the control node (each is a full JOIN, so a restarted control relearns us).
+#: Seconds between heartbeats (BEAT) to the control node.
 HEARTBEAT_INTERVAL = 1.0
 #: A client silent for this long is gone: its queued tasks are dropped and its running ones stopped. Clients
 #: heartbeat every second; the margin covers a client process whose I/O thread is briefly starved.
@@ -348,11 +348,6 @@ class NodeDaemon(Daemon):
         self._link.send_join(messages.NodeEntry(self.name, self.address, self.processes, self.instance, running,
                                                 socket.gethostname()))
 
-    @property
-    def address_host(self) -> str:
-        """The host clients are told to use for this node and its workers."""
-        return addresses.parse(self.address, allow_port_zero=True).host
-
     def _on_parent_gone(self) -> None:
         logger.info("node %s: the process that owns this embedded cluster is gone", self.name)
         self.stop()
@@ -423,7 +418,9 @@ class NodeDaemon(Daemon):
             return  # it died before binding; its exit is handled through the pidfd
         bound = addresses.parse(data.decode().strip(), allow_port_zero=True)
         # Clients use the advertised host; the daemon reaches a worker bound to a wildcard on loopback.
-        worker.address = bound.with_host(self.address_host).zmq if bound.scheme == "tcp" else bound.zmq
+        # Clients are told the host they use for this node, with the port the worker bound.
+        advertised = addresses.parse(self.address, allow_port_zero=True).host
+        worker.address = bound.with_host(advertised).zmq if bound.scheme == "tcp" else bound.zmq
         local = bound.with_host("127.0.0.1") if bound.is_wildcard else bound
         worker.control = transport.new_socket(self._context, zmq.DEALER)
         assert self._guard is not None  # workers are started only once the daemon listens
@@ -467,10 +464,9 @@ class NodeDaemon(Daemon):
             self._restart_at[worker.index] = time.monotonic() + delay
 
     def _restart_due(self, now: float) -> None:
-        for index, when in list(self._restart_at.items()):
-            if when <= now:
-                del self._restart_at[index]
-                self._start_worker(index)
+        for index in [index for index, when in self._restart_at.items() if when <= now]:
+            del self._restart_at[index]
+            self._start_worker(index)
 
     def _report_failure(self, worker: WorkerProcess, slot: SlotView, code: int) -> None:
         """Tell the task's client why its task failed: a limit the watchdog enforced, or a crash."""
@@ -485,7 +481,6 @@ class NodeDaemon(Daemon):
     def _enforce_limits(self, now: float) -> bool:
         return enforce_limits(self._workers.values(), self._slots, now, self.name)
 
-
     # -- status ------------------------------------------------------------------------------------------
 
     def _status(self) -> messages.NodeStatus:
@@ -494,9 +489,9 @@ class NodeDaemon(Daemon):
                            clients=len(self._clients))
 
     def _metric_families(self) -> list[Family]:
-        return super()._metric_families() + node_families(
-            self._counters, self._slots, self._workers.values(), processes=self.processes,
-            memory_limit=self.memory_limit, clients=len(self._clients), joined=self._link.is_joined)
+        return super()._metric_families() + node_families(self._counters, self._slots, self._workers.values(),
+                                                          processes=self.processes, memory_limit=self.memory_limit,
+                                                          clients=len(self._clients), joined=self._link.is_joined)
 
     def _health(self) -> Health:
         ready = sum(1 for w in self._workers.values() if w.state is WorkerState.READY)

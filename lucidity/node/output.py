@@ -47,6 +47,7 @@ from typing import IO, Any, Callable, Iterable, Iterator, Optional
 import zmq
 
 from .. import messages
+from .workerprocess import flush_output
 
 __all__ = ["Reports", "report", "forward_nested", "forwarding_enabled", "SEND_DELAY", "PROGRESS_INTERVAL"]
 
@@ -154,12 +155,7 @@ class Reports:
         _installed = self
 
     def _start_capture(self) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                if stream is not None:
-                    stream.flush()
-            except (OSError, ValueError):
-                pass
+        flush_output()  # what Python buffered so far goes where it was going, before the fds move
         self._pipes = [_Pipe(1), _Pipe(2)]
         for pipe in self._pipes:
             self._poller.register(pipe.read_fd, select.POLLIN)

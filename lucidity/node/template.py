@@ -51,6 +51,7 @@ import time
 from typing import IO, NoReturn, Optional
 
 from .processes import Child
+from .workerprocess import flush_output
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ class WorkerTemplate:
         """Fork the template of node `node`. Call only where `can_fork` says so, before any ZeroMQ context."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent = os.getpid()
-        _flush_output()  # what this process has buffered would otherwise be written again by every worker
+        flush_output()  # what this process has buffered would otherwise be written again by every worker
         pid = os.fork()
         if pid == 0:
             ours.close()
@@ -373,17 +374,9 @@ def _finish(code: int) -> int:
     except BaseException:
         pass
     atexit._run_exitfuncs()
-    _flush_output()
+    flush_output()
     return code
 
-
-def _flush_output() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):
-            pass
 
 
 def _set_command_line(argv: list[str]) -> None:

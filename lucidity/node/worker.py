@@ -31,32 +31,32 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Optional, 
 import zmq
 
 from .. import messages, protocol, serialization, shipping, transport, waiting
+from ..errors import MemoryLimitExceeded, ProtocolError
 from ..messages import ResultEntry, ResultStatus, TaskMode, TaskSpec
+from ..sizes import format_size
+from . import limits
 from .namespaces import MainNamespaces
 from .output import Reports, forwarding_enabled
 from .shedding import Shedder
-
-if TYPE_CHECKING:
-    from ..security import Guard
-from ..errors import MemoryLimitExceeded, ProtocolError
-from . import limits
-from ..sizes import format_size
 from .slots import DURATION_BUCKETS, TALLY_FIELDS, SlotTable
 from .workerprocess import (apply_sys_path, die_with_parent, flush_output, kill_descendants, name_process,
                             parse_arguments)
 
+if TYPE_CHECKING:
+    from ..security import Guard
+
 ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE, protocol.Kind.DROP})
 #: With a cluster secret: clients send work and modules, the node daemon drops a vanished client's work.
-ACCEPTED_BY_ROLE = {
-    "client": frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE}),
-    "node": frozenset({protocol.Kind.DROP}),
-}
+ACCEPTED_BY_ROLE = {"client": frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE}),
+                    "node": frozenset({protocol.Kind.DROP})}
 #: How long a worker waits for a client to answer a module request, in seconds.
 FETCH_TIMEOUT = 10.0
 #: Stack size of the threads a task starts, in bytes (see main).
 THREAD_STACK_SIZE = 1024 * 1024
 #: Functions kept per worker, by digest; evicted ones are fetched again through a MISSING reply.
 FUNCTION_CACHE_SIZE = 512
+#: How long a retiring worker stays after its last results, so that its clients read them (see _linger).
+RETIRE_LINGER = 0.2
 #: Send accumulated results once this many are waiting, even while more tasks are queued.
 RESULT_BATCH_MAX = 256
 #: ... or once the oldest unsent result has waited this long, in seconds.
@@ -146,6 +146,7 @@ class Worker:
             self._run(task)
             if self._retiring or self._must_retire(task):
                 self._flush()
+                self._linger()
                 return
             # Hold results back for a batch only in a burst of tiny tasks; otherwise a result could wait
             # behind a slow task that happens to come next.
@@ -199,7 +200,7 @@ class Worker:
         elif isinstance(body, messages.Module):
             if identity != self._identity:
                 raise ProtocolError("a module arrived from a client this worker did not ask")
-            self._module_replies[body.name] = _module_source(body, message.payload)
+            self._module_replies[body.name] = body.source(message.payload)
 
     def _accept_tasks(self, identity: bytes, message: protocol.Message) -> None:
         try:
@@ -209,7 +210,7 @@ class Worker:
             # Tell the sender, whose tasks would otherwise wait for results that never come.
             self._send(identity, messages.encode(messages.Refused(str(exc))))
             raise
-        received = [_module_source(entry, [frame])[0] for entry, frame in zip(body.ship, payload.modules)]
+        received = [entry.source([frame])[0] for entry, frame in zip(body.ship, payload.modules)]
         # Shipped modules are kept per connection: a client cannot file code under another client's id.
         self._finder.receive(identity, [m for m in received if m is not None])
         if body.main is not None:
@@ -227,18 +228,15 @@ class Worker:
     def _fetch_module(self, name: str) -> tuple[Optional[shipping.ModuleSource], str]:
         """Ask the current task's client for a module's source (called by the import hook)."""
         with self._lock:
-            return self._fetch_module_locked(name)
-
-    def _fetch_module_locked(self, name: str) -> tuple[Optional[shipping.ModuleSource], str]:
-        self._module_replies.pop(name, None)
-        self._send(self._identity, messages.encode(messages.Fetch(name)))
-        deadline = time.monotonic() + FETCH_TIMEOUT
-        while name not in self._module_replies:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._sock.poll(int(remaining * 1000)):
-                return None, f"the client did not answer within {FETCH_TIMEOUT:.0f} s"
-            self._receive(block=False)
-        return self._module_replies.pop(name)
+            self._module_replies.pop(name, None)
+            self._send(self._identity, messages.encode(messages.Fetch(name)))
+            deadline = time.monotonic() + FETCH_TIMEOUT
+            while name not in self._module_replies:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._sock.poll(int(remaining * 1000)):
+                    return None, f"the client did not answer within {FETCH_TIMEOUT:.0f} s"
+                self._receive(block=False)
+            return self._module_replies.pop(name)
 
     # -- running -----------------------------------------------------------------------------------------
 
@@ -353,32 +351,29 @@ class Worker:
         run here nest on the waiting task's stack; its slot is restored when each one ends.
         """
         with self._lock:
-            return self._serve_locked(event, timeout)
-
-    def _serve_locked(self, event: threading.Event, timeout: Optional[float]) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        waiting_slot = self._slots.read(self._index)
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        poller.register(self._waker.read_fd, zmq.POLLIN)
-        identity, client = self._identity, self._finder.client
-        while not event.is_set():
-            if self._queue:
-                self._run(self._queue.popleft())
-                self._flush()
-                self._identity, self._finder.client = identity, client
-                self._mains.activate(identity)
-                self._slots.restore(self._index, waiting_slot)
-                continue
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                break
-            events = dict(poller.poll(None if remaining is None else int(remaining * 1000)))
-            if self._waker.read_fd in events:
-                self._waker.drain()
-            if self._sock in events:
-                self._receive(block=False)
-        return event.is_set()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            waiting_slot = self._slots.read(self._index)
+            poller = zmq.Poller()
+            poller.register(self._sock, zmq.POLLIN)
+            poller.register(self._waker.read_fd, zmq.POLLIN)
+            identity, client = self._identity, self._finder.client
+            while not event.is_set():
+                if self._queue:
+                    self._run(self._queue.popleft())
+                    self._flush()
+                    self._identity, self._finder.client = identity, client
+                    self._mains.activate(identity)
+                    self._slots.restore(self._index, waiting_slot)
+                    continue
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                events = dict(poller.poll(None if remaining is None else int(remaining * 1000)))
+                if self._waker.read_fd in events:
+                    self._waker.drain()
+                if self._sock in events:
+                    self._receive(block=False)
+            return event.is_set()
 
     def _limits_of(self, spec: TaskSpec) -> limits.Limits:
         memory = spec.memory
@@ -424,14 +419,26 @@ class Worker:
 
     # -- sending -----------------------------------------------------------------------------------------
 
-    def _give_back_queued(self) -> bool:
+    def _linger(self) -> None:
+        """A retiring worker stays `RETIRE_LINGER`, giving back what arrives: a client's socket (ZMQ_IMMEDIATE)
+        drops what it has not read when its worker disconnects, and a worker that exited right after its last
+        results lost them as often as not (the client then ran those tasks again)."""
+        deadline = time.monotonic() + RETIRE_LINGER
+        while True:
+            self._give_back_queued(busy=False)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._sock.poll(max(1, int(remaining * 1000))):
+                return
+            self._receive(block=False)
+
+    def _give_back_queued(self, busy: bool = True) -> bool:
         """Give every queued task back to its client, to run elsewhere (the shedder's, under the lock)."""
         by_client: dict[bytes, list[int]] = collections.defaultdict(list)
         for task in self._queue:
             by_client[task.identity].append(task.spec.id)
         self._queue.clear()
         for identity, ids in by_client.items():
-            self._send(identity, messages.encode(messages.Missing(tuple(ids), (), busy=True)))
+            self._send(identity, messages.encode(messages.Missing(tuple(ids), (), busy=busy)))
         return bool(by_client)
 
     def _flush(self) -> None:
@@ -448,17 +455,6 @@ class Worker:
     def _send(self, identity: bytes, frames: list[Any]) -> None:
         self._counters[_SENT] += sum(memoryview(frame).nbytes for frame in frames)
         transport.send_frames(self._sock, [identity, *frames])
-
-
-def _module_source(module: messages.Module, frames: Sequence[Any]) -> tuple[Optional[shipping.ModuleSource], str]:
-    """A shipped module and its one source frame, or None and why the client could not ship it."""
-    if not module.found:
-        return None, module.reason
-    if len(frames) != 1:
-        raise ProtocolError(f"module {module.name} came with {len(frames)} source frames, not 1")
-    source = frames[0]
-    data = source.bytes if hasattr(source, "bytes") else bytes(source)
-    return shipping.ModuleSource(module.name, module.package, module.filename, module.digest, data), ""
 
 
 def main(argv: Optional[list[str]] = None) -> None:
