@@ -53,7 +53,7 @@ from .feed import WINDOW, Feed, MapCall
 from .messages import TaskMode
 from .sizes import parse_size
 from .options import TaskOptions
-from .progressbar import ProgressOption, Tracker, closed_on_error, label, new_tracker
+from .progressbar import ProgressOption, Tracker, label, tracking
 
 if sys.version_info >= (3, 10):
     from typing import ParamSpec
@@ -329,8 +329,7 @@ class Executor(concurrent.futures.Executor):
         self._check_open()
         sized = bool(iterables) and all(hasattr(iterable, "__len__") for iterable in iterables)
         total = min(map(len, iterables)) if sized else None  # type: ignore[arg-type]
-        tracker = new_tracker(progress, total, label("map", fn))
-        with closed_on_error(tracker):
+        with tracking(progress, total, label("map", fn)) as tracker:
             call = MapCall(self._client, self._options, self._client.function(fn), TaskMode.STARMAP, "map", tracker)
         # The feed holds the executor: a map alive, or its tasks in flight, keep it from being torn down.
         feed = Feed(call, zip(*iterables), chunksize, owner=self)

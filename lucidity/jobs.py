@@ -37,7 +37,7 @@ from .messages import TaskMode
 from .sizes import parse_size
 from .options import TaskOptions
 from .placement import Fanout, local_node, place
-from .progressbar import ProgressOption, Tracker, closed_on_error, label, new_tracker, observe, waited
+from .progressbar import ProgressOption, Tracker, label, observe, tracking, waited
 
 __all__ = ["job", "Job", "JobFunction", "FANOUT_SCHEMES"]
 
@@ -159,8 +159,7 @@ class JobFunction(Generic[T]):
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
             ((tuple(item) if isinstance(item, tuple) else (item,)), {}) for item in items]
         client = default_client()
-        tracker = new_tracker(progress, len(calls), label("remote_fanout", self.function))
-        with closed_on_error(tracker):
+        with tracking(progress, len(calls), label("remote_fanout", self.function)) as tracker:
             jobs = self._submit(client, calls, self._place(client, len(calls)), "remote_fanout", fanned=True,
                                 tracker=tracker)
 

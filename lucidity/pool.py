@@ -47,7 +47,7 @@ from .feed import Feed, MapCall, chunks
 from .messages import TaskMode
 from .sizes import parse_size
 from .options import TaskOptions
-from .progressbar import ProgressOption, Tracker, closed_on_error, label, new_tracker, waited
+from .progressbar import ProgressOption, Tracker, label, tracking, waited
 from .poolresults import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult, _ResultCache
 from .task import Task
 
@@ -234,8 +234,7 @@ class Pool:
                 chunksize += 1
         if length == 0:
             chunksize = 0
-        tracker = new_tracker(progress, length, label(made_by, func))
-        with closed_on_error(tracker):
+        with tracking(progress, length, label(made_by, func)) as tracker:
             call = self._map_call(func, mode, made_by, tracker)
             result: MapResult[Any] = MapResult(chunksize, length, callback, error_callback, self._cache)
             result._tracker = tracker
@@ -262,8 +261,7 @@ class Pool:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         # The total is known up front for a sized input; else the bar counts what has been read so far.
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
-        tracker = new_tracker(progress, total, label(made_by, func))
-        with closed_on_error(tracker):
+        with tracking(progress, total, label(made_by, func)) as tracker:
             call = self._map_call(func, TaskMode.MAP, made_by, tracker)
         job = self._cache.new_job()
         # In the cache until the feeder has read the input and every result has arrived, as the stdlib's.

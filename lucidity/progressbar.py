@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .task import Task
 
 __all__ = ["progress", "report_progress", "Tracker", "Tracked", "ProgressOption", "INSTALL_HINT", "label", "observe",
-           "waited", "new_tracker", "closed_on_error"]
+           "waited", "new_tracker", "tracking"]
 
 #: What ``progress=True`` says when tqdm is not installed.
 INSTALL_HINT = "progress=True needs tqdm: pip install 'lucidity-pool[progress]' (or pip install tqdm)"
@@ -99,6 +99,14 @@ class Tracker:
     def __init__(self, option: ProgressOption, total: Optional[int], desc: str) -> None:
         self._lock = threading.Lock()
         self._bar, self._callback = _make_display(option, total, desc)
+        try:
+            self._start(total)
+        except BaseException:  # Ctrl-C as the bar appears: it closes before the interrupt reaches the caller
+            if self._bar is not None:
+                self._bar.close()
+            raise
+
+    def _start(self, total: Optional[int]) -> None:
         self._total = total or 0
         self._final = total is not None
         self._finished = 0.0  # items finished
@@ -301,10 +309,14 @@ def new_tracker(option: ProgressOption, total: Optional[int], desc: str) -> Opti
 
 
 @contextlib.contextmanager
-def closed_on_error(tracker: Optional[Tracker]) -> Iterator[None]:
-    """Close `tracker` if the block raises (a call that fails before its tasks are submitted)."""
+def tracking(option: ProgressOption, total: Optional[int], desc: str) -> Iterator[Optional[Tracker]]:
+    """A `Tracker` for a face's ``progress=`` option (None when it is not set), closed if the block raises:
+    a call that fails, or is interrupted (Ctrl-C), before its tasks are submitted. The tracker is made inside
+    the guarded block, so that an interrupt just after its bar appeared closes the bar too."""
+    tracker = None
     try:
-        yield
+        tracker = new_tracker(option, total, desc)
+        yield tracker
     except BaseException:
         if tracker is not None:
             tracker.close()
