@@ -216,6 +216,9 @@ def scraped_value(text: str, sample: str) -> Optional[float]:
 
 @pytest.mark.timeout(60)
 def test_running_tasks_of_a_client_that_terminates_count_as_lost(cluster: MetricsCluster) -> None:
+    def lost() -> Optional[float]:
+        return scraped_value(cluster.scrape(cluster.node_metrics)[1], 'lucidity_tasks_total{outcome="lost"}')
+
     with Rendezvous() as rendezvous:
         pool = lucidity.Pool(address=cluster.address)
         try:
@@ -224,11 +227,8 @@ def test_running_tasks_of_a_client_that_terminates_count_as_lost(cluster: Metric
             rendezvous.started(2)  # both workers run one; the others wait in the workers' queues
         finally:
             pool.terminate()  # cancels what waits, and the node stops the two that run
-
-    def lost() -> Optional[float]:
-        return scraped_value(cluster.scrape(cluster.node_metrics)[1], 'lucidity_tasks_total{outcome="lost"}')
-
-    wait_until(lambda: (lost() or 0) >= 2, WAIT, "the two running tasks counted as lost")
+        # Still held: released before the node has stopped them, they would return and count as ok.
+        wait_until(lambda: (lost() or 0) >= 2, WAIT, "the two running tasks counted as lost")
     text = cluster.scrape(cluster.node_metrics)[1]
     assert (scraped_value(text, 'lucidity_tasks_total{outcome="lost"}') or 0) <= 6, "each task at most once"
     assert scraped_value(text, 'lucidity_tasks_total{outcome="ok"}') == 0

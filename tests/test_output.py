@@ -38,6 +38,17 @@ def chatty(x):
     subprocess.run(["echo", f"child {x}"], check=True)
     return x, os.getpid()
 
+def interleaved(x):
+    # Unbuffered writers (python -u, C code) send a line's start and its end apart; another stream's line
+    # comes between them.
+    os.write(2, f"half {x}".encode())
+    time.sleep(0.2)
+    os.write(1, f"whole {x}\\n".encode())
+    time.sleep(0.2)
+    os.write(2, b" done\\n")
+    os.write(2, b"no newline at the end")
+    return x
+
 def many(n):
     for i in range(n):
         print(f"line {i}")
@@ -107,6 +118,17 @@ def test_every_way_a_task_writes_reaches_the_callers_stderr_prefixed(tmp_path: A
         assert mine.index(f"out {x}") < mine.index(f"fd1 {x}") < mine.index(f"child {x}")
     assert [t for t in texts if t.startswith("out")] == ["out 0", "out 1", "out 2"]
     assert "out 0" not in done.stdout  # the caller's stdout stays its own
+
+
+def test_a_line_written_in_pieces_stays_whole_between_another_streams_lines(tmp_path: Any,
+                                                                            one_worker: CliCluster) -> None:
+    done = run_caller(tmp_path, """
+        with lucidity.Pool(address=ADDRESS) as pool:
+            print(pool.map(interleaved, [1, 2]))
+    """, one_worker.address)
+    assert done.returncode == 0, done.stderr
+    assert [text for _, _, text in prefixed(done.stderr)] == [
+        "whole 1", "half 1 done", "no newline at the end", "whole 2", "half 2 done", "no newline at the end"]
 
 
 def test_many_lines_arrive_whole_and_in_order(tmp_path: Any, one_worker: CliCluster) -> None:

@@ -85,13 +85,15 @@ def report(done: float, total: float) -> bool:
 
 
 class _Pipe:
-    """One captured fd: the pipe now behind it, and a copy of what it was, to write everything on to."""
+    """One captured fd: the pipe now behind it, a copy of what it was (to write everything on to), and the
+    start of a line read from it whose end has not come yet."""
 
-    __slots__ = ("fd", "read_fd", "original")
+    __slots__ = ("fd", "read_fd", "original", "partial")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.original = os.dup(fd)
+        self.partial = b""
         self.read_fd, write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.dup2(write_fd, fd)
@@ -272,7 +274,7 @@ class Reports:
         if any(fd == self._wake_read for fd, _ in ready):
             _clear(self._wake_read)
         if self._capture and any(fd != self._wake_read for fd, _ in ready):
-            self._drain()
+            self._drain(whole=False)
         self._send_due()
 
     def _next_timeout(self) -> Optional[float]:
@@ -327,12 +329,17 @@ class Reports:
 
     # -- output ----------------------------------------------------------------------------------------
 
-    def _drain(self) -> None:
+    def _drain(self, whole: bool = True) -> None:
         with self._pending:
-            self._drain_locked()
+            self._drain_locked(whole)
 
-    def _drain_locked(self) -> None:
-        """Read whatever the pipes hold now, copy it to the original fds, and keep it for the current client."""
+    def _drain_locked(self, whole: bool = True) -> None:
+        """Read whatever the pipes hold now, copy it to the original fds, and keep it for the current client.
+
+        Kept line by line: stdout and stderr share one stream at the client, so a line's start waits in its
+        pipe's `partial` for its end (``print`` unbuffered writes a line and its newline separately), unless
+        `whole` (the task ended, or the client changes) or it grew past `READ_SIZE`.
+        """
         identity, task = self._current
         for pipe in self._pipes:
             while True:
@@ -342,8 +349,21 @@ class Reports:
                     break
                 if not data:
                     break
-                self._keep(identity, task, data)
                 _write_all(pipe.original, data)
+                data = pipe.partial + data
+                end = data.rfind(b"\n") + 1 if len(data) < READ_SIZE else len(data)
+                pipe.partial = data[end:]
+                if end:
+                    self._keep(identity, task, data[:end])
+        if whole:
+            self._keep_partials()
+
+    def _keep_partials(self) -> None:
+        identity, task = self._current
+        for pipe in self._pipes:
+            if pipe.partial:
+                self._keep(identity, task, pipe.partial)
+                pipe.partial = b""
 
     def _keep(self, identity: bytes, task: int, data: bytes) -> None:
         if not identity:
@@ -364,6 +384,8 @@ class Reports:
         with self._pending:
             if drain and self._check.poll(0):
                 self._drain_locked()
+            elif drain:
+                self._keep_partials()
             if not self._outputs:
                 return
             outputs, self._outputs = self._outputs, {}
