@@ -39,12 +39,13 @@ Deliberate differences from ProcessPoolExecutor (each one keeps a failure local 
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import logging
 import threading
 import time
 import weakref
 import sys
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Generator, Iterable, Iterator, Optional, Sequence, TypeVar, Union, cast
 
 from . import waiting
 from .client import Client
@@ -84,6 +85,13 @@ class TaskFuture(concurrent.futures.Future[T]):
     Done callbacks run on the client's I/O thread, as the stdlib runs them on its management thread: keep
     them short, and do not wait there for another future of the same client.
 
+    A future is made per ``submit``, so it carries nothing beyond the stdlib's own condition (issue 13: an
+    event and two done callbacks per future cost a third of submit's time on the caller's side). Outside
+    a worker, ``result()`` waits on that condition, as the stdlib's does, so waiters wake before any done
+    callback runs. In a worker's main thread a wait must run the tasks queued there (`lucidity.waiting`),
+    which needs an Event: the first such wait makes one and sets it from a done callback, which runs after
+    the callbacks added before that wait.
+
     Args:
         client: the client that will run the task.
         function: as `Client.new_task`.
@@ -92,23 +100,24 @@ class TaskFuture(concurrent.futures.Future[T]):
         options: the face's task options.
         owner: kept alive until the future is done, so that an executor referenced only by its pending
             futures (``Executor().submit(f)``) is not torn down under them.
+        on_settled: called once with the future when it is done or withdrawn (after its done callbacks).
         made_by: as `TaskOptions.new_task`.
         items: as `TaskOptions.new_task`.
         node: as `TaskOptions.new_task`.
     """
 
     def __init__(self, client: Client, function: FunctionRef, mode: TaskMode, frames: list[Any],
-                 options: TaskOptions, *, owner: object = None, made_by: str, items: Optional[range] = None,
-                 node: Optional[str] = None) -> None:
+                 options: TaskOptions, *, owner: object = None,
+                 on_settled: Optional[Callable[["TaskFuture[T]"], object]] = None, made_by: str,
+                 items: Optional[range] = None, node: Optional[str] = None) -> None:
         super().__init__()
         self._client = client
         self._owner = owner
-        self._settled = threading.Event()
+        self._on_settled = on_settled
+        self._settled: Optional[threading.Event] = None  # made by the first wait that serves queued tasks
         self._withdrawn = False
         self._task = options.new_task(client, function, mode, frames, self._on_done, made_by=made_by, items=items,
                                       node=node)
-        # First callback of all: waiters see the outcome before any user callback runs.
-        self.add_done_callback(self._on_settled)
 
     @property
     def task(self) -> Task:
@@ -139,6 +148,7 @@ class TaskFuture(concurrent.futures.Future[T]):
             # A stdlib executor notifies waiters when its worker dequeues the cancelled item; this task will
             # never be dequeued, so notify now: wait() and as_completed() count the future as done.
             self.set_running_or_notify_cancel()
+            self._release()
         return cancelled
 
     def result(self, timeout: Optional[float] = None) -> T:
@@ -148,26 +158,51 @@ class TaskFuture(concurrent.futures.Future[T]):
             TimeoutError: not done within ``timeout`` seconds (the task keeps running).
             concurrent.futures.CancelledError: the future was cancelled.
         """
-        waiting.wait(self._settled, timeout)
-        return super().result(timeout=0)
+        if waiting.serves_queued_tasks():
+            self._wait_serving(timeout)
+            timeout = 0
+        return super().result(timeout)
 
     def wait_settled(self, timeout: Optional[float] = None) -> bool:
         """Wait until the future is done or cancelled (through `lucidity.waiting`); False on timeout."""
-        return waiting.wait(self._settled, timeout)
+        if waiting.serves_queued_tasks():
+            return self._wait_serving(timeout)
+        with self._condition:
+            return self._condition.wait_for(self.done, timeout)
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
         """The task's exception, or None if it returned; raises as `result` on timeout or cancellation."""
-        waiting.wait(self._settled, timeout)
-        return super().exception(timeout=0)
+        if waiting.serves_queued_tasks():
+            self._wait_serving(timeout)
+            timeout = 0
+        return super().exception(timeout)
+
+    def _wait_serving(self, timeout: Optional[float]) -> bool:
+        """Wait through `lucidity.waiting`, which runs the worker's queued tasks meanwhile; False on timeout."""
+        with self._condition:
+            if self._settled is None:
+                self._settled = threading.Event()
+                # Called at once if the future is done already (the condition is reentrant).
+                self.add_done_callback(self._set_settled)
+            settled = self._settled
+        return waiting.wait(settled, timeout)
+
+    def _set_settled(self, _: concurrent.futures.Future[T]) -> None:
+        if self._settled is not None:
+            self._settled.set()
 
     def _on_done(self, succeeded: bool, value: Any) -> None:
         if succeeded:
             self.set_result(value)
         else:
             self.set_exception(value)
+        self._release()
 
-    def _on_settled(self, _: concurrent.futures.Future[T]) -> None:
-        self._settled.set()
+    def _release(self) -> None:
+        """Done or withdrawn: tell `on_settled`, and let the owner go."""
+        on_settled, self._on_settled = self._on_settled, None
+        if on_settled is not None:
+            on_settled(self)
         # Dropping the owner may collect it here, on the I/O thread, outside every lock: its finalizer
         # finds the client idle and must not wait on this thread.
         self._owner = None
@@ -176,7 +211,7 @@ class TaskFuture(concurrent.futures.Future[T]):
 class _Outstanding:
     """The executor's futures that are not done yet, for ``shutdown(cancel_futures=True)``.
 
-    Kept apart from the executor so that a future's done callback does not keep the executor alive.
+    Kept apart from the executor so that a future's `on_settled` does not keep the executor alive.
     """
 
     def __init__(self) -> None:
@@ -186,9 +221,8 @@ class _Outstanding:
     def add(self, future: TaskFuture[Any]) -> None:
         with self._lock:
             self._futures.add(future)
-        future.add_done_callback(self.discard)
 
-    def discard(self, future: concurrent.futures.Future[Any]) -> None:
+    def discard(self, future: TaskFuture[Any]) -> None:
         with self._lock:
             self._futures.discard(future)
 
@@ -197,8 +231,38 @@ class _Outstanding:
             return list(self._futures)
 
 
-def _map_results(feed: Feed, end_time: Optional[float], tracker: Optional[Tracker] = None) -> Iterator[Any]:
-    """Yield a map's results in order, flattening chunks; ``next()`` raises TimeoutError after end_time.
+class _MapResults(itertools.chain[T]):
+    """The iterator `Executor.map` returns: its results in order, flattened from its chunks by C code.
+
+    A generator yielding each item, as the stdlib's map, cost about as much as the rest of a map of tiny
+    items (issue 13): here ``next()`` runs no Python frame except once per chunk, in `_chunks_in_order`.
+    Each item is popped from its chunk as it is handed over, so that a result yielded is referenced by
+    the consumer alone (CPython issue 14406). ``close()``, or dropping the iterator, ends the map as it
+    ends the stdlib's generator.
+    """
+
+    _chunks: Generator[Iterator[T], None, None]
+    _handing: list[list[list[Any]]]
+
+    def __new__(cls, feed: Feed, end_time: Optional[float], tracker: Optional[Tracker]) -> "_MapResults[T]":
+        handing: list[list[list[Any]]] = []
+        chunks = _chunks_in_order(feed, end_time, tracker, handing)
+        results = cast("_MapResults[T]", super().from_iterable(chunks))
+        # The generator does not refer to the iterator: dropping the iterator ends the map at once, no cycle.
+        results._chunks, results._handing = chunks, handing
+        return results
+
+    def close(self) -> None:
+        """Stop the map: nothing more is handed over, and the chunks not sent yet are cancelled."""
+        for turns in self._handing:
+            turns.clear()  # the rest of the chunk being handed over is dropped, as a closed generator's
+        self._chunks.close()
+
+
+def _chunks_in_order(feed: Feed, end_time: Optional[float], tracker: Optional[Tracker],
+                     handing: list[list[list[Any]]]) -> Generator[Iterator[Any], None, None]:
+    """Yield each chunk's results in order, as an iterator that pops them; ``next()`` raises TimeoutError
+    after end_time. `handing` holds the turns of the chunk being handed over, for `_MapResults.close`.
 
     Each chunk taken frees its place in the window, and the next chunk is read and submitted here, in the
     consumer's thread. However the iteration ends, the chunks not sent yet are cancelled, as the stdlib's,
@@ -210,10 +274,11 @@ def _map_results(feed: Feed, end_time: Optional[float], tracker: Optional[Tracke
             if chunk is None:
                 return
             feed.fill()
-            # Popped, not iterated: a result yielded is referenced by the consumer alone (CPython issue 14406).
             chunk.reverse()
-            while chunk:
-                yield chunk.pop()
+            # One turn per item: list.pop(chunk) hands over the next one; clearing the turns ends the chunk.
+            turns = [chunk] * len(chunk)
+            handing[:] = [turns]
+            yield map(list.pop, turns)
     finally:
         feed.cancel()
         if tracker is not None:
@@ -294,7 +359,7 @@ class Executor(concurrent.futures.Executor):
         function = self._client.function(fn)
         frames = self._client.dumps((args, kwargs), f"arguments of {function.description}")
         future: TaskFuture[T] = TaskFuture(self._client, function, TaskMode.CALL, frames, self._options, owner=self,
-                                           made_by="submit")
+                                           on_settled=self._outstanding.discard, made_by="submit")
         with self._lock:
             # Checked again under the lock: a submit that passes is one that shutdown() waits for.
             self._check_open()
@@ -329,15 +394,19 @@ class Executor(concurrent.futures.Executor):
         self._check_open()
         sized = bool(iterables) and all(hasattr(iterable, "__len__") for iterable in iterables)
         total = min(map(len, iterables)) if sized else None  # type: ignore[arg-type]
+        # One iterable: the items travel as they are, as Pool.map's (a 1-tuple per item cost a third of the
+        # map's time in pickling and unpacking); iter() here, so that what is not iterable fails from map().
+        mode, inputs = ((TaskMode.MAP, iter(iterables[0])) if len(iterables) == 1
+                        else (TaskMode.STARMAP, zip(*iterables)))
         with tracking(progress, total, label("map", fn)) as tracker:
-            call = MapCall(self._client, self._options, self._client.function(fn), TaskMode.STARMAP, "map", tracker)
+            call = MapCall(self._client, self._options, self._client.function(fn), mode, "map", tracker)
         # The feed holds the executor: a map alive, or its tasks in flight, keep it from being torn down.
-        feed = Feed(call, zip(*iterables), chunksize, owner=self)
+        feed = Feed(call, inputs, chunksize, owner=self)
         with self._lock:
             self._check_open()
             self._feeds.add(feed)
         feed.fill()
-        return _map_results(feed, end_time, tracker)
+        return _MapResults(feed, end_time, tracker)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 

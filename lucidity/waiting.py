@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Optional
 
-__all__ = ["wait", "install", "completed"]
+__all__ = ["wait", "install", "completed", "serves_queued_tasks"]
 
 _Helper = Callable[[threading.Event, Optional[float]], bool]
 
@@ -37,6 +37,12 @@ def wait(event: threading.Event, timeout: Optional[float] = None) -> bool:
     if _helper is None or threading.current_thread() is not threading.main_thread():
         return event.wait(timeout)
     return _helper(event, timeout)
+
+
+def serves_queued_tasks() -> bool:
+    """True if `wait` in this thread runs queued tasks meanwhile (a worker's main thread); else it is a plain
+    ``Event.wait``, and a caller holding a lock or condition of its own may wait on that instead."""
+    return _helper is not None and threading.current_thread() is threading.main_thread()
 
 
 def completed() -> None:
