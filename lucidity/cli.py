@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from . import addresses
 from ._version import __version__
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 DEFAULT_CONTROL = "tcp://127.0.0.1:3030"
+FLY_HELP = "run node machines on fly.io"
 
 
 def _size(text: str) -> int:
@@ -36,7 +37,10 @@ def _size(text: str) -> int:
     return int(size)  # type: ignore[arg-type]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """The CLI's parser; for a command line `argv` that does not hold the word "fly", without the options of
+    ``lucidity fly``, whose modules cost every daemon's start-up about 4 ms (issue 13). Subcommands are
+    never abbreviated, so such a command line cannot mean ``fly``; its help still lists the command."""
     # No abbreviations: a recipe that says --worker-port must fail, not quietly mean --worker-ports.
     parser = argparse.ArgumentParser(prog="lucidity", description="Run Python functions on node daemons.",
                                      allow_abbrev=False)
@@ -124,14 +128,19 @@ def _parser() -> argparse.ArgumentParser:
                                help="run the pythagorean example on an embedded cluster")
     demo.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
 
-    from . import fly
+    if argv is not None and "fly" not in argv:
+        commands.add_parser("fly", allow_abbrev=False, help=FLY_HELP)
+    else:
+        from .fly.cli import add_command
 
-    fly.add_command(commands)
+        add_command(commands, FLY_HELP)
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = _parser(argv).parse_args(argv)
     level = getattr(args, "log_level", None) or args.global_log_level or "INFO"
     json_logs = _configure_logging(args, level)
     if args.command == "control":
@@ -210,9 +219,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"wrote a new cluster secret to {args.path} (mode 0600)")
         return 0
     if args.command == "fly":
-        from . import fly
+        from .fly.cli import run
 
-        return fly.run(args)
+        return run(args)
     if args.command == "demo":
         from . import demo
 

@@ -11,9 +11,9 @@ from .api import APP_VARIABLE, CONTROL_VARIABLE, IMAGE_VARIABLE, REGION_VARIABLE
 from .nodes import NAME_PREFIX, START_TIMEOUT, Guest, destroy_nodes, ensure_nodes
 
 
-def add_command(subparsers: Any) -> None:
+def add_command(subparsers: Any, help: str = "run node machines on fly.io") -> None:
     """Add ``fly nodes`` to the CLI's subcommands (the object `ArgumentParser.add_subparsers` returned)."""
-    fly = subparsers.add_parser("fly", allow_abbrev=False, help="run node machines on fly.io")
+    fly = subparsers.add_parser("fly", allow_abbrev=False, help=help)
     commands = fly.add_subparsers(dest="fly_command", required=True)
     nodes = commands.add_parser("nodes", allow_abbrev=False,
                                 help="create or start N node machines of the app's image (or --destroy)",

@@ -1,4 +1,4 @@
-"""Every message body: one frozen dataclass per kind and per nested entry, read and checked in one place.
+"""Every message body: one immutable record per kind and per nested entry, read and checked in one place.
 
 `lucidity.protocol` owns the envelope (version, kind, frames, the limits of a meta frame) and hands its
 receiver a `protocol.Message` whose meta is plain JSON. This package owns what that JSON says. Each body
@@ -21,9 +21,11 @@ A batch's payload layout (`protocol.pack_items`, each entry's ``"n"``) travels i
 entries but is kept apart here (`Tasks.layout`, `Results.layout`): it describes frames, not work, and a
 task sent again has the same `TaskSpec` and a new layout.
 
-Modules: `membership` (the cluster's own messages), `work` (the task path), `fields` (the checks of single
-fields). Deliberately not here: framing (`lucidity.protocol`), and what a message means to its receiver
-(addresses are parsed by `lucidity.addresses`; failure reports become exceptions in `lucidity.links`).
+Modules: `membership` (the cluster's own messages), `status` (status replies), `work` (the task path),
+`alongside` (the task path's smaller messages), `fields` (the checks of single fields), `record` (the base
+class of the bodies: immutable, compared by value). Deliberately not here: framing (`lucidity.protocol`),
+and what a message means to its receiver (addresses are parsed by `lucidity.addresses`; failure reports
+become exceptions in `lucidity.links`).
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ from typing import Any, Callable, Iterable, Union
 from .. import protocol
 from ..protocol import Kind
 from .fields import Meta
-from .membership import (Abandon, Bye, ControlStatus, Drop, FailureReason, FailureReport, Heartbeat, Hello, Leave,
-                         NodeEntry, Nodes, NodeStatus, RecentFailure, Status, Watch, Welcome, WorkerEntry, Workers, WorkerStatus,
-                         status_reply)
-from .membership import NodeBeat
-from .work import (Cancel, Fetch, MainEntry, Missing, Module, Output, Progress, Refused, ResultEntry, Results,
-                   ResultStatus, TaskMode, Tasks, TasksPayload, TaskSpec)
+from .membership import (Abandon, Bye, Drop, FailureReason, FailureReport, Heartbeat, Hello, Leave, NodeBeat, NodeEntry,
+                         Nodes, Status, Watch, Welcome, WorkerEntry, Workers)
+from .status import ControlStatus, NodeStatus, RecentFailure, WorkerStatus, status_reply
+from .alongside import Cancel, Fetch, Missing, Refused
+from .work import (MainEntry, Module, Output, Progress, ResultEntry, Results, ResultStatus, TaskMode, Tasks,
+                   TasksPayload, TaskSpec)
 
 __all__ = ["TaskMode", "ResultStatus", "FailureReason", "NodeEntry", "Welcome", "Heartbeat", "Leave", "Watch",
            "Nodes", "Hello", "WorkerEntry", "Workers", "FailureReport", "Abandon", "Bye", "Status", "WorkerStatus",

@@ -13,14 +13,12 @@ from typing import Any, Mapping, Optional
 from ..errors import ProtocolError
 from ..protocol import META_INT_MAX
 
-__all__ = ["Meta", "SLOTS", "MAX_SECONDS", "refused", "shown", "text", "maybe_text", "natural", "maybe_natural",
+__all__ = ["Meta", "MAX_SECONDS", "refused", "shown", "text", "maybe_text", "natural", "maybe_natural",
            "maybe_integer", "is_seconds", "maybe_seconds", "maybe_amount", "flag", "maybe_flag", "client_id", "array",
            "texts", "task_ids", "objects", "is_layout", "maybe_counts"]
 
 #: A message's meta, or an entry in it: a JSON object.
 Meta = dict[str, Any]
-#: Frozen dataclasses get __slots__ where the Python has them (3.10); python_requires is 3.9.
-SLOTS: dict[str, Any] = {"slots": True} if sys.version_info >= (3, 10) else {}
 #: Longest time limit or task duration a message may carry, in seconds (about 31 years).
 MAX_SECONDS = 10 ** 9
 #: How many characters of a refused value an error message shows.

@@ -1,28 +1,27 @@
-"""The bodies of the cluster's own messages: membership, clients' sessions with nodes, failure reports, status.
+"""The bodies of the cluster's own messages: membership, clients' sessions with nodes, failure reports.
 
-None of these is on the task path (`lucidity.messages.work` has those); see `lucidity.messages` for what
-every body class offers. The kinds, by who sends them::
+None of these is on the task path (`lucidity.messages.work` has those; `lucidity.messages.status` the status
+replies); see `lucidity.messages` for what every body class offers. The kinds, by who sends them::
 
     node    --JOIN (NodeEntry)/BEAT (NodeBeat)/LEAVE-->  control --WELCOME--> node
     client  --WATCH-->  control --NODES (NodeEntry...: the full list, or the changes)--> client
     client  --HELLO/HEARTBEAT/ABANDON/BYE--> node --WORKERS (WorkerEntry...)/TASK_FAILED (FailureReport)--> client
     node    --DROP--> worker
-    anyone  --STATUS--> a daemon --STATUS_REPLY (NodeStatus or ControlStatus)--> anyone
+    anyone  --STATUS--> a daemon
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Optional, TypeVar, Union
+from typing import ClassVar, Optional, TypeVar
 
 from ..protocol import Kind
-from .fields import (SLOTS, Meta, client_id, flag, maybe_amount, maybe_counts, maybe_integer,
-                     maybe_natural, maybe_text, natural, objects, refused, text, texts)
+from .fields import (Meta, client_id, flag, maybe_amount, maybe_integer, maybe_natural, maybe_text, natural, objects,
+                     refused, text, texts)
+from .record import Record
 
 __all__ = ["NodeEntry", "Welcome", "Heartbeat", "Leave", "Watch", "Status", "Nodes", "Hello", "Abandon", "Bye",
-           "Drop", "WorkerEntry", "Workers", "FailureReason", "FailureReport", "WorkerStatus", "RecentFailure", "NodeStatus",
-           "ControlStatus", "status_reply", "NodeBeat"]
+           "Drop", "WorkerEntry", "Workers", "FailureReason", "FailureReport", "NodeBeat"]
 
 
 class FailureReason(str, enum.Enum):
@@ -38,11 +37,12 @@ class FailureReason(str, enum.Enum):
 _REASONS = {reason.value: reason for reason in FailureReason}
 
 
-@dataclass(frozen=True, **SLOTS)
-class NodeEntry:
+class NodeEntry(Record):
     """A node: what it tells the control node in a JOIN (its body: at the start, when the entry changed, or
     when the control node asks), and how the control node lists it (NODES, and the control node's
     STATUS_REPLY)."""
+
+    __slots__ = ("name", "address", "processes", "instance", "running", "host")
 
     KIND: ClassVar[Kind] = Kind.JOIN
 
@@ -50,8 +50,12 @@ class NodeEntry:
     address: str  # where clients reach the node daemon
     processes: int  # its workers
     instance: str  # new at each start of the daemon: a restarted node is a new instance
-    running: int = 0  # its workers running a task at the last heartbeat
-    host: str = ""  # the machine's host name, for placement
+    running: int  # its workers running a task at the last heartbeat
+    host: str  # the machine's host name, for placement
+
+    def __init__(self, name: str, address: str, processes: int, instance: str, running: int = 0,
+                 host: str = "") -> None:
+        self._assign(name, address, processes, instance, running, host)
 
     def to_meta(self) -> Meta:
         return {"name": self.name, "address": self.address, "processes": self.processes, "instance": self.instance,
@@ -64,17 +68,21 @@ class NodeEntry:
                    maybe_text(meta, where, "host") or "")
 
 
-@dataclass(frozen=True, **SLOTS)
-class NodeBeat:
+class NodeBeat(Record):
     """A node's heartbeat to the control node while its entry is unchanged: who it is and its load, a few
     dozen bytes where a full JOIN is a few hundred (issue 13). The control node answers one from a node it
     does not know (it restarted, or dropped the node after a silence) with a WELCOME asking for a JOIN."""
+
+    __slots__ = ("name", "instance", "running")
 
     KIND: ClassVar[Kind] = Kind.BEAT
 
     name: str
     instance: str  # the node's: a beat of another instance than the one listed is from a stranger
     running: int  # its workers running a task now
+
+    def __init__(self, name: str, instance: str, running: int) -> None:
+        self._assign(name, instance, running)
 
     def to_meta(self) -> Meta:
         return {"name": self.name, "instance": self.instance, "running": self.running}
@@ -85,15 +93,19 @@ class NodeBeat:
         return cls(text(meta, where, "name"), text(meta, where, "instance"), natural(meta, where, "running"))
 
 
-@dataclass(frozen=True, **SLOTS)
-class Welcome:
+class Welcome(Record):
     """The control node's answer to a JOIN or a BEAT; ``rejoin`` asks the node for its full entry (a JOIN),
     because the control node does not know it: it restarted, or dropped the node after a silence."""
+
+    __slots__ = ("instance", "rejoin")
 
     KIND: ClassVar[Kind] = Kind.WELCOME
 
     instance: str  # the control node's, new at each start
-    rejoin: bool = False
+    rejoin: bool
+
+    def __init__(self, instance: str, rejoin: bool = False) -> None:
+        self._assign(instance, rejoin)
 
     def to_meta(self) -> Meta:
         return {"instance": self.instance, "rejoin": self.rejoin}
@@ -103,13 +115,17 @@ class Welcome:
         return cls(text(meta, "WELCOME meta", "instance"), flag(meta, "WELCOME meta", "rejoin"))
 
 
-@dataclass(frozen=True, **SLOTS)
-class Heartbeat:
+class Heartbeat(Record):
     """A client's heartbeat to a node (with its session id), and the node's answer (without)."""
+
+    __slots__ = ("client",)
 
     KIND: ClassVar[Kind] = Kind.HEARTBEAT
 
-    client: Optional[str] = None
+    client: Optional[str]
+
+    def __init__(self, client: Optional[str] = None) -> None:
+        self._assign(client)
 
     def to_meta(self) -> Meta:
         return {} if self.client is None else {"client": self.client}
@@ -119,13 +135,17 @@ class Heartbeat:
         return cls(None if meta.get("client") is None else client_id(meta, "HEARTBEAT meta"))
 
 
-@dataclass(frozen=True, **SLOTS)
-class Leave:
+class Leave(Record):
     """A node leaves the cluster."""
+
+    __slots__ = ("name",)
 
     KIND: ClassVar[Kind] = Kind.LEAVE
 
     name: str
+
+    def __init__(self, name: str) -> None:
+        self._assign(name)
 
     def to_meta(self) -> Meta:
         return {"name": self.name}
@@ -139,8 +159,9 @@ _Empty_ = TypeVar("_Empty_", bound="_Empty")
 _AboutClient_ = TypeVar("_AboutClient_", bound="_AboutClient")
 
 
-@dataclass(frozen=True, **SLOTS)
-class _Empty:
+class _Empty(Record):
+    __slots__ = ()
+
     def to_meta(self) -> Meta:
         return {}
 
@@ -149,8 +170,7 @@ class _Empty:
         return cls()
 
 
-@dataclass(frozen=True, **SLOTS)
-class Watch:
+class Watch(Record):
     """A client asks the control node for the nodes, now and whenever they change; sent once a second.
 
     A client that holds the list of one control node names it and the sequence number of the last change
@@ -158,10 +178,15 @@ class Watch:
     dozen bytes); otherwise, and for a WATCH without them (the first, or after a gap), the full list.
     """
 
+    __slots__ = ("instance", "seq")
+
     KIND: ClassVar[Kind] = Kind.WATCH
 
-    instance: str = ""  # the control node's whose list the client holds ("": none)
-    seq: Optional[int] = None
+    instance: str  # the control node's whose list the client holds ("": none)
+    seq: Optional[int]
+
+    def __init__(self, instance: str = "", seq: Optional[int] = None) -> None:
+        self._assign(instance, seq)
 
     def to_meta(self) -> Meta:
         return {} if self.seq is None else {"instance": self.instance, "seq": self.seq}
@@ -173,15 +198,15 @@ class Watch:
         return cls(text(meta, where, "instance"), seq) if seq is not None else cls()
 
 
-@dataclass(frozen=True, **SLOTS)
 class Status(_Empty):
     """Anyone asks a daemon how it is (`lucidity.status`)."""
+
+    __slots__ = ()
 
     KIND: ClassVar[Kind] = Kind.STATUS
 
 
-@dataclass(frozen=True, **SLOTS)
-class Nodes:
+class Nodes(Record):
     """The control node's nodes, sent to the clients that watch it: the full list, or the changes.
 
     Every change of the list (nodes joined, changed or left, coalesced by name) gets the next sequence
@@ -192,13 +217,19 @@ class Nodes:
     date is a change with nothing in it and the client's own ``seq``.
     """
 
+    __slots__ = ("nodes", "instance", "seq", "full", "left")
+
     KIND: ClassVar[Kind] = Kind.NODES
 
     nodes: tuple[NodeEntry, ...]
     instance: str  # the control node's
-    seq: int = 0
-    full: bool = True
-    left: tuple[str, ...] = ()
+    seq: int
+    full: bool
+    left: tuple[str, ...]
+
+    def __init__(self, nodes: tuple[NodeEntry, ...], instance: str, seq: int = 0, full: bool = True,
+                 left: tuple[str, ...] = ()) -> None:
+        self._assign(nodes, instance, seq, full, left)
 
     def to_meta(self) -> Meta:
         return {"nodes": [node.to_meta() for node in self.nodes], "instance": self.instance, "seq": self.seq,
@@ -214,11 +245,15 @@ class Nodes:
 
 # -- client <-> node daemon --------------------------------------------------------------------------------
 
-@dataclass(frozen=True, **SLOTS)
-class _AboutClient:
+class _AboutClient(Record):
+    __slots__ = ("client",)
+
     KIND: ClassVar[Kind]
 
     client: str  # the client's session with the node (`links.NodeLink.session`): 32 hex digits
+
+    def __init__(self, client: str) -> None:
+        self._assign(client)
 
     def to_meta(self) -> Meta:
         return {"client": self.client}
@@ -228,41 +263,49 @@ class _AboutClient:
         return cls(client_id(meta, f"{cls.KIND.name} meta"))
 
 
-@dataclass(frozen=True, **SLOTS)
 class Hello(_AboutClient):
     """A client introduces itself to a node, which answers with its workers."""
+
+    __slots__ = ()
 
     KIND: ClassVar[Kind] = Kind.HELLO
 
 
-@dataclass(frozen=True, **SLOTS)
 class Abandon(_AboutClient):
     """A client that terminated asks a node to stop its work."""
+
+    __slots__ = ()
 
     KIND: ClassVar[Kind] = Kind.ABANDON
 
 
-@dataclass(frozen=True, **SLOTS)
 class Bye(_AboutClient):
     """A client closes: the node forgets it (and tells its workers to)."""
+
+    __slots__ = ()
 
     KIND: ClassVar[Kind] = Kind.BYE
 
 
-@dataclass(frozen=True, **SLOTS)
 class Drop(_AboutClient):
     """A node tells its workers to forget a client: its queued tasks and its main namespace."""
+
+    __slots__ = ()
 
     KIND: ClassVar[Kind] = Kind.DROP
 
 
-@dataclass(frozen=True, **SLOTS)
-class WorkerEntry:
+class WorkerEntry(Record):
     """A worker as its node lists it to clients."""
+
+    __slots__ = ("id", "pid", "address")
 
     id: str  # unique within the node
     pid: int
     address: str  # where clients connect to it
+
+    def __init__(self, id: str, pid: int, address: str) -> None:
+        self._assign(id, pid, address)
 
     def to_meta(self) -> Meta:
         return {"id": self.id, "pid": self.pid, "address": self.address}
@@ -272,14 +315,18 @@ class WorkerEntry:
         return cls(text(meta, where, "id"), natural(meta, where, "pid"), text(meta, where, "address"))
 
 
-@dataclass(frozen=True, **SLOTS)
-class Workers:
+class Workers(Record):
     """A node's ready workers, sent to each client at HELLO and whenever they change."""
+
+    __slots__ = ("node", "workers")
 
     KIND: ClassVar[Kind] = Kind.WORKERS
 
     node: str
     workers: tuple[WorkerEntry, ...]
+
+    def __init__(self, node: str, workers: tuple[WorkerEntry, ...]) -> None:
+        self._assign(node, workers)
 
     def to_meta(self) -> Meta:
         return {"node": self.node, "workers": [worker.to_meta() for worker in self.workers]}
@@ -291,13 +338,15 @@ class Workers:
         return cls(node, tuple(WorkerEntry.from_meta(entry) for entry in objects(meta, where, "workers")))
 
 
-@dataclass(frozen=True, **SLOTS)
-class FailureReport:
+class FailureReport(Record):
     """Why the task a worker was running failed, as its node tells the task's client (TASK_FAILED).
 
     A crash carries the worker's exit (``exit_code`` or ``signal``) and the tail of its stderr; a limit the
     watchdog enforced carries the limit, what was measured and the task's peak memory.
     """
+
+    __slots__ = ("task", "pid", "node", "worker", "reason", "message", "limit", "measured", "peak", "exit_code",
+                 "signal", "stderr")
 
     KIND: ClassVar[Kind] = Kind.TASK_FAILED
 
@@ -307,12 +356,17 @@ class FailureReport:
     worker: str  # the worker's id in its node's WORKERS entries
     reason: FailureReason
     message: str  # says it all for people, naming "task N"
-    limit: Optional[float] = None  # bytes or seconds
-    measured: Optional[float] = None
-    peak: Optional[int] = None  # bytes
-    exit_code: Optional[int] = None
-    signal: Optional[int] = None
-    stderr: str = ""
+    limit: Optional[float]  # bytes or seconds
+    measured: Optional[float]
+    peak: Optional[int]  # bytes
+    exit_code: Optional[int]
+    signal: Optional[int]
+    stderr: str
+
+    def __init__(self, task: int, pid: int, node: str, worker: str, reason: FailureReason, message: str,
+                 limit: Optional[float] = None, measured: Optional[float] = None, peak: Optional[int] = None,
+                 exit_code: Optional[int] = None, signal: Optional[int] = None, stderr: str = "") -> None:
+        self._assign(task, pid, node, worker, reason, message, limit, measured, peak, exit_code, signal, stderr)
 
     def to_meta(self) -> Meta:
         meta: Meta = {"task": self.task, "pid": self.pid, "node": self.node, "worker": self.worker,
@@ -335,128 +389,3 @@ class FailureReport:
                    maybe_amount(meta, where, "limit"), maybe_amount(meta, where, "measured"),
                    maybe_natural(meta, where, "peak"), maybe_integer(meta, where, "exit_code"),
                    maybe_natural(meta, where, "signal"), maybe_text(meta, where, "stderr") or "")
-
-
-# -- status (anyone <-> a daemon) --------------------------------------------------------------------------
-
-@dataclass(frozen=True, **SLOTS)
-class WorkerStatus:
-    """One worker in its node's STATUS_REPLY."""
-
-    pid: int
-    address: str
-    state: str  # "busy" or a `node.supervision.WorkerState` value, for people
-    rss: int  # bytes: the worker and what its task started
-    tasks_done: int
-    task: Optional[int]  # the task it is running
-    peak: int  # bytes
-    cap: Optional[int]  # the memory cap of its task, or of its node (bytes)
-
-    def to_meta(self) -> Meta:
-        return {"pid": self.pid, "address": self.address, "state": self.state, "rss": self.rss,
-                "tasks_done": self.tasks_done, "task": self.task, "peak": self.peak, "cap": self.cap}
-
-    @classmethod
-    def from_meta(cls, meta: Meta, where: str = "a STATUS_REPLY worker") -> WorkerStatus:
-        return cls(natural(meta, where, "pid"), text(meta, where, "address"), text(meta, where, "state"),
-                   natural(meta, where, "rss"), natural(meta, where, "tasks_done"),
-                   maybe_natural(meta, where, "task"), natural(meta, where, "peak"),
-                   maybe_natural(meta, where, "cap"))
-
-
-@dataclass(frozen=True, **SLOTS)
-class RecentFailure:
-    """A task a node reported failed (its worker died, or broke a limit), as its STATUS_REPLY lists it."""
-
-    time: float  # when, in seconds since the epoch (the node's clock)
-    task: int
-    pid: int
-    reason: str  # a `FailureReason` value
-    message: str  # what the node told the task's client
-
-    def to_meta(self) -> Meta:
-        return {"time": self.time, "task": self.task, "pid": self.pid, "reason": self.reason, "message": self.message}
-
-    @classmethod
-    def from_meta(cls, meta: Meta, where: str = "a STATUS_REPLY failure") -> RecentFailure:
-        when: Any = meta.get("time")
-        if not (type(when) is float or type(when) is int) or not 0 <= when < 1e12:  # NaN fails too
-            raise refused(meta, where, "time", "a time in seconds since the epoch")
-        return cls(float(when), natural(meta, where, "task"), natural(meta, where, "pid"), text(meta, where, "reason"),
-                   text(meta, where, "message"))
-
-
-@dataclass(frozen=True, **SLOTS)
-class NodeStatus:
-    """A node daemon's STATUS_REPLY (role "node")."""
-
-    KIND: ClassVar[Kind] = Kind.STATUS_REPLY
-
-    name: str
-    address: str
-    instance: str
-    memory_limit: Optional[int]  # bytes
-    processes: int
-    workers: tuple[WorkerStatus, ...]
-    clients: int
-    tasks_done: int
-    tasks_crashed: int
-    running: int
-    # Tasks by outcome (the metrics' lucidity_tasks_total), limit kills by reason, and the last failures the
-    # node reported, newest first, with their text: what `lucidity top` and the dashboard show.
-    tasks_by_outcome: Mapping[str, int] = field(default_factory=dict)
-    kills_by_reason: Mapping[str, int] = field(default_factory=dict)
-    recent_failures: tuple[RecentFailure, ...] = ()
-
-    def to_meta(self) -> Meta:
-        return {"role": "node", "name": self.name, "address": self.address, "instance": self.instance,
-                "memory_limit": self.memory_limit, "processes": self.processes,
-                "workers": [worker.to_meta() for worker in self.workers], "clients": self.clients,
-                "tasks_done": self.tasks_done, "tasks_crashed": self.tasks_crashed, "running": self.running,
-                "tasks_by_outcome": dict(self.tasks_by_outcome), "kills_by_reason": dict(self.kills_by_reason),
-                "recent_failures": [failure.to_meta() for failure in self.recent_failures]}
-
-    @classmethod
-    def from_meta(cls, meta: Meta) -> NodeStatus:
-        where = "a node's STATUS_REPLY meta"
-        workers = tuple(WorkerStatus.from_meta(entry) for entry in objects(meta, where, "workers"))
-        failures = tuple(RecentFailure.from_meta(entry) for entry in objects(meta, where, "recent_failures")
-                         ) if "recent_failures" in meta else ()
-        return cls(text(meta, where, "name"), text(meta, where, "address"), text(meta, where, "instance"),
-                   maybe_natural(meta, where, "memory_limit"), natural(meta, where, "processes"), workers,
-                   natural(meta, where, "clients"), natural(meta, where, "tasks_done"),
-                   natural(meta, where, "tasks_crashed"), natural(meta, where, "running"),
-                   maybe_counts(meta, where, "tasks_by_outcome"), maybe_counts(meta, where, "kills_by_reason"),
-                   failures)
-
-
-@dataclass(frozen=True, **SLOTS)
-class ControlStatus:
-    """The control node's STATUS_REPLY (role "control"): the nodes as it lists them."""
-
-    KIND: ClassVar[Kind] = Kind.STATUS_REPLY
-
-    address: str
-    instance: str
-    nodes: tuple[NodeEntry, ...]
-    watchers: int  # clients watching the membership
-
-    def to_meta(self) -> Meta:
-        return {"role": "control", "address": self.address, "instance": self.instance,
-                "nodes": [node.to_meta() for node in self.nodes], "watchers": self.watchers}
-
-    @classmethod
-    def from_meta(cls, meta: Meta) -> ControlStatus:
-        where = "the control node's STATUS_REPLY meta"
-        nodes = tuple(NodeEntry.from_meta(entry, "a STATUS_REPLY node") for entry in objects(meta, where, "nodes"))
-        return cls(text(meta, where, "address"), text(meta, where, "instance"), nodes,
-                   natural(meta, where, "watchers"))
-
-
-def status_reply(meta: Meta) -> Union[NodeStatus, ControlStatus]:
-    role = meta.get("role")
-    if role == "node":
-        return NodeStatus.from_meta(meta)
-    if role == "control":
-        return ControlStatus.from_meta(meta)
-    raise refused(meta, "STATUS_REPLY meta", "role", '"node" or "control"')

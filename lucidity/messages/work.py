@@ -3,29 +3,31 @@
 See `lucidity.messages` for what every body class offers. The kinds, by who sends them::
 
     client --TASKS (TaskSpec..., MainEntry, Module...)--> worker --RESULTS (ResultEntry...)--> client
-    client --CANCEL--> worker                               worker --MISSING/REFUSED--> client
     worker --FETCH--> client --MODULE--> worker             (code shipping, `lucidity.shipping`)
     worker --OUTPUT/PROGRESS--> client                      (what tasks print, how far they are: issue 14)
 
+and `lucidity.messages.alongside` has the smaller messages that go with them (CANCEL, MISSING, REFUSED,
+FETCH).
+
 TASKS and RESULTS carry up to 256 entries each, and every task makes one of each: their entries are
-NamedTuples (cheaper to make than frozen dataclasses, as immutable) and are read in plain loops.
+NamedTuples (cheaper to make than a `Record`, as immutable) and are read in plain loops.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, NamedTuple, Optional, Sequence
 
 from .. import protocol
 from ..errors import ProtocolError
 from ..protocol import META_INT_MAX, Kind
 from ..shipping import ModuleSource
-from .fields import (MAX_SECONDS, SLOTS, Meta, array, client_id, flag, is_layout, maybe_flag, maybe_natural,
-                     maybe_seconds, maybe_text, objects, refused, shown, task_ids, text, texts)
+from .fields import (MAX_SECONDS, Meta, array, client_id, flag, is_layout, maybe_flag, maybe_natural,
+                     maybe_seconds, maybe_text, objects, refused, shown, text, texts)
+from .record import Record
 
 __all__ = ["TaskMode", "ResultStatus", "MainEntry", "Module", "TaskSpec", "TasksPayload", "Tasks", "ResultEntry",
-           "Results", "Cancel", "Missing", "Fetch", "Refused", "Output", "Progress"]
+           "Results", "Output", "Progress"]
 
 
 class TaskMode(str, enum.Enum):
@@ -43,25 +45,32 @@ class ResultStatus(str, enum.Enum):
 
 # A NamedTuple's own __new__ runs Python code; tuple.__new__ makes the same tuple in C (from_meta of entries).
 _new_tuple = tuple.__new__
+# How a record's __init__ sets a field, past its own __setattr__ that refuses (see `Record`).
+_set = object.__setattr__
 # An enum looked up by value runs Python code; a dictionary is one C call (once per task here). A member is a
 # str equal to its value and hashed as it, so it finds itself here too (from_meta of a body's to_meta).
 _MODES = {mode.value: mode for mode in TaskMode}
 _STATUSES = {status.value: status for status in ResultStatus}
 
 
-@dataclass(frozen=True, **SLOTS)
-class MainEntry:
+class MainEntry(Record):
     """How a worker gives one client's tasks the caller's ``__main__`` (`lucidity.mainscript`): TASKS ``main``.
 
     With a ``filename``, the script's source follows as a payload frame and the worker imports it as
     ``__mp_main__``; without, the worker makes an empty namespace that the client fills by value.
     """
 
+    __slots__ = ("argv", "start", "filename", "digest", "package")
+
     argv: tuple[str, ...]
-    start: str = ""  # the caller's start method, which names the worker ("" for the platform's default)
-    filename: Optional[str] = None
-    digest: str = ""
-    package: str = ""  # for ``python -m pkg.mod``: what relative imports resolve against
+    start: str  # the caller's start method, which names the worker ("" for the platform's default)
+    filename: Optional[str]
+    digest: str
+    package: str  # for ``python -m pkg.mod``: what relative imports resolve against
+
+    def __init__(self, argv: tuple[str, ...], start: str = "", filename: Optional[str] = None, digest: str = "",
+                 package: str = "") -> None:
+        self._assign(argv, start, filename, digest, package)
 
     @property
     def has_source(self) -> bool:
@@ -80,21 +89,26 @@ class MainEntry:
                    maybe_text(meta, where, "package") or "")
 
 
-@dataclass(frozen=True, **SLOTS)
-class Module:
+class Module(Record):
     """A module's source as a client ships it (MODULE, answering a FETCH; TASKS ``ship``), or why it cannot.
 
     A found module's source travels as one payload frame after the meta.
     """
 
+    __slots__ = ("name", "found", "package", "filename", "digest", "reason")
+
     KIND: ClassVar[Kind] = Kind.MODULE
 
     name: str
     found: bool
-    package: bool = False  # a package's __init__
-    filename: str = ""
-    digest: str = ""
-    reason: str = ""  # why it was not found
+    package: bool  # a package's __init__
+    filename: str
+    digest: str
+    reason: str  # why it was not found
+
+    def __init__(self, name: str, found: bool, package: bool = False, filename: str = "", digest: str = "",
+                 reason: str = "") -> None:
+        self._assign(name, found, package, filename, digest, reason)
 
     def to_meta(self) -> Meta:
         if self.found:
@@ -123,10 +137,10 @@ class Module:
 class TaskSpec(NamedTuple):
     """A task's entry in a TASKS message: what to call, how, and within which limits (0: none).
 
-    A NamedTuple, where the other bodies are frozen dataclasses: one is made for every task on each side,
-    and a frozen dataclass of nine fields costs three times as much to make (700 ns against 230 in CPython
-    3.11: the difference, twice, is about 4 % of the CPU time of a tiny task's round trip). It is as
-    immutable.
+    A NamedTuple, where the other bodies are records (`lucidity.messages.record`): one is made for every
+    task on each side, and a frozen record of nine fields costs three times as much to make (700 ns against
+    230 in CPython 3.11, measured with frozen dataclasses, which set fields the same way: the difference,
+    twice, is about 4 % of the CPU time of a tiny task's round trip). It is as immutable.
     """
 
     id: int
@@ -190,8 +204,7 @@ class TasksPayload(NamedTuple):
     items: list[list[memoryview]]  # each task's frames, in `Tasks.tasks` order
 
 
-@dataclass(frozen=True, **SLOTS)
-class Tasks:
+class Tasks(Record):
     """A batch of tasks from a client to a worker.
 
     The payload frames follow in this order: each shipped module's source, the main script's source (if
@@ -199,15 +212,29 @@ class Tasks:
     `protocol.pack_items` (`layout`, one entry per task, travels as each task entry's ``"n"``).
     """
 
+    __slots__ = ("client", "functions", "tasks", "layout", "ship", "main", "modules")
+
     KIND: ClassVar[Kind] = Kind.TASKS
 
     client: str  # the client's session with the worker's node
     functions: tuple[str, ...]  # digests of the functions sent with this batch
     tasks: tuple[TaskSpec, ...]
     layout: tuple[Any, ...]
-    ship: tuple[Module, ...] = ()  # modules sent up front (``ship=``), with the first batch to each worker
-    main: Optional[MainEntry] = None  # with the first batch to each worker, and again when it asks
-    modules: Optional[Mapping[str, str]] = None  # name -> digest of each module shipped to this worker
+    ship: tuple[Module, ...]  # modules sent up front (``ship=``), with the first batch to each worker
+    main: Optional[MainEntry]  # with the first batch to each worker, and again when it asks
+    modules: Optional[Mapping[str, str]]  # name -> digest of each module shipped to this worker
+
+    def __init__(self, client: str, functions: tuple[str, ...], tasks: tuple[TaskSpec, ...], layout: tuple[Any, ...],
+                 ship: tuple[Module, ...] = (), main: Optional[MainEntry] = None,
+                 modules: Optional[Mapping[str, str]] = None) -> None:
+        # Field by field rather than `_assign`'s loop, here and in `Results`: one of each per batch of tasks.
+        _set(self, "client", client)
+        _set(self, "functions", functions)
+        _set(self, "tasks", tasks)
+        _set(self, "layout", layout)
+        _set(self, "ship", ship)
+        _set(self, "main", main)
+        _set(self, "modules", modules)
 
     def to_meta(self) -> Meta:
         tasks = [spec.to_meta(layout) for spec, layout in zip(self.tasks, self.layout)]
@@ -295,18 +322,23 @@ class ResultEntry(NamedTuple):
         return _new_tuple(cls, (task_id, _STATUSES[status], seconds))
 
 
-@dataclass(frozen=True, **SLOTS)
-class Results:
+class Results(Record):
     """A batch of results from a worker to the client whose tasks they answer.
 
     The payload is each result's frames as laid out by `protocol.pack_items` (`layout`, one entry per
     result, travels as each result entry's ``"n"``).
     """
 
+    __slots__ = ("results", "layout")
+
     KIND: ClassVar[Kind] = Kind.RESULTS
 
     results: tuple[ResultEntry, ...]
     layout: tuple[Any, ...]
+
+    def __init__(self, results: tuple[ResultEntry, ...], layout: tuple[Any, ...]) -> None:
+        _set(self, "results", results)
+        _set(self, "layout", layout)
 
     def to_meta(self) -> Meta:
         # Each entry as `ResultEntry.to_meta` writes it, and its layout; inline, as this runs for every result.
@@ -337,84 +369,7 @@ class Results:
         return protocol.unpack_items(self.layout, payload)
 
 
-@dataclass(frozen=True, **SLOTS)
-class Cancel:
-    """A terminating client cancels its tasks queued at a worker."""
-
-    KIND: ClassVar[Kind] = Kind.CANCEL
-
-    tasks: tuple[int, ...]
-
-    def to_meta(self) -> Meta:
-        return {"tasks": list(self.tasks)}
-
-    @classmethod
-    def from_meta(cls, meta: Meta) -> Cancel:
-        return cls(task_ids(meta, "CANCEL meta", "tasks"))
-
-
-@dataclass(frozen=True, **SLOTS)
-class Missing:
-    """A worker gives tasks back unrun: it lacks what it names (functions evicted from its cache, or the
-    client's main entry), and the client sends them again with it; or it is ``busy`` with a long task, and
-    the client sends them to another worker and this one nothing until its task ends."""
-
-    KIND: ClassVar[Kind] = Kind.MISSING
-
-    tasks: tuple[int, ...]
-    digests: tuple[str, ...]
-    main: bool = False
-    busy: bool = False
-
-    def to_meta(self) -> Meta:
-        meta: Meta = {"tasks": list(self.tasks), "digests": list(self.digests)}
-        if self.main:
-            meta["main"] = True
-        if self.busy:
-            meta["busy"] = True
-        return meta
-
-    @classmethod
-    def from_meta(cls, meta: Meta) -> Missing:
-        where = "MISSING meta"
-        return cls(task_ids(meta, where, "tasks"), texts(meta, where, "digests"), maybe_flag(meta, where, "main"),
-                   maybe_flag(meta, where, "busy"))
-
-
-@dataclass(frozen=True, **SLOTS)
-class Fetch:
-    """A worker asks the client of its current task for a module's source (`lucidity.shipping`)."""
-
-    KIND: ClassVar[Kind] = Kind.FETCH
-
-    module: str
-
-    def to_meta(self) -> Meta:
-        return {"module": self.module}
-
-    @classmethod
-    def from_meta(cls, meta: Meta) -> Fetch:
-        return cls(text(meta, "FETCH meta", "module"))
-
-
-@dataclass(frozen=True, **SLOTS)
-class Refused:
-    """A worker could not read a batch of tasks: the client fails what it sent there."""
-
-    KIND: ClassVar[Kind] = Kind.REFUSED
-
-    reason: str
-
-    def to_meta(self) -> Meta:
-        return {"reason": self.reason}
-
-    @classmethod
-    def from_meta(cls, meta: Meta) -> Refused:
-        return cls(text(meta, "REFUSED meta", "reason"))
-
-
-@dataclass(frozen=True, **SLOTS)
-class Output:
+class Output(Record):
     """What tasks wrote to the worker's stdout and stderr, for the client of the task that was running.
 
     The bytes travel as one payload frame, as written (lines may be cut anywhere; the client joins them).
@@ -422,10 +377,16 @@ class Output:
     them with results, so a last line without its newline is complete as far as that task goes.
     """
 
+    __slots__ = ("task", "end")
+
     KIND: ClassVar[Kind] = Kind.OUTPUT
 
     task: int
-    end: bool = False
+    end: bool
+
+    def __init__(self, task: int, end: bool = False) -> None:
+        _set(self, "task", task)  # field by field: a worker may send one for every task
+        _set(self, "end", end)
 
     def to_meta(self) -> Meta:
         return {"task": self.task, "end": True} if self.end else {"task": self.task}
@@ -439,17 +400,21 @@ class Output:
         return cls(task, maybe_flag(meta, where, "end"))
 
 
-@dataclass(frozen=True, **SLOTS)
-class Progress:
+class Progress(Record):
     """How far a running task has come: ``items`` of its chunk finished, and what the task itself last
     reported (`lucidity.report_progress`: ``done`` of ``total``; both 0 if it reported nothing)."""
+
+    __slots__ = ("task", "items", "done", "total")
 
     KIND: ClassVar[Kind] = Kind.PROGRESS
 
     task: int
-    items: int = 0
-    done: float = 0.0
-    total: float = 0.0
+    items: int
+    done: float
+    total: float
+
+    def __init__(self, task: int, items: int = 0, done: float = 0.0, total: float = 0.0) -> None:
+        self._assign(task, items, done, total)
 
     def to_meta(self) -> Meta:
         return {"task": self.task, "items": self.items, "done": self.done, "total": self.total}

@@ -24,7 +24,6 @@ then no one else would. A control node started by an operator is never told one 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -298,7 +297,7 @@ class ControlDaemon(Daemon):
             logger.info("node %s joined from %s with %d workers", join.name, join.address, join.processes)
             self._node_events["joined"] += 1
         if listed is None or listed.describe() != join:
-            same_but_load = listed is not None and dataclasses.replace(listed.describe(), running=join.running) == join
+            same_but_load = listed is not None and listed.describe().replace(running=join.running) == join
             (self._load_changed if same_but_load else self._changed).add(join.name)
         if record is not None and record.name != join.name:
             self._changed.add(record.name)  # an identity that spoke for another node: that one is gone

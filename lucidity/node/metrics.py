@@ -20,16 +20,18 @@ control daemon's `_metric_families`. docs/monitoring.md lists every metric.
 from __future__ import annotations
 
 import collections
-import http.server
 import json
 import logging
 import math
 import socket
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 from .. import addresses
+
+if TYPE_CHECKING:
+    import http.server
 
 logger = logging.getLogger(__name__)
 
@@ -166,12 +168,18 @@ class _Request:
         self.answer: Optional[tuple[int, str, bytes]] = None  # status, content type, body
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True  # a request waiting for a stopped loop never holds the daemon's exit
+def _server_classes() -> tuple[type["http.server.ThreadingHTTPServer"], type["http.server.ThreadingHTTPServer"]]:
+    """The HTTP server classes for IPv4 and IPv6, made when a daemon first serves metrics: http.server
+    costs a daemon about 9 ms of start-up, and most daemons never serve metrics (issue 13)."""
+    import http.server
 
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True  # a request waiting for a stopped loop never holds the daemon's exit
 
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+    class Server6(Server):
+        address_family = socket.AF_INET6
+
+    return Server, Server6
 
 
 class Exporter:
@@ -192,12 +200,15 @@ class Exporter:
         self._pending: collections.deque[_Request] = collections.deque()
         self._lock = threading.Lock()
         self._closed = False
-        self._server: Optional[_Server] = None
+        self._server: Optional["http.server.ThreadingHTTPServer"] = None
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> str:
         """Bind and start serving; returns the URL of the metrics page. Raises OSError if it cannot bind."""
+        import http.server
+
         exporter = self
+        server4, server6 = _server_classes()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             server_version = "lucidity"
@@ -216,11 +227,11 @@ class Exporter:
         host = self.endpoint.host
         if host == "*":  # every interface, IPv6 and IPv4 (a dual-stack socket), or IPv4 alone without IPv6
             try:
-                self._server = _Server6(("", self.endpoint.port), Handler)
+                self._server = server6(("", self.endpoint.port), Handler)
             except OSError:
-                self._server = _Server(("", self.endpoint.port), Handler)
+                self._server = server4(("", self.endpoint.port), Handler)
         else:
-            server = _Server6 if ":" in host else _Server
+            server = server6 if ":" in host else server4
             self._server = server(("" if self.endpoint.is_wildcard else host, self.endpoint.port), Handler)
         port = self._server.server_address[1]
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
