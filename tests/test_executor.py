@@ -240,6 +240,29 @@ def test_done_callbacks_get_the_future_once_it_is_done(executor: concurrent.futu
     assert isinstance(errors[0], ZeroDivisionError)
 
 
+def test_result_returns_while_a_done_callback_still_runs(executor: concurrent.futures.Executor,
+                                                       rendezvous: Rendezvous) -> None:
+    # Waiters are woken before the done callbacks run: a callback waiting for the waiter does not block it.
+    waiter_returned = threading.Event()
+    callback_saw: list[bool] = []
+    callback_done = threading.Event()
+
+    def callback(_: concurrent.futures.Future[Any]) -> None:
+        callback_saw.append(waiter_returned.wait(PROMPT_BOUND))
+        callback_done.set()
+
+    future = executor.submit(hold, rendezvous.address)
+    future.add_done_callback(callback)
+    rendezvous.started()
+    rendezvous.release()
+    try:
+        assert future.result(timeout=RESULT_TIMEOUT) == "held"
+    finally:
+        waiter_returned.set()
+    assert callback_done.wait(RESULT_TIMEOUT)
+    assert callback_saw == [True]
+
+
 def test_no_stale_references_to_arguments_or_results(executor: concurrent.futures.Executor) -> None:
     payload = Payload()
     collected = threading.Event()
@@ -303,6 +326,36 @@ def test_map_raises_a_failed_call_at_its_position_and_stops(executor: concurrent
         assert_remote_traceback(raised.value, "fail_on_three")
         with pytest.raises(StopIteration):
             next(iterator)
+
+
+def test_map_of_one_iterable_passes_each_item_whole(executor: concurrent.futures.Executor) -> None:
+    # lucidity sends one iterable's items as they are (Pool.map's way), several iterables as tuples to unpack.
+    assert list(executor.map(identity, [(1, 2), (3,), ()], chunksize=2)) == [(1, 2), (3,), ()]
+    assert list(executor.map(square)) == []
+
+
+def test_map_of_something_not_iterable_raises_from_map(executor: concurrent.futures.Executor) -> None:
+    with pytest.raises(TypeError):
+        executor.map(square, 5)  # type: ignore[call-overload]
+
+
+def test_map_hands_each_result_to_the_consumer_alone(executor: concurrent.futures.Executor) -> None:
+    # The results of a chunk arrive together; one taken is referenced by the consumer alone (CPython issue
+    # 14406), so dropping it frees it before the rest of its chunk is taken.
+    iterator = executor.map(identity, [Payload() for _ in range(3)], chunksize=3)
+    first = next(iterator)
+    collected = threading.Event()
+    weakref.finalize(first, collected.set)
+    del first
+    assert collected.is_set()
+    assert [type(rest) for rest in iterator] == [Payload, Payload]
+
+
+def test_map_closed_midway_hands_over_nothing_more(executor: concurrent.futures.Executor) -> None:
+    iterator = executor.map(square, range(10), chunksize=5)
+    assert next(iterator) == 0
+    iterator.close()  # type: ignore[attr-defined]
+    assert list(iterator) == []
 
 
 def test_map_timeout_raises_timeout_error_from_next_and_ends_the_iterator(executor: concurrent.futures.Executor,
