@@ -328,6 +328,8 @@ class Executor(concurrent.futures.Executor):
         self._lock = threading.Lock()
         self._is_shut_down = False
         self._outstanding = _Outstanding()
+        # One bound method for every future: a new one per submit would be one more object for the collector.
+        self._forget_future = self._outstanding.discard
         self._feeds: weakref.WeakSet[Feed] = weakref.WeakSet()
         self._closer: Optional[threading.Thread] = None
         self._cluster: Optional[LocalCluster] = None
@@ -359,7 +361,7 @@ class Executor(concurrent.futures.Executor):
         function = self._client.function(fn)
         frames = self._client.dumps((args, kwargs), f"arguments of {function.description}")
         future: TaskFuture[T] = TaskFuture(self._client, function, TaskMode.CALL, frames, self._options, owner=self,
-                                           on_settled=self._outstanding.discard, made_by="submit")
+                                           on_settled=self._forget_future, made_by="submit")
         with self._lock:
             # Checked again under the lock: a submit that passes is one that shutdown() waits for.
             self._check_open()
