@@ -13,38 +13,57 @@ The client's I/O thread feeds it events and carries out what it answers::
 
 Policy lives here, where a test reaches it without a socket: each worker's window of tasks in flight (one
 until its task durations are known, then as many as fill `WINDOW_TARGET` seconds, and none while it is busy
-with a long task after giving back the ones it had queued: see `give_back`), the fair share of a
-queue per worker, `max_running`, placement on a node, resends after a lost worker (counted against
-`Task.lost_retries`) and crash retries. The caller holds the client's lock around every call.
+with a long task after giving back the ones it had queued: see `give_back`, or while its oldest task has run
+so long that it is likely such a task: see `Lane.overdue`), the fair share of a queue per worker,
+`max_running`, placement on a node, resends after a lost worker (counted against `Task.lost_retries`) and
+crash retries. The caller holds the client's lock around every call. The one clock is the table's `clock`
+argument, read once per `dispatch` and `take`, so that a test can drive it.
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Iterable, Optional
+import math
+import time
+from typing import Callable, Iterable, Optional
 
 from .task import Task, TaskState
 
-__all__ = ["Lane", "TaskTable", "WINDOW_MIN", "WINDOW_MAX", "WINDOW_TARGET"]
+__all__ = ["Lane", "TaskTable", "WINDOW_MIN", "WINDOW_MAX", "WINDOW_TARGET", "OVERDUE_AFTER", "OVERDUE_FACTOR"]
 
 #: Window of tasks in flight per worker: the bounds, and the queueing time it aims for, in seconds.
 WINDOW_MIN = 2
 WINDOW_MAX = 256
 WINDOW_TARGET = 0.005
+#: A worker whose oldest task in flight has run this long as far as the client can tell (seconds), or
+#: `OVERDUE_FACTOR` times its typical task time if that is longer, gets nothing more until it answers: what
+#: it runs is likely a long task, and a task sent now would wait behind it. The worker's shedder gives back
+#: what already waits there by the same measure (lucidity.node.shedding: SHED_AFTER, SHED_FACTOR).
+OVERDUE_AFTER = 0.02
+OVERDUE_FACTOR = 4.0
 
 
 class Lane:
     """A worker as the table sees it: whether it can be written to, its tasks in flight, its pace."""
 
-    __slots__ = ("key", "node", "connected", "inflight", "mean_time", "busy")
+    __slots__ = ("key", "node", "connected", "inflight", "mean_time", "typical_time", "busy", "head_since",
+                 "_log_time")
 
     def __init__(self, key: str, node: str) -> None:
         self.key = key
         self.node = node
         self.connected = False  # its connection is made: tasks may go to it
-        self.inflight: dict[int, Task] = {}
+        self.inflight: dict[int, Task] = {}  # in the order sent: the first is the one it runs
         self.mean_time = 0.0  # seconds per task, a moving average of what it reported (0: not known yet)
+        # Seconds a task typically takes (0: not known yet): a moving geometric mean, which one long task in a
+        # stream of short ones moves little (a 500 ms task after 5 ms ones: 12.5 ms, where the mean goes to
+        # 104 ms), so that the next long task is still recognised as long (see `overdue`).
+        self.typical_time = 0.0
+        self._log_time = 0.0
         self.busy = False  # it gave back its queued tasks to run a long one: nothing more until it answers
+        # When its oldest task in flight became the oldest (sent to an idle worker, or the one before it was
+        # answered): about when the worker started it, as far as the client can tell.
+        self.head_since = 0.0
 
     def credit(self) -> int:
         """How many more tasks it may hold: one until its pace is known (no more than it can start at once,
@@ -60,6 +79,13 @@ class Lane:
 
     def observe(self, seconds: float) -> None:
         self.mean_time = seconds if self.mean_time <= 0 else 0.8 * self.mean_time + 0.2 * seconds
+        logged = math.log(max(seconds, 1e-6))
+        self._log_time = logged if self.typical_time <= 0 else 0.8 * self._log_time + 0.2 * logged
+        self.typical_time = math.exp(self._log_time)
+
+    def overdue(self, now: float) -> bool:
+        """Its oldest task has run longer than its tasks typically take (see `OVERDUE_AFTER`)."""
+        return bool(self.inflight) and now - self.head_since > max(OVERDUE_AFTER, OVERDUE_FACTOR * self.typical_time)
 
 
 class TaskTable:
@@ -67,10 +93,12 @@ class TaskTable:
 
     Args:
         max_running: at most this many workers hold tasks at once (None: every worker).
+        clock: seconds, monotonic: when tasks were sent and answered (`Lane.overdue`).
     """
 
-    def __init__(self, max_running: Optional[int] = None) -> None:
+    def __init__(self, max_running: Optional[int] = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_running = max_running
+        self._clock = clock
         self.tasks: dict[int, Task] = {}  # every unfinished task, by id
         self._pending: collections.deque[Task] = collections.deque()
         # Tasks placed on a node wait here, by node name, while that node is known.
@@ -161,13 +189,14 @@ class TaskTable:
         with `unsend` if it cannot).
         """
         batches: list[tuple[Lane, list[Task]]] = []
+        now = self._clock()
         for node in list(self._pending_for):
             queue = self._pending_for[node]
             if queue:
-                self._dispatch_queue(queue, node, batches)
+                self._dispatch_queue(queue, node, batches, now)
             if not queue:
                 del self._pending_for[node]
-        self._dispatch_queue(self._pending, None, batches)
+        self._dispatch_queue(self._pending, None, batches, now)
         return batches
 
     def unsend(self, lane: Lane, batch: list[Task]) -> None:
@@ -184,6 +213,7 @@ class TaskTable:
         task = lane.inflight.pop(task_id, None)
         lane.observe(seconds)
         lane.busy = False
+        lane.head_since = self._clock()  # the worker went on to the next task it holds, if any
         if task is None or task.is_final:
             return None
         return task
@@ -250,11 +280,13 @@ class TaskTable:
         self._queue_of(task).appendleft(task)
 
     def _dispatch_queue(self, queue: collections.deque[Task], node: Optional[str],
-                        batches: list[tuple[Lane, list[Task]]]) -> None:
+                        batches: list[tuple[Lane, list[Task]]], now: float) -> None:
         while queue:
-            lane, sharing = self._choose_worker(node)
+            lane, sharing = self._choose_worker(node, now)
             if lane is None:
                 return
+            if not lane.inflight:
+                lane.head_since = now
             # No more than a fair share of what waits, so that two slow tasks go to two idle workers.
             credit = min(lane.credit(), -(-len(queue) // sharing))
             batch: list[Task] = []
@@ -270,13 +302,13 @@ class TaskTable:
                 return
             batches.append((lane, batch))
 
-    def _choose_worker(self, node: Optional[str]) -> tuple[Optional[Lane], int]:
-        """The worker with the fewest of our tasks in flight that still has credit (round robin on ties),
-        and how many workers could take work now."""
+    def _choose_worker(self, node: Optional[str], now: float) -> tuple[Optional[Lane], int]:
+        """The worker with the fewest of our tasks in flight that still has credit and is not overdue (round
+        robin on ties), and how many workers could take work now."""
         lanes: Iterable[Lane] = self.lanes.values()
         if node is not None:
             lanes = [lane for lane in lanes if lane.node == node]
-        candidates = [lane for lane in lanes if lane.connected and lane.credit() > 0]
+        candidates = [lane for lane in lanes if lane.connected and lane.credit() > 0 and not lane.overdue(now)]
         if self.max_running:
             # At most max_running workers hold our tasks: the busy ones, and idle ones up to the cap.
             free = self.max_running - sum(1 for lane in self.lanes.values() if lane.inflight)

@@ -3,12 +3,15 @@ instead of waiting for it (lucidity.node.shedding), and every result still arriv
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
 
 import lucidity
-from helpers import Rendezvous, hold
+from helpers import Rendezvous, hold, wait_until
+from lucidity.node.shedding import SHED_AFTER, SHED_FACTOR, Shedder
 from tasks import identity
 
 pytestmark = pytest.mark.timeout(120)
@@ -51,3 +54,74 @@ def _sleep_then_echo(item: tuple[int, float]) -> int:
 
     time.sleep(item[1])
     return item[0]
+
+
+# -- the shedder's policy, with its real thread and lock and plain callables for the worker's queue ----------
+
+
+class WorkerQueue:
+    """What the shedder reaches of a worker: tasks queued, tasks still in the socket, what it gave back."""
+
+    def __init__(self) -> None:
+        self.queued: list[int] = []
+        self.in_socket: list[int] = []
+        self.given_back: list[int] = []
+
+    def receive(self) -> None:
+        self.queued += self.in_socket
+        self.in_socket = []
+
+    def give_back(self) -> bool:
+        self.given_back += self.queued
+        had_any, self.queued = bool(self.queued), []
+        return had_any
+
+
+def shedder_for(queue: WorkerQueue) -> tuple[Shedder, threading.RLock]:
+    lock = threading.RLock()
+    return Shedder(lock, queue.give_back, queue.receive), lock
+
+
+def test_tasks_that_arrive_while_a_long_task_of_a_stream_runs_are_given_back() -> None:
+    queue = WorkerQueue()
+    shedder, _ = shedder_for(queue)
+    shedder.task_started(queued=True)  # a stream: this task had another behind it
+    shedder.task_ended(0.001)
+    shedder.task_started(queued=False)  # the next runs long, with nothing queued when it started...
+    queue.in_socket = [7, 8]  # ...and tasks arrive meanwhile
+    wait_until(lambda: queue.given_back == [7, 8], 10, "the tasks that arrived given back")
+    queue.in_socket = [9]  # sent before its client heard the worker is busy: given back too
+    wait_until(lambda: queue.given_back == [7, 8, 9], 10, "the later arrival given back")
+
+
+def test_a_lone_task_never_wakes_the_shedder() -> None:
+    queue = WorkerQueue()
+    shedder, _ = shedder_for(queue)
+    for _ in range(3):
+        shedder.task_started(queued=False)  # apply after apply: none had another behind it
+        shedder.task_ended(0.001)
+    assert not shedder.is_watching
+
+
+def test_a_task_is_given_back_only_after_several_typical_task_times() -> None:
+    queue = WorkerQueue()
+    shedder, _ = shedder_for(queue)
+    for _ in range(20):
+        shedder.task_ended(0.1)  # this worker's tasks take 100 ms
+    shedder.task_ended(1.0)  # one long task hardly changes that (an average would be 280 ms)
+    assert shedder.typical_time < 0.2
+    queue.queued = [3]
+    started = time.monotonic()
+    shedder.task_started(queued=True)
+    wait_until(lambda: queue.given_back == [3], 10, "the queued task given back")
+    assert time.monotonic() - started >= SHED_FACTOR * 0.1 * 0.9  # not at SHED_AFTER: 100 ms tasks are not long
+
+
+def test_the_shedder_gives_back_nothing_while_the_worker_holds_its_lock() -> None:
+    queue = WorkerQueue()
+    shedder, lock = shedder_for(queue)
+    with lock:  # the worker's own thread, not running the caller's code: it serves its queue itself
+        queue.queued = [4]
+        shedder.task_started(queued=True)
+        threading.Event().wait(3 * SHED_AFTER)  # past the task's deadline, with the lock held throughout
+        assert queue.given_back == []

@@ -4,28 +4,44 @@ A client keeps a small window of tasks in flight on each worker, so that a worke
 for its next task. The price is that a task queued behind one that turns out long waits for it, while
 other workers may sit idle: the long tail of a map. The worker's loop cannot answer while its task runs
 (it is running the caller's code), so a `Shedder` thread watches instead: once the running task has taken
-`SHED_AFTER` seconds, or `SHED_FACTOR` times the worker's mean task time if that is longer, and tasks are
-still queued, it gives them back to their clients (MISSING, ``busy``); each client sends them to other
+`SHED_AFTER` seconds, or `SHED_FACTOR` times the worker's typical task time if that is longer, and tasks
+are still queued, it gives them back to their clients (MISSING, ``busy``); each client sends them to other
 workers, and this one nothing more until its long task ends (`lucidity.tasktable.TaskTable.give_back`).
 
-The thread sleeps while nothing is queued behind the running task, so a lone `apply` never wakes it; in a
-stream of tasks it wakes about once per `SHED_AFTER`. It touches the worker's socket and queue only while it
-holds the worker's lock, which the worker's own thread releases only while it runs the caller's code:
-ZeroMQ sockets may change threads only across such a lock.
+The typical task time here is the shedder's own, a moving geometric mean of the times its worker reports
+(`task_ended`): one long task moves an arithmetic mean so far (a 500 ms task after 5 ms ones: to 104 ms, a
+threshold of 0.4 s) that the tasks queued behind the next long one would wait for it; and until a task has
+ended it is unknown, and `SHED_AFTER` alone applies.
+
+Tasks also arrive while a long task runs (the client's window had room when it sent them, before the task
+turned out long), and they wait in the socket, where the queue does not show them: so the thread is armed
+not only while tasks are queued behind the running one but also while the worker is in a stream of tasks
+(the task before this one had others behind it), and before giving back it takes in what has arrived
+(`receive`). The client, for its part, sends nothing more to a worker whose oldest task has run long
+(`lucidity.tasktable.Lane.overdue`).
+
+The thread sleeps while the worker is not in a stream, so a lone `apply`, or a loop of them, never wakes
+it; in a stream of tasks it wakes about once per `SHED_AFTER`, and so while a long task runs, looking
+for tasks that arrived since it last gave back. It touches the worker's socket and queue only
+while it holds the worker's lock, which the worker's own thread releases only while it runs the caller's
+code: ZeroMQ sockets may change threads only across such a lock.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 __all__ = ["Shedder", "SHED_AFTER", "SHED_FACTOR"]
 
 #: A task running this long (at least) has the tasks queued behind it given back, in seconds.
 SHED_AFTER = 0.02
-#: ... or this many times the worker's mean task time, if that is longer.
+#: ... or this many times the worker's typical task time, if that is longer.
 SHED_FACTOR = 4.0
+#: Weight of each new task in the typical task time (a moving geometric mean).
+_WEIGHT = 0.2
 
 
 class Shedder:
@@ -34,25 +50,35 @@ class Shedder:
     Args:
         lock: the worker's lock, held by its thread except while the caller's code runs.
         give_back: gives back every queued task (called with the lock held); True if there were any.
-        mean_time: the worker's mean task time, in seconds.
+        receive: takes into the queue the tasks that arrived meanwhile (called with the lock held, first).
     """
 
-    def __init__(self, lock: threading.RLock, give_back: Callable[[], bool], mean_time: Callable[[], float]) -> None:
+    def __init__(self, lock: threading.RLock, give_back: Callable[[], bool],
+                 receive: Optional[Callable[[], object]] = None) -> None:
         self._lock = lock
         self._give_back = give_back
-        self._mean_time = mean_time
+        self._receive = receive
         self._wakeup = threading.Condition(threading.Lock())
         self._armed = False
         self._task = 0  # counts the tasks started: the one the thread watches is still running if unchanged
         self._started = 0.0
+        self._in_stream = False  # the task running had others queued behind it when it started
+        self._log_time = 0.0  # the moving mean of log(seconds) of the tasks that ended
+        self.typical_time = 0.0  # seconds a task of this worker typically takes (0: none has ended yet)
         self.given_back = 0  # how many times tasks were given back (for tests and the curious)
         self._thread: threading.Thread | None = None  # started with the first task that has others behind it
 
+    @property
+    def is_watching(self) -> bool:
+        """The thread has started: a task of a stream has run on this worker."""
+        return self._thread is not None
+
     def task_started(self, queued: bool) -> None:
         """The worker's thread starts a task; `queued`: tasks wait behind it."""
+        previous_in_stream, self._in_stream = self._in_stream, queued
         self._task += 1
         self._started = time.monotonic()
-        if queued:
+        if queued or previous_in_stream:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="lucidity-shedder", daemon=True)
                 self._thread.start()
@@ -61,13 +87,23 @@ class Shedder:
                     self._armed = True
                     self._wakeup.notify()
 
+    def task_ended(self, seconds: float) -> None:
+        """The worker's thread ended a task that ran `seconds`."""
+        logged = math.log(max(seconds, 1e-6))
+        self._log_time = logged if self.typical_time <= 0 else (1 - _WEIGHT) * self._log_time + _WEIGHT * logged
+        self.typical_time = math.exp(self._log_time)
+
     def _watch(self) -> None:
+        checked: tuple[int, float] = (0, 0.0)  # the task last checked while it ran, and when
         while True:
             with self._wakeup:
                 while not self._armed:
                     self._wakeup.wait()
             task, started = self._task, self._started
-            delay = started + max(SHED_AFTER, SHED_FACTOR * self._mean_time()) - time.monotonic()
+            due = started + max(SHED_AFTER, SHED_FACTOR * self.typical_time)
+            if checked[0] == task:
+                due = max(due, checked[1] + SHED_AFTER)
+            delay = due - time.monotonic()
             if delay > 0:
                 with self._wakeup:
                     self._wakeup.wait(delay)  # nothing notifies an armed watcher: this is the task's deadline
@@ -78,10 +114,17 @@ class Shedder:
             # (it ended, or waits in lucidity and serves the queue itself); the next task arms this again.
             if self._lock.acquire(blocking=False):
                 try:
-                    if task == self._task and self._give_back():
-                        self.given_back += 1
+                    if task == self._task:
+                        if self._receive is not None:
+                            self._receive()
+                        if self._give_back():
+                            self.given_back += 1
                 finally:
                     self._lock.release()
+                # Check again while it runs: tasks sent before its client heard that this worker is busy
+                # arrive after the first give-back.
+                checked = (task, time.monotonic())
+                continue
             with self._wakeup:
                 if task == self._task:  # else a task started meanwhile, and is watched next
                     self._armed = False

@@ -122,7 +122,7 @@ class Worker:
         # Held by this thread except while the caller's code runs: the shedder uses the socket and the
         # queue only under it (lucidity.node.shedding).
         self._lock = threading.RLock()
-        self._shedder = Shedder(self._lock, self._give_back_queued, lambda: self._mean_task_time)
+        self._shedder = Shedder(self._lock, self._give_back_queued, lambda: self._receive(block=False))
         waiting.install(self._serve_while_waiting, self._waker.wake)
         # What tasks print and how far they are, for their clients (lucidity.node.output).
         self._reports = Reports(self._lock, self._send, forwarding_enabled())
@@ -299,6 +299,7 @@ class Worker:
         elapsed = time.perf_counter() - started
         self._reports.task_ended()
         self._mean_task_time = 0.8 * self._mean_task_time + 0.2 * elapsed
+        self._shedder.task_ended(elapsed)
         self._tasks_done += 1
         self._slots.end(self._index, self._tasks_done)
         self._count(outcome, elapsed)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from lucidity.task import FunctionRef, IllegalTransition, Task, TaskState
-from lucidity.tasktable import WINDOW_MAX, WINDOW_MIN, Lane, TaskTable
+from lucidity.tasktable import OVERDUE_AFTER, OVERDUE_FACTOR, WINDOW_MAX, WINDOW_MIN, Lane, TaskTable
 
 FUNCTION = FunctionRef("digest", b"", "work, defined in app.py:12")
 
@@ -17,10 +17,20 @@ def tasks(*ids: int, **options: Any) -> list[Task]:
     return [Task(task_id, FUNCTION, "call", [b"payload"], lambda ok, value: None, **options) for task_id in ids]
 
 
-def table_with(*keys: str, max_running: Any = None, pace: float = 1.0) -> TaskTable:
+class Clock:
+    """The table's clock, moved by the test alone: a slow test machine never makes a worker overdue."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def table_with(*keys: str, max_running: Any = None, pace: float = 1.0, clock: Any = None) -> TaskTable:
     """A table whose workers (node/worker keys) are all connected, their tasks known to take `pace` seconds
-    (0: not known yet)."""
-    table = TaskTable(max_running)
+    (0: not known yet), on a clock that stands still unless the test gives one and moves it."""
+    table = TaskTable(max_running, clock=clock or Clock())
     table.set_nodes(frozenset(key.split("/")[0] for key in keys))
     for key in keys:
         lane = table.add_worker(key, key.split("/")[0])
@@ -89,6 +99,59 @@ def test_the_window_follows_a_change_of_pace_gradually() -> None:
         lane.observe(1.0)
     assert fast > after_one >= WINDOW_MIN
     assert lane.credit() == WINDOW_MIN
+
+
+def test_one_long_task_among_short_ones_barely_moves_the_typical_time() -> None:
+    lane = Lane("n1/w1", "n1")
+    for _ in range(50):
+        lane.observe(0.005)
+    lane.observe(0.5)
+    assert lane.mean_time > 0.1  # the window's average moves far...
+    assert 0.005 < lane.typical_time < 0.02  # ...the typical time, which says what is long, hardly
+
+
+def test_a_worker_whose_oldest_task_runs_long_gets_nothing_more_until_it_answers() -> None:
+    clock = Clock()
+    table = table_with("n1/a", "n1/b", pace=0.002, clock=clock)
+    a, b = table.lanes["n1/a"], table.lanes["n1/b"]
+    for lane in (a, b):
+        lane.observe(0.002)  # short tasks: overdue once one has run OVERDUE_AFTER
+    table.add(tasks(1, 2))
+    assert sent(table.dispatch()) == {"n1/a": [1], "n1/b": [2]}
+    clock.now += 2 * OVERDUE_AFTER
+    table.take(b, 2, 0.002)  # b answered; task 1 on a still runs, far longer than a's tasks take
+    assert a.overdue(clock.now) and not b.overdue(clock.now)
+    assert a.credit() > 0  # a's window has room...
+    table.add(tasks(3, 4, 5, 6))
+    assert sent(table.dispatch()) == {"n1/b": [3, 4]}  # ...but nothing waits behind its long task
+    table.take(a, 1, 0.5)  # the long task ends: a takes work again
+    assert not a.overdue(clock.now)
+    assert sent(table.dispatch()) == {"n1/a": [5, 6]}
+
+
+def test_a_worker_not_yet_timed_is_overdue_after_the_shortest_bound() -> None:
+    clock = Clock()
+    table = table_with("n1/a", pace=0.0, clock=clock)
+    lane = table.lanes["n1/a"]
+    table.add(tasks(1))
+    table.dispatch()
+    clock.now += OVERDUE_AFTER * 0.9
+    assert not lane.overdue(clock.now)
+    clock.now += OVERDUE_AFTER * 0.2
+    assert lane.overdue(clock.now)
+
+
+def test_a_worker_of_slow_tasks_is_overdue_only_after_several_of_their_times() -> None:
+    clock = Clock()
+    table = table_with("n1/a", clock=clock)
+    lane = table.lanes["n1/a"]
+    lane.observe(1.0)
+    table.add(tasks(1))
+    table.dispatch()
+    clock.now += OVERDUE_FACTOR * 1.0 * 0.9
+    assert not lane.overdue(clock.now)
+    clock.now += 0.2 * OVERDUE_FACTOR
+    assert lane.overdue(clock.now)
 
 
 # -- dispatch -----------------------------------------------------------------------------------------------
