@@ -1,5 +1,5 @@
 """The client's task table: which tasks wait, which worker holds which, and what becomes of them when a
-worker goes away. Pure: no sockets, no threads, no clock.
+worker goes away. Pure: no sockets, no threads; its clock is an argument (see below).
 
 The client's I/O thread feeds it events and carries out what it answers::
 
@@ -12,7 +12,8 @@ The client's I/O thread feeds it events and carries out what it answers::
     finish(task)                                the task's outcome was delivered
 
 Policy lives here, where a test reaches it without a socket: each worker's window of tasks in flight (one
-until its task durations are known, then as many as fill `WINDOW_TARGET` seconds, and none while it is busy
+until its task durations are known, then as many as fill `WINDOW_TARGET` seconds or one more than it runs in
+the round trip its results measured (`Lane.round_trip`), whichever is more, and none while it is busy
 with a long task after giving back the ones it had queued: see `give_back`, or while its oldest task has run
 so long that it is likely such a task: see `Lane.overdue`), the fair share of a queue per worker,
 `max_running`, placement on a node, resends after a lost worker (counted against `Task.lost_retries`) and
@@ -46,8 +47,8 @@ OVERDUE_FACTOR = 4.0
 class Lane:
     """A worker as the table sees it: whether it can be written to, its tasks in flight, its pace."""
 
-    __slots__ = ("key", "node", "connected", "inflight", "mean_time", "typical_time", "busy", "head_since",
-                 "_log_time")
+    __slots__ = ("key", "node", "connected", "inflight", "mean_time", "typical_time", "round_trip", "busy",
+                 "head_since", "head_sent_idle", "_log_time")
 
     def __init__(self, key: str, node: str) -> None:
         self.key = key
@@ -60,21 +61,27 @@ class Lane:
         # 104 ms), so that the next long task is still recognised as long (see `overdue`).
         self.typical_time = 0.0
         self._log_time = 0.0
+        # Seconds from sending a task to an idle worker to its result, less the task's own time: a moving
+        # average. The window holds at least this much work queued, so that the worker need not wait for it.
+        self.round_trip = 0.0
         self.busy = False  # it gave back its queued tasks to run a long one: nothing more until it answers
         # When its oldest task in flight became the oldest (sent to an idle worker, or the one before it was
         # answered): about when the worker started it, as far as the client can tell.
         self.head_since = 0.0
+        self.head_sent_idle = False  # ...and it was sent to the worker idle: its answer times a round trip
 
     def credit(self) -> int:
         """How many more tasks it may hold: one until its pace is known (no more than it can start at once,
         so that a first map spreads over every worker), then small for slow tasks, so that work spreads,
-        and larger for tiny ones, so that they travel in batches; none while it is busy with a long task."""
+        and larger for tiny ones, so that they travel in batches; and at least one more than the tasks it
+        runs in a round trip, so that it never waits for its next one; none while it is busy with a long task."""
         if self.busy:
             return 0
         if self.mean_time <= 0:
             window = 1
         else:
-            window = max(WINDOW_MIN, min(WINDOW_MAX, int(WINDOW_TARGET / self.mean_time)))
+            window = max(int(WINDOW_TARGET / self.mean_time), 1 + math.ceil(self.round_trip / self.mean_time))
+            window = max(WINDOW_MIN, min(WINDOW_MAX, window))
         return window - len(self.inflight)
 
     def observe(self, seconds: float) -> None:
@@ -210,10 +217,14 @@ class TaskTable:
 
     def take(self, lane: Lane, task_id: int, seconds: float) -> Optional[Task]:
         """A worker answered a task in `seconds`: the task, or None for a late duplicate of one that ended."""
+        now = self._clock()
+        if lane.head_sent_idle and lane.inflight and next(iter(lane.inflight)) == task_id:
+            sample = max(0.0, now - lane.head_since - seconds)
+            lane.round_trip = sample if lane.round_trip <= 0 else 0.8 * lane.round_trip + 0.2 * sample
         task = lane.inflight.pop(task_id, None)
         lane.observe(seconds)
         lane.busy = False
-        lane.head_since = self._clock()  # the worker went on to the next task it holds, if any
+        lane.head_since, lane.head_sent_idle = now, False  # the worker went on to the next task it holds, if any
         if task is None or task.is_final:
             return None
         return task
@@ -286,7 +297,7 @@ class TaskTable:
             if lane is None:
                 return
             if not lane.inflight:
-                lane.head_since = now
+                lane.head_since, lane.head_sent_idle = now, True
             # No more than a fair share of what waits, so that two slow tasks go to two idle workers.
             credit = min(lane.credit(), -(-len(queue) // sharing))
             batch: list[Task] = []

@@ -118,8 +118,8 @@ def test_a_worker_whose_oldest_task_runs_long_gets_nothing_more_until_it_answers
         lane.observe(0.002)  # short tasks: overdue once one has run OVERDUE_AFTER
     table.add(tasks(1, 2))
     assert sent(table.dispatch()) == {"n1/a": [1], "n1/b": [2]}
-    clock.now += 2 * OVERDUE_AFTER
-    table.take(b, 2, 0.002)  # b answered; task 1 on a still runs, far longer than a's tasks take
+    table.take(b, 2, 0.002)  # b answered at once...
+    clock.now += 2 * OVERDUE_AFTER  # ...task 1 on a still runs, far longer than a's tasks take
     assert a.overdue(clock.now) and not b.overdue(clock.now)
     assert a.credit() > 0  # a's window has room...
     table.add(tasks(3, 4, 5, 6))
@@ -152,6 +152,25 @@ def test_a_worker_of_slow_tasks_is_overdue_only_after_several_of_their_times() -
     assert not lane.overdue(clock.now)
     clock.now += 0.2 * OVERDUE_FACTOR
     assert lane.overdue(clock.now)
+
+
+def test_the_window_holds_more_than_a_round_trip_of_tasks() -> None:
+    """A worker whose next task takes longer to arrive than its tasks take to run would wait for each: its
+    window grows until what it holds covers the round trip that a task sent to it idle measured."""
+    clock = Clock()
+    table = table_with("n1/a", pace=0.005, clock=clock)
+    lane = table.lanes["n1/a"]
+    lane.observe(0.005)
+    assert lane.credit() == WINDOW_MIN
+    table.add(tasks(*range(1, 20)))
+    assert sent(table.dispatch()) == {"n1/a": [1, 2]}
+    clock.now += 0.025  # task 1's answer: 5 ms of work, 20 ms of round trip
+    table.take(lane, 1, 0.005)
+    assert lane.round_trip == pytest.approx(0.02)
+    assert len(lane.inflight) + lane.credit() == 1 + 4  # 4 tasks of 5 ms cover a 20 ms round trip
+    clock.now += 0.005
+    table.take(lane, 2, 0.005)  # queued behind task 1: its answer says nothing of the round trip
+    assert lane.round_trip == pytest.approx(0.02)
 
 
 # -- dispatch -----------------------------------------------------------------------------------------------
