@@ -179,6 +179,8 @@ class TaskFuture(concurrent.futures.Future[T]):
 
     def _wait_serving(self, timeout: Optional[float]) -> bool:
         """Wait through `lucidity.waiting`, which runs the worker's queued tasks meanwhile; False on timeout."""
+        if self.done():
+            return True
         with self._condition:
             if self._settled is None:
                 self._settled = threading.Event()
