@@ -12,13 +12,14 @@ The client's I/O thread feeds it events and carries out what it answers::
     finish(task)                                the task's outcome was delivered
 
 Policy lives here, where a test reaches it without a socket: each worker's window of tasks in flight (one
-until its task durations are known, then as many as fill `WINDOW_TARGET` seconds or one more than it runs in
-the round trip its results measured (`Lane.round_trip`), whichever is more, and none while it is busy
-with a long task after giving back the ones it had queued: see `give_back`, or while its oldest task has run
-so long that it is likely such a task: see `Lane.overdue`), the fair share of a queue per worker,
-`max_running`, placement on a node, resends after a lost worker (counted against `Task.lost_retries`) and
-crash retries. The caller holds the client's lock around every call. The one clock is the table's `clock`
-argument, read once per `dispatch` and `take`, so that a test can drive it.
+until the durations of the client's tasks are known, from any worker: see `pace`; then as many as fill
+`WINDOW_TARGET` seconds or one more than it runs in the round trip its results measured
+(`Lane.round_trip`), whichever is more; and none while it is busy with a long task after giving back the
+ones it had queued: see `give_back`, or while its oldest task has run so long that it is likely such a
+task: see `Lane.overdue`), the fair share of a queue per worker, `max_running`, placement on a node,
+resends after a lost worker (counted against `Task.lost_retries`) and crash retries. The caller holds the
+client's lock around every call. The one clock is the table's `clock` argument, read once per `dispatch`
+and `take`, so that a test can drive it.
 """
 
 from __future__ import annotations
@@ -70,17 +71,19 @@ class Lane:
         self.head_since = 0.0
         self.head_sent_idle = False  # ...and it was sent to the worker idle: its answer times a round trip
 
-    def credit(self) -> int:
-        """How many more tasks it may hold: one until its pace is known (no more than it can start at once,
-        so that a first map spreads over every worker), then small for slow tasks, so that work spreads,
-        and larger for tiny ones, so that they travel in batches; and at least one more than the tasks it
-        runs in a round trip, so that it never waits for its next one; none while it is busy with a long task."""
+    def credit(self, pace: float = 0.0) -> int:
+        """How many more tasks it may hold: one until the pace of its tasks is known (no more than it can start
+        at once, so that a first map spreads over every worker), then small for slow tasks, so that work
+        spreads, and larger for tiny ones, so that they travel in batches; and at least one more than the tasks
+        it runs in a round trip, so that it never waits for its next one; none while it is busy with a long
+        task. Its own pace, or, until it has answered a task, `pace`: the client's tasks' on other workers."""
         if self.busy:
             return 0
-        if self.mean_time <= 0:
+        mean_time = self.mean_time if self.mean_time > 0 else pace
+        if mean_time <= 0:
             window = 1
         else:
-            window = max(int(WINDOW_TARGET / self.mean_time), 1 + math.ceil(self.round_trip / self.mean_time))
+            window = max(int(WINDOW_TARGET / mean_time), 1 + math.ceil(self.round_trip / mean_time))
             window = max(WINDOW_MIN, min(WINDOW_MAX, window))
         return window - len(self.inflight)
 
@@ -113,6 +116,10 @@ class TaskTable:
         self._placed: collections.Counter[str] = collections.Counter()  # unfinished tasks placed per node
         self._nodes: frozenset[str] = frozenset()
         self.lanes: dict[str, Lane] = {}  # in round-robin order: a worker chosen moves to the end
+        # Seconds per task over every worker, a moving average (0: none answered yet). A worker that has not
+        # answered yet runs the same tasks: it gets a window by this pace rather than one task and a round
+        # trip's wait for the next, once any worker has answered (a first map's second task on each worker).
+        self.pace = 0.0
 
     # -- the caller's side --------------------------------------------------------------------------------
 
@@ -223,6 +230,7 @@ class TaskTable:
             lane.round_trip = sample if lane.round_trip <= 0 else 0.8 * lane.round_trip + 0.2 * sample
         task = lane.inflight.pop(task_id, None)
         lane.observe(seconds)
+        self.pace = seconds if self.pace <= 0 else 0.8 * self.pace + 0.2 * seconds
         lane.busy = False
         lane.head_since, lane.head_sent_idle = now, False  # the worker went on to the next task it holds, if any
         if task is None or task.is_final:
@@ -299,7 +307,7 @@ class TaskTable:
             if not lane.inflight:
                 lane.head_since, lane.head_sent_idle = now, True
             # No more than a fair share of what waits, so that two slow tasks go to two idle workers.
-            credit = min(lane.credit(), -(-len(queue) // sharing))
+            credit = min(lane.credit(self.pace), -(-len(queue) // sharing))
             batch: list[Task] = []
             while queue and len(batch) < credit:
                 task = queue.popleft()
@@ -319,7 +327,8 @@ class TaskTable:
         lanes: Iterable[Lane] = self.lanes.values()
         if node is not None:
             lanes = [lane for lane in lanes if lane.node == node]
-        candidates = [lane for lane in lanes if lane.connected and lane.credit() > 0 and not lane.overdue(now)]
+        pace = self.pace
+        candidates = [lane for lane in lanes if lane.connected and lane.credit(pace) > 0 and not lane.overdue(now)]
         if self.max_running:
             # At most max_running workers hold our tasks: the busy ones, and idle ones up to the cap.
             free = self.max_running - sum(1 for lane in self.lanes.values() if lane.inflight)

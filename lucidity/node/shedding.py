@@ -16,12 +16,13 @@ ended it is unknown, and `SHED_AFTER` alone applies.
 Tasks also arrive while a long task runs (the client's window had room when it sent them, before the task
 turned out long), and they wait in the socket, where the queue does not show them: so the thread is armed
 not only while tasks are queued behind the running one but also while the worker is in a stream of tasks
-(the task before this one had others behind it), and before giving back it takes in what has arrived
-(`receive`). The client, for its part, sends nothing more to a worker whose oldest task has run long
+(the task before this one had others behind it), and for the worker's first task (a client that has timed
+its tasks on other workers sends a second one behind it: `lucidity.tasktable.TaskTable.pace`); before
+giving back it takes in what has arrived (`receive`). The client, for its part, sends nothing more to a worker whose oldest task has run long
 (`lucidity.tasktable.Lane.overdue`).
 
-The thread sleeps while the worker is not in a stream, so a lone `apply`, or a loop of them, never wakes
-it; in a stream of tasks it wakes about once per `SHED_AFTER`, and so while a long task runs, looking
+The thread sleeps while the worker is not in a stream, so a lone `apply`, or a loop of them, wakes it
+only for the worker's first task; in a stream of tasks it wakes about once per `SHED_AFTER`, and so while a long task runs, looking
 for tasks that arrived since it last gave back. It touches the worker's socket and queue only
 while it holds the worker's lock, which the worker's own thread releases only while it runs the caller's
 code: ZeroMQ sockets may change threads only across such a lock.
@@ -68,17 +69,12 @@ class Shedder:
         self.given_back = 0  # how many times tasks were given back (for tests and the curious)
         self._thread: threading.Thread | None = None  # started with the first task that has others behind it
 
-    @property
-    def is_watching(self) -> bool:
-        """The thread has started: a task of a stream has run on this worker."""
-        return self._thread is not None
-
     def task_started(self, queued: bool) -> None:
         """The worker's thread starts a task; `queued`: tasks wait behind it."""
         previous_in_stream, self._in_stream = self._in_stream, queued
         self._task += 1
         self._started = time.monotonic()
-        if queued or previous_in_stream:
+        if queued or previous_in_stream or self.typical_time <= 0:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="lucidity-shedder", daemon=True)
                 self._thread.start()
