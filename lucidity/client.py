@@ -1,6 +1,8 @@
 """The one core under the three faces: membership, routing, the in-flight table and flow control.
 
-A `Client` owns one I/O thread, which owns every socket::
+A `Client` owns one I/O thread, which owns its two sockets: a DEALER to the control node, and one ROUTER
+connected to every node daemon and worker it uses, each named by a routing id of our choosing
+(``ZMQ_CONNECT_ROUTING_ID``), so that a client costs a file per peer, not a socket's four::
 
     caller threads --submit/cancel (under a lock) + Waker--> I/O thread
     I/O thread --WATCH--> control --NODES--> I/O thread            (where the nodes are)
@@ -28,6 +30,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import struct
 import logging
 import os
 import sys
@@ -64,13 +67,12 @@ NODE_LOSS_RETRIES = 3
 #: Once one worker is connected, how long the client waits for the others it was told of before it is ready.
 READY_GRACE = 0.5
 
-#: Plain ints: `event & zmq.POLLIN` makes an enum each time, half a microsecond per event on the hot path.
-_POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
-
 CONTROL_KINDS = frozenset({protocol.Kind.NODES})
 NODE_KINDS = frozenset({protocol.Kind.WORKERS, protocol.Kind.TASK_FAILED, protocol.Kind.HEARTBEAT})
 WORKER_KINDS = frozenset({protocol.Kind.RESULTS, protocol.Kind.MISSING, protocol.Kind.FETCH,
                           protocol.Kind.REFUSED}) | reports.KINDS
+#: What the peers socket's monitor reports: a worker may take tasks from its handshake until it disconnects.
+PEER_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
 class Client:
@@ -221,11 +223,20 @@ class Client:
         self._dialer = transport.Dialer(self._control, self.address)
         self._control_dialed = time.monotonic()  # when the dialer last moved
         self._first_answer = 0.0  # when the first worker could take tasks (0: not yet)
-        self._by_socket: dict[zmq.Socket[Any], Callable[[list[Any]], None]] = {}
-        self._connecting: dict[zmq.Socket[Any], WorkerLink] = {}  # worker links not connected yet
+        # Node daemons and workers, all through one ROUTER. Without ZMQ_IMMEDIATE: a peer's pipe exists from
+        # `connect` (so the routing id we gave it holds), and what a worker sent before it went stays readable.
+        # Whether a worker is connected comes from the monitor, since sends no longer fail while it is not.
+        self._peers = self._new_socket(zmq.ROUTER)
+        self._peers.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a peer we disconnected: an error, not a silent drop
+        self._peer_monitor = self._peers.get_monitor_socket(PEER_EVENTS)
+        self._peer_ids = itertools.count(1)
+        self._by_peer: dict[bytes, Callable[[list[Any]], None]] = {}
+        self._by_endpoint: dict[str, WorkerLink] = {}
         self._poller = zmq.Poller()
         self._poller.register(self._waker.read_fd, zmq.POLLIN)
         self._poller.register(self._control, zmq.POLLIN)
+        self._poller.register(self._peers, zmq.POLLIN)
+        self._poller.register(self._peer_monitor, zmq.POLLIN)
         if self._handshake is not None:
             self._poller.register(self._handshake.fd_socket, zmq.POLLIN)
         self._no_workers_since = time.monotonic()
@@ -256,46 +267,68 @@ class Client:
         finally:
             self._close_sockets()
 
-    def _register(self, sock: zmq.Socket[Any], handler: Callable[[list[Any]], None]) -> None:
-        self._by_socket[sock] = handler
-        self._poller.register(sock, zmq.POLLIN)
+    def _connect(self, address: str, handler: Callable[[list[Any]], None]) -> bytes:
+        """Connect the peers socket to a node daemon or worker; returns the routing id that names it there.
 
-    def _unregister(self, sock: zmq.Socket[Any]) -> None:
-        self._connecting.pop(sock, None)
-        if self._by_socket.pop(sock, None) is not None:
-            self._poller.unregister(sock)
-        sock.close(linger=0)
+        Ids are never reused: libzmq aborts on a connect that names a peer whose old pipe still exists.
+        """
+        peer = b"%x" % next(self._peer_ids)
+        self._peers.setsockopt(zmq.CONNECT_ROUTING_ID, peer)
+        self._peers.connect(address)
+        self._by_peer[peer] = handler
+        return peer
+
+    def _disconnect(self, peer: bytes, address: str) -> None:
+        self._by_peer.pop(peer, None)
+        try:
+            self._peers.disconnect(address)
+        except zmq.ZMQError:
+            pass  # not connected (already disconnected)
 
     def _poll(self, timeout: float) -> None:
         events = self._poller.poll(int(timeout * 1000))
-        for sock, event in events:
-            if sock == self._waker.read_fd:
+        for sock, _ in events:
+            if sock is self._peers:
+                self._drain_peers()
+            elif sock == self._waker.read_fd:
                 self._waker.drain()
+            elif sock is self._peer_monitor:
+                self._on_peer_events()
             elif self._handshake is not None and sock is self._handshake.fd_socket:
                 self._check_handshake()
             elif sock is self._control:
                 self._drain(self._control, self._on_control)
-            else:
-                if event & _POLLOUT:
-                    self._on_connected(sock)
-                handler = self._by_socket.get(sock)
-                if handler is not None and event & _POLLIN:
-                    self._drain(sock, handler)
+
+    def _drain_peers(self) -> None:
+        """Handle every message waiting from node daemons and workers (each starts with the sender's id)."""
+        by_peer = self._by_peer
+        self._drain(self._peers, lambda frames: by_peer.get(frames[0].bytes, _ignore)(frames[1:]))
+
+    def _on_peer_events(self) -> None:
+        """A worker's connection was made or broke (node daemons need neither: what they send waits)."""
+        while True:
+            try:
+                event, endpoint = self._peer_monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            link = self._by_endpoint.get(endpoint.decode("utf-8", "replace"))
+            if link is None:
+                continue
+            if struct.unpack_from("=H", event)[0] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._on_connected(link)
+            elif link.lane.connected:
+                self._await_connection(link)
 
     def _await_connection(self, link: WorkerLink) -> None:
         """The worker's connection is down: send it nothing until it is made again."""
         link.lane.connected = False
         link.created = time.monotonic()  # the unreachable warning counts from here
-        self._connecting[link.sock] = link
-        self._poller.modify(link.sock, zmq.POLLIN | zmq.POLLOUT)
         self._update_ready()
 
-    def _on_connected(self, sock: zmq.Socket[Any]) -> None:
+    def _on_connected(self, link: WorkerLink) -> None:
         """A worker's connection is made: it may take tasks (and is written to only when it has some)."""
-        link = self._connecting.pop(sock, None)
-        if link is None:
+        if link.lane.connected:
             return
-        self._poller.modify(sock, zmq.POLLIN)
         link.lane.connected = True
         self._roster.worker_reached(link)
         self._update_ready()
@@ -319,9 +352,9 @@ class Client:
             except Exception:  # a bug of ours: one message drops itself, never the I/O thread every task depends on
                 logger.exception("lucidity client dropped a message it could not handle")
 
-    def _new_socket(self) -> zmq.Socket[Any]:
-        """A DEALER that, with a cluster secret, speaks CURVE and accepts only the cluster's daemons."""
-        sock = transport.new_socket(self._context, zmq.DEALER)
+    def _new_socket(self, kind: int = zmq.DEALER) -> zmq.Socket[Any]:
+        """A socket that, with a cluster secret, speaks CURVE and accepts only the cluster's daemons."""
+        sock = transport.new_socket(self._context, kind)
         if self._keys is not None:
             security.secure_client(sock, self._keys, security.Role.CLIENT)
         return sock
@@ -353,7 +386,11 @@ class Client:
         for node, why in lost:
             self._drop_node(node, why, lost=True)
         for node in alive:
-            self._send(node.sock, messages.encode(messages.Heartbeat(node.session)))
+            self._send_to(node.peer, messages.encode(messages.Heartbeat(node.session)))
+
+    def _send_to(self, peer: bytes, frames: list[Any]) -> bool:
+        """Send to a node daemon or worker by its routing id; False if it is not connected any more."""
+        return self._send(self._peers, [peer, *frames])
 
     def _send(self, sock: zmq.Socket[Any], frames: list[Any]) -> bool:
         try:
@@ -371,12 +408,11 @@ class Client:
         for node in dropped:
             self._drop_node(node, "left the cluster", lost=True)
         for entry in new:
-            sock = self._new_socket()
-            sock.connect(addresses.parse(entry.address).zmq)
-            node = NodeLink(entry.name, entry.address, entry.instance, entry.host, sock)
+            node = NodeLink(entry.name, entry.address, entry.instance, entry.host, b"")
+            node.peer = self._connect(addresses.parse(entry.address).zmq,
+                                      lambda f, n=node: self._on_node(n, f))  # type: ignore[misc]
             self._roster.add_node(node)
-            self._register(sock, lambda f, n=node: self._on_node(n, f))  # type: ignore[misc]
-            self._send(sock, messages.encode(messages.Hello(node.session)))
+            self._send_to(node.peer, messages.encode(messages.Hello(node.session)))
         self._update_ready()
 
     def _on_node(self, node: NodeLink, frames: list[Any]) -> None:
@@ -392,20 +428,16 @@ class Client:
         for link in gone:
             self._drop_worker(link)
         for entry in new:
-            sock = self._new_socket()
-            # Tasks go to a worker once its connection is made (handshake included): one this client
-            # cannot reach never holds any. IMMEDIATE makes the socket writable only from then on, and
-            # libzmq completes the handshake even while the worker's Python is busy with a long task.
-            sock.setsockopt(zmq.IMMEDIATE, 1)
+            # Tasks go to a worker once its connection is made (handshake included; the monitor says when):
+            # one this client cannot reach never holds any. libzmq completes the handshake even while the
+            # worker's Python is busy with a long task.
             address = addresses.parse(entry.address).zmq
-            sock.connect(address)
             with self._lock:
                 lane = self._table.add_worker(f"{node.name}/{entry.id}", node.name)
-            link = WorkerLink(lane, entry.id, entry.pid, sock, address)
+            link = WorkerLink(lane, entry.id, entry.pid, b"", address)
+            self._by_endpoint[address] = link  # before connect: its handshake may come at once
+            link.peer = self._connect(address, lambda f, w=link: self._on_worker(w, f))  # type: ignore[misc]
             self._roster.add_worker(node, link)
-            self._register(sock, lambda f, w=link: self._on_worker(w, f))  # type: ignore[misc]
-            self._connecting[sock] = link
-            self._poller.modify(sock, zmq.POLLIN | zmq.POLLOUT)
         self._update_ready()
 
     def _update_ready(self) -> None:
@@ -426,7 +458,7 @@ class Client:
         for link in list(node.workers.values()):
             self._drop_worker(link, lost=lost)
         self._roster.remove_node(node)
-        self._unregister(node.sock)
+        self._disconnect(node.peer, addresses.parse(node.address).zmq)
         with self._lock:
             self._table.set_nodes(frozenset(self._roster.nodes))
 
@@ -435,11 +467,11 @@ class Client:
         and those out of retries fail with `NodeLost`. Results are delivered at most once either way."""
         # What it sent before it went counts: a worker that retires flushes its last results and exits, and
         # its node's word that it is gone can be read first, with those results waiting on its socket.
-        handler = self._by_socket.get(link.sock)
-        if handler is not None:
-            self._drain(link.sock, handler)
+        self._drain_peers()
         self._roster.remove_worker(link)
-        self._unregister(link.sock)
+        if self._by_endpoint.get(link.address) is link:
+            del self._by_endpoint[link.address]
+        self._disconnect(link.peer, link.address)
         with self._lock:
             requeued, out_of_retries = self._table.remove_worker(link.key, lost=lost)
         if requeued:
@@ -470,10 +502,10 @@ class Client:
 
     def _send_tasks(self, link: WorkerLink, batch: list[Task]) -> None:
         packed = self._packer.tasks(link, self._roster.nodes[link.node].session, batch)
-        if self._send(link.sock, packed.frames):
+        if self._send_to(link.peer, packed.frames):
             return
-        # Its connection broke (a worker link is written to only while connected): take the batch back,
-        # as if it had never been sent, and wait for the connection to be made again.
+        # It is not connected any more (a worker link is written to only while connected): take the batch
+        # back, as if it had never been sent, and wait for the connection to be made again.
         packed.undo(link)
         with self._lock:
             self._table.unsend(link.lane, batch)
@@ -489,7 +521,7 @@ class Client:
             return
         body = messages.parse(message)
         if isinstance(body, messages.Fetch):
-            self._send(link.sock, self._packer.module(link, body.module))
+            self._send_to(link.peer, self._packer.module(link, body.module))
         elif isinstance(body, messages.Refused):
             # The worker could not read a batch of ours; which tasks it held is unknown, so fail all we sent it.
             self._fail_link(link, ProtocolError(f"worker {link.pid} on node {link.node} refused a batch of tasks: "
@@ -581,18 +613,27 @@ class Client:
             for key, ids in by_link.items():
                 link = self._roster.workers.get(key)
                 if link is not None:
-                    self._send(link.sock, messages.encode(messages.Cancel(tuple(ids))))
+                    self._send_to(link.peer, messages.encode(messages.Cancel(tuple(ids))))
             for node in self._roster.nodes.values():
-                self._send(node.sock, messages.encode(messages.Abandon(node.session)))
+                self._send_to(node.peer, messages.encode(messages.Abandon(node.session)))
         for node in self._roster.nodes.values():
-            self._send(node.sock, messages.encode(messages.Bye(node.session)))
+            self._send_to(node.peer, messages.encode(messages.Bye(node.session)))
         linger = int(transport.LINGER * 1000)
         if self._handshake is not None:
             self._handshake.close()
-        for sock in [self._control, *self._by_socket]:
+        try:
+            self._peers.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._peer_monitor.close(linger=0)
+        for sock in [self._control, self._peers]:
             sock.close(linger=linger)
         self._context.term()
         if unfinished:
             error = RuntimeError("the pool was terminated before this task finished")
             for task in unfinished:
                 self._finish(task, False, error)
+
+
+def _ignore(frames: list[Any]) -> None:
+    """A message from a peer this client has disconnected: read before the disconnect took effect."""

@@ -1,10 +1,10 @@
 """The client's view of the cluster: its links to node daemons and workers, and what their reports mean.
 
-Owns what a client keeps per node daemon and per worker besides their tasks (sockets, sessions, what a
-worker already has: functions, modules), what a client knows of a node for placement (`NodeInfo`), and the
-exception for a task a node reported failed. The tasks a worker holds and its window are the task table's
-(`lucidity.tasktable.Lane`). The I/O thread of `lucidity.client` alone creates and uses these objects;
-nothing here does I/O.
+Owns what a client keeps per node daemon and per worker besides their tasks (the routing id by which the
+client's one socket to them all names each, sessions, what a worker already has: functions, modules),
+what a client knows of a node for placement (`NodeInfo`), and the exception for a task a node reported
+failed. The tasks a worker holds and its window are the task table's (`lucidity.tasktable.Lane`). The I/O
+thread of `lucidity.client` alone creates and uses these objects; nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -13,10 +13,6 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
-
-import zmq
-
 from .errors import CpuLimitExceeded, JobTimeout, LucidityError, MemoryLimitExceeded, WorkerCrashed
 from .messages import FailureReason, FailureReport
 from .task import Task
@@ -26,9 +22,9 @@ __all__ = ["WorkerLink", "NodeLink", "NodeInfo", "failure_error"]
 
 
 class WorkerLink:
-    """The client's end of one worker: its socket, what it already has, and its lane in the task table."""
+    """The client's end of one worker: its routing id, what it already has, and its lane in the task table."""
 
-    def __init__(self, lane: Lane, worker_id: str, pid: int, sock: zmq.Socket[Any], address: str = "") -> None:
+    def __init__(self, lane: Lane, worker_id: str, pid: int, peer: bytes, address: str = "") -> None:
         self.key = lane.key
         self.address = address
         self.created = time.monotonic()
@@ -36,7 +32,7 @@ class WorkerLink:
         self.node = lane.node
         self.worker_id = worker_id
         self.pid = pid
-        self.sock = sock
+        self.peer = peer  # its name on the client's socket (ZMQ_CONNECT_ROUTING_ID)
         self.lane = lane  # the task table's view: its tasks in flight, its window
         self.functions: set[str] = set()
         self.modules: set[str] = set()  # names of modules shipped to this worker
@@ -61,7 +57,7 @@ class NodeInfo:
 
 
 class NodeLink:
-    """The client's end of one node daemon: its socket, what it reported, and its workers.
+    """The client's end of one node daemon: its routing id, what it reported, and its workers.
 
     ``session`` is the id this client goes by on this node and its workers, new for every link: a client
     that dropped a node (it stopped answering) and found it again comes back as a new session, so when the
@@ -69,13 +65,13 @@ class NodeLink:
     client has already sent elsewhere), never what the new connection brought.
     """
 
-    def __init__(self, name: str, address: str, instance: str, host: str, sock: zmq.Socket[Any]) -> None:
+    def __init__(self, name: str, address: str, instance: str, host: str, peer: bytes) -> None:
         self.session = uuid.uuid4().hex
         self.name = name
         self.address = address
         self.instance = instance
         self.host = host
-        self.sock = sock
+        self.peer = peer  # its name on the client's socket (ZMQ_CONNECT_ROUTING_ID)
         self.has_reported = False
         self.unreachable = False  # never answered within the node timeout (warned once); still being tried
         self.running = 0
