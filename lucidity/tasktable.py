@@ -93,9 +93,13 @@ class Lane:
         self._log_time = logged if self.typical_time <= 0 else 0.8 * self._log_time + 0.2 * logged
         self.typical_time = math.exp(self._log_time)
 
-    def overdue(self, now: float) -> bool:
-        """Its oldest task has run longer than its tasks typically take (see `OVERDUE_AFTER`)."""
-        return bool(self.inflight) and now - self.head_since > max(OVERDUE_AFTER, OVERDUE_FACTOR * self.typical_time)
+    def overdue(self, now: float, pace: float = 0.0) -> bool:
+        """Its oldest task has run longer than its tasks typically take (see `OVERDUE_AFTER`); until it has
+        answered a task, longer than `pace` says the client's tasks take on other workers."""
+        if not self.inflight:
+            return False
+        typical = self.typical_time if self.typical_time > 0 else pace
+        return now - self.head_since > max(OVERDUE_AFTER, OVERDUE_FACTOR * typical)
 
 
 class TaskTable:
@@ -328,7 +332,8 @@ class TaskTable:
         if node is not None:
             lanes = [lane for lane in lanes if lane.node == node]
         pace = self.pace
-        candidates = [lane for lane in lanes if lane.connected and lane.credit(pace) > 0 and not lane.overdue(now)]
+        candidates = [lane for lane in lanes
+                      if lane.connected and lane.credit(pace) > 0 and not lane.overdue(now, pace)]
         if self.max_running:
             # At most max_running workers hold our tasks: the busy ones, and idle ones up to the cap.
             free = self.max_running - sum(1 for lane in self.lanes.values() if lane.inflight)

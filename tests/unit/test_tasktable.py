@@ -66,10 +66,12 @@ def test_a_worker_not_yet_timed_gets_one_task_at_a_time() -> None:
 
 def test_once_any_worker_has_answered_the_others_get_a_window_by_that_pace() -> None:
     """A first map's second task reaches a worker before its first one ends, not a round trip after."""
-    table = table_with("n1/a", "n1/b", "n1/c", pace=0.0)
+    clock = Clock()
+    table = table_with("n1/a", "n1/b", "n1/c", pace=0.0, clock=clock)
     a = table.lanes["n1/a"]
     table.add(tasks(*range(1, 20)))
     assert sent(table.dispatch()) == {"n1/a": [1], "n1/b": [2], "n1/c": [3]}
+    clock.now += 0.03  # b's and c's first tasks have run longer than OVERDUE_AFTER, as 20 ms tasks do
     table.take(a, 1, 0.02)
     assert table.pace == 0.02
     assert sent(table.dispatch()) == {"n1/a": [4, 5], "n1/b": [6], "n1/c": [7]}
