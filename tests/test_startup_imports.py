@@ -15,8 +15,10 @@ import sys
 import pytest
 
 #: Started only by some commands or options: the metrics and dashboard HTTP servers, the fly.io client,
-#: progress bars, the live view, and the JSON log format's clock.
-OCCASIONAL = ["http.server", "lucidity.fly", "tqdm", "lucidity.dashboard", "lucidity.watch", "datetime"]
+#: progress bars, the live view, the JSON log format's clock, and OpenSSL (through hashlib or secrets) for a
+#: cluster secret.
+OCCASIONAL = ["http.server", "lucidity.fly", "tqdm", "lucidity.dashboard", "lucidity.watch", "datetime",
+              "_hashlib", "secrets"]
 
 NODE_ARGV = ["--log-level", "WARNING", "node", "ipc:///nowhere/control", "--bind", "ipc:///nowhere/node-1",
              "--processes", "2", "--name", "local", "--no-forward-output"]

@@ -16,8 +16,6 @@ sets ZAP_ENFORCE_DOMAIN so that without a handler nobody gets in (libzmq's defau
 from __future__ import annotations
 
 import enum
-import hashlib
-import secrets
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -65,6 +63,8 @@ class ClusterKeys:
         Any 32 bytes are a valid Curve25519 secret key (libsodium clamps them), so no rejection sampling is
         needed. The role in the salt keeps the three keypairs independent of one another.
         """
+        import hashlib  # here: it loads OpenSSL, 2 ms of the start-up of every process without a secret
+
         pairs = {}
         for role in Role:
             raw = hashlib.blake2b(
@@ -93,6 +93,8 @@ class ClusterKeys:
 
     def role_of(self, public_key_z85: bytes) -> Optional[Role]:
         """The role whose public key this is, or None for a key not of this cluster."""
+        import secrets  # here: it imports hmac and OpenSSL, 3 ms of every process's start-up otherwise
+
         for role in Role:
             if secrets.compare_digest(self.public(role), public_key_z85):
                 return role

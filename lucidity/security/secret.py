@@ -8,7 +8,6 @@ must be long enough to derive keys from. `write_secret_file` makes a new one, ne
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from typing import Mapping, Optional
 
@@ -65,6 +64,8 @@ def write_secret_file(path: str) -> None:
         FileExistsError: `path` exists (a symlink included); an existing secret is never overwritten,
             because every daemon and client of that cluster depends on it.
     """
+    import secrets  # here: it imports hmac and OpenSSL, 3 ms of every process's start-up otherwise
+
     token = secrets.token_urlsafe(NEW_SECRET_BYTES)
     # O_EXCL creates or fails atomically and refuses symlinks; the mode is applied at creation, so there is
     # no window in which the file is readable by others (zmq.auth.create_certificates writes 0644).
