@@ -11,21 +11,21 @@ workers, and this one nothing more until its long task ends (`lucidity.tasktable
 The typical task time here is the shedder's own, a moving geometric mean of the times its worker reports
 (`task_ended`): one long task moves an arithmetic mean so far (a 500 ms task after 5 ms ones: to 104 ms, a
 threshold of 0.4 s) that the tasks queued behind the next long one would wait for it; and until a task has
-ended it is unknown, and `SHED_AFTER` alone applies.
+ended it is unknown, and `SHED_AFTER_FIRST` applies.
 
 Tasks also arrive while a long task runs (the client's window had room when it sent them, before the task
 turned out long), and they wait in the socket, where the queue does not show them: so the thread is armed
 not only while tasks are queued behind the running one but also while the worker is in a stream of tasks
 (the task before this one had others behind it), and for the worker's first task (a client that has timed
-its tasks on other workers sends a second one behind it: `lucidity.tasktable.TaskTable.pace`); before
-giving back it takes in what has arrived (`receive`). The client, for its part, sends nothing more to a worker whose oldest task has run long
-(`lucidity.tasktable.Lane.overdue`).
+its tasks on other workers sends a second one behind it: `lucidity.tasktable.TaskTable.pace`); before giving
+back it takes in what has arrived (`receive`). The client, for its part, sends nothing more to a worker
+whose oldest task has run long (`lucidity.tasktable.Lane.overdue`).
 
-The thread sleeps while the worker is not in a stream, so a lone `apply`, or a loop of them, wakes it
-only for the worker's first task; in a stream of tasks it wakes about once per `SHED_AFTER`, and so while a long task runs, looking
-for tasks that arrived since it last gave back. It touches the worker's socket and queue only
-while it holds the worker's lock, which the worker's own thread releases only while it runs the caller's
-code: ZeroMQ sockets may change threads only across such a lock.
+The thread sleeps while the worker is not in a stream, so a lone `apply`, or a loop of them, wakes it only
+for the worker's first task; in a stream of tasks it wakes about once per `SHED_AFTER`, and so while a long
+task runs, looking for tasks that arrived since it last gave back. It touches the worker's socket and queue
+only while it holds the worker's lock, which the worker's own thread releases only while it runs the
+caller's code: ZeroMQ sockets may change threads only across such a lock.
 """
 
 from __future__ import annotations
@@ -35,12 +35,15 @@ import threading
 import time
 from typing import Callable, Optional
 
-__all__ = ["Shedder", "SHED_AFTER", "SHED_FACTOR"]
+__all__ = ["Shedder", "SHED_AFTER", "SHED_FACTOR", "SHED_AFTER_FIRST"]
 
 #: A task running this long (at least) has the tasks queued behind it given back, in seconds.
 SHED_AFTER = 0.02
 #: ... or this many times the worker's typical task time, if that is longer.
 SHED_FACTOR = 4.0
+#: ... or, for a worker's first task, whose typical time is not known yet, this long: a client sends a task
+#: behind it once its other workers have answered, and tasks of 20 ms, say, all run past `SHED_AFTER`.
+SHED_AFTER_FIRST = SHED_FACTOR * SHED_AFTER
 #: Weight of each new task in the typical task time (a moving geometric mean).
 _WEIGHT = 0.2
 
@@ -96,7 +99,8 @@ class Shedder:
                 while not self._armed:
                     self._wakeup.wait()
             task, started = self._task, self._started
-            due = started + max(SHED_AFTER, SHED_FACTOR * self.typical_time)
+            typical = self.typical_time
+            due = started + (max(SHED_AFTER, SHED_FACTOR * typical) if typical > 0 else SHED_AFTER_FIRST)
             if checked[0] == task:
                 due = max(due, checked[1] + SHED_AFTER)
             delay = due - time.monotonic()
