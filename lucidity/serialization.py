@@ -121,7 +121,7 @@ def dumps(obj: Any, what: str = "object", defined_in_main: Container[str] = froz
         # Objects of the caller's __main__ pickle by reference, which a worker can resolve only for names its
         # import of the script defines. The marker can only appear in the (small) in-band bytes.
         if defined_in_main is EVERYTHING or b"__main__" not in data:
-            return [data, *(buffer.raw() for buffer in buffers)]
+            return [data, *[buffer.raw() for buffer in buffers]] if buffers else [data]
     except Exception as exc:
         first_error = exc
     try:

@@ -21,6 +21,7 @@ sampled, never compared within one slot.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import mmap
 import os
@@ -92,6 +93,12 @@ class SlotCounters(NamedTuple):
     counts: memoryview[int]  # of unsigned 64-bit integers
     duration_sum: memoryview[float]  # of one double
     buckets: memoryview[int]  # of unsigned 64-bit integers
+
+    def count_task(self, outcome: int, seconds: float) -> None:
+        """Count a finished task: its outcome (a position in `TALLY_FIELDS`), its duration and its bucket."""
+        self.counts[outcome] += 1
+        self.duration_sum[0] += seconds
+        self.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1  # the first bound >= seconds: Prometheus' le
 
 
 class SlotTable:

@@ -19,28 +19,27 @@ process: its arguments, dying with its daemon, its name, killing what tasks leav
 
 from __future__ import annotations
 
-import bisect
 import collections
 import faulthandler
 import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Optional, Sequence
+import types
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import zmq
 
 from .. import messages, protocol, serialization, shipping, transport, waiting
 from ..errors import MemoryLimitExceeded, ProtocolError
 from ..messages import ResultEntry, ResultStatus, TaskMode, TaskSpec
-from ..sizes import format_size
 from . import limits
 from .namespaces import MainNamespaces
 from .output import Reports, forwarding_enabled
 from .shedding import Shedder
-from .slots import DURATION_BUCKETS, TALLY_FIELDS, SlotTable
-from .workerprocess import (apply_sys_path, die_with_parent, flush_output, kill_descendants, name_process,
-                            parse_arguments)
+from .slots import TALLY_FIELDS, SlotTable
+from .workerprocess import (WorkerOptions, apply_sys_path, die_with_parent, flush_output, grown_past,
+                            memory_breach, name_process, parse_arguments, reap_children)
 
 if TYPE_CHECKING:
     from ..security import Guard
@@ -64,6 +63,10 @@ RESULT_BATCH_DELAY = 0.002
 #: Results are batched only in a burst: this many tasks queued, each taking less than this (seconds).
 BURST_QUEUE = 8
 BURST_TASK_TIME = 0.0002
+#: The modules of a batch that lists none (one object, so that the finder is prepared once per client).
+_NO_MODULES: Mapping[str, str] = types.MappingProxyType({})
+#: A task without limits, on a node without a memory cap: the usual case.
+_NO_LIMITS = limits.Limits()
 #: Positions in the worker's counters (`lucidity.node.slots.Tally`).
 _OK, _ERROR, _MEMORY, _DROPPED, _RECEIVED, _SENT = range(len(TALLY_FIELDS))
 
@@ -79,15 +82,6 @@ class _Task:
         self.spec = spec
         self.frames = frames
         self.modules = modules  # digests of the modules this client shipped here, as of this batch
-
-
-class WorkerOptions(NamedTuple):
-    """How the daemon configured this worker (see `lucidity node --help`)."""
-
-    memory_limit: Optional[int] = None
-    max_tasks: Optional[int] = None
-    recycle_memory: Optional[int] = None
-    notify_fd: Optional[int] = None
 
 
 class Worker:
@@ -117,7 +111,8 @@ class Worker:
         self._mean_task_time = 0.0
         self._pool_counts: collections.Counter[str] = collections.Counter()
         # Views of this worker's slot: counting is a store into memory its daemon reads for the metrics.
-        self._counters, self._duration_sum, self._buckets = slots.counters(index)
+        self._tally = slots.counters(index)
+        self._counters = self._tally.counts
         self._waker = transport.Waker()
         # Held by this thread except while the caller's code runs: the shedder uses the socket and the
         # queue only under it (lucidity.node.shedding).
@@ -128,6 +123,7 @@ class Worker:
         self._reports = Reports(self._lock, self._send, forwarding_enabled())
         self._reports.install()
         self._identity = b""
+        self._prepared_for: tuple[bytes, Mapping[str, str]] = (b"", _NO_MODULES)  # the finder's last prepare
         self._module_replies: dict[str, tuple[Optional[shipping.ModuleSource], str]] = {}
         self._finder = shipping.ShippedFinder(self._fetch_module, os.environ.get("LUCIDITY_NODE", "?"))
         sys.meta_path.append(self._finder)
@@ -135,13 +131,14 @@ class Worker:
     def run(self) -> None:
         self._lock.acquire()
         while True:
-            if not self._queue:
+            if self._queue:
+                self._receive(block=False)  # cancellations and more work, before the next task
+            else:
                 self._flush()
                 self._reports.wait_for_work(self._sock)
                 self._receive(block=True)
-            self._receive(block=False)
-            if not self._queue:
-                continue
+                if not self._queue:
+                    continue
             task = self._queue.popleft()
             self._run(task)
             if self._retiring or self._must_retire(task):
@@ -158,12 +155,26 @@ class Worker:
     # -- receiving ---------------------------------------------------------------------------------------
 
     def _receive(self, block: bool) -> None:
-        """Take in every message waiting (and, if `block`, wait for the first)."""
+        """Take in every message waiting (and, if `block`, wait for the first).
+
+        All of them before the next task runs: the shedder gives back only what is queued when a long one starts.
+        """
         received = 0
-        while block or transport.has_input(self._sock):
+        sock = self._sock
+        recv = sock.recv
+        identity_as_frame = self._guard is not None  # it reads the peer's key from it; else bytes cost less
+        while block or transport.has_input(sock):
             block = False
-            frames = self._sock.recv_multipart(copy=False)
-            received += sum(map(len, frames))
+            # recv_multipart without its getsockopt(RCVMORE) per frame (pyzmq makes an Enum of the option each
+            # time: 2.5 us for four frames). A ROUTER's identity frame always has more after it.
+            identity = recv(copy=not identity_as_frame)
+            frame = recv(copy=False)
+            frames = [identity, frame]
+            received += len(identity) + len(frame)
+            while frame.more:
+                frame = recv(copy=False)
+                frames.append(frame)
+                received += len(frame)
             try:
                 self._accept(frames)
             except ProtocolError as exc:
@@ -179,7 +190,7 @@ class Worker:
     def _accept(self, frames: list[Any]) -> None:
         if len(frames) < 2:
             raise ProtocolError("message without routing identity")
-        identity = frames[0].bytes
+        identity = frames[0] if type(frames[0]) is bytes else frames[0].bytes
         accepted = ACCEPTED if self._guard is None else self._guard.accepted(frames[0], self._accepted_by_role, ACCEPTED)
         message = protocol.decode(frames[1:], accepted)
         if message.kind is protocol.Kind.TASKS:
@@ -210,18 +221,20 @@ class Worker:
             # Tell the sender, whose tasks would otherwise wait for results that never come.
             self._send(identity, messages.encode(messages.Refused(str(exc))))
             raise
-        received = [entry.source([frame])[0] for entry, frame in zip(body.ship, payload.modules)]
-        # Shipped modules are kept per connection: a client cannot file code under another client's id.
-        self._finder.receive(identity, [m for m in received if m is not None])
+        if body.ship:  # most batches carry tasks alone: modules, the main entry and functions come first
+            received = [entry.source([frame])[0] for entry, frame in zip(body.ship, payload.modules)]
+            # Shipped modules are kept per connection: a client cannot file code under another client's id.
+            self._finder.receive(identity, [m for m in received if m is not None])
         if body.main is not None:
             self._mains.receive(identity, body.client, body.main, None if payload.main is None else payload.main.bytes)
-        for name, data in zip(body.functions, payload.functions):
-            self._functions[name] = [data, None, b""]  # loaded lazily, on first use
-            self._functions.move_to_end(name)
-        while len(self._functions) > FUNCTION_CACHE_SIZE:
-            self._functions.popitem(last=False)
+        if body.functions:
+            for name, data in zip(body.functions, payload.functions):
+                self._functions[name] = [data, None, b""]  # loaded lazily, on first use
+                self._functions.move_to_end(name)
+            while len(self._functions) > FUNCTION_CACHE_SIZE:
+                self._functions.popitem(last=False)
         client = bytes.fromhex(body.client)
-        modules = body.modules or {}
+        modules = body.modules or _NO_MODULES
         for spec, frames in zip(body.tasks, payload.items):
             self._queue.append(_Task(identity, client, spec, frames, modules))
 
@@ -257,12 +270,13 @@ class Worker:
             # Forgotten (DROP, or too many clients): the client sends its main entry again with the task.
             self._send(task.identity, messages.encode(messages.Missing((spec.id,), (), main=True)))
             return
-        missing = [name for name in (spec.function, spec.initializer) if name and name not in self._functions]
-        if missing:
-            self._send(task.identity, messages.encode(messages.Missing((spec.id,), tuple(missing))))
+        functions = self._functions
+        if spec.function not in functions or (spec.initializer and spec.initializer not in functions):
+            missing = tuple(name for name in (spec.function, spec.initializer) if name and name not in functions)
+            self._send(task.identity, messages.encode(messages.Missing((spec.id,), missing)))
             return
         task_limits = self._limits_of(spec)
-        if task_limits.any:
+        if task_limits is not _NO_LIMITS:
             if task_limits.memory:
                 limits.set_task_memory_cap(task_limits.memory)
             self._slots.begin(self._index, spec.id, task.client, self._tasks_done, task_limits, time.process_time())
@@ -270,14 +284,17 @@ class Worker:
                 os.write(self._options.notify_fd, b"L")  # wakes the daemon's watchdog
         else:
             self._slots.begin(self._index, spec.id, task.client, self._tasks_done)
-        started = time.perf_counter()
+        started = time.perf_counter_ns()  # whole nanoseconds: a short repr in the RESULTS meta
         self._identity = task.identity
         start_method = self._mains.activate(task.identity)
         if start_method is not None:
             name_process(self._index, start_method)
-        if self._finder.prepare(task.identity, task.modules):
-            for entry in self._functions.values():
-                entry[1] = None  # functions of forgotten modules must be looked up again
+        if (task.identity, task.modules) != self._prepared_for:
+            # Once per client and batch manifest: the same pair again finds nothing stale.
+            self._prepared_for = (task.identity, task.modules)
+            if self._finder.prepare(task.identity, task.modules):
+                for entry in self._functions.values():
+                    entry[1] = None  # functions of forgotten modules must be looked up again
         outcome = _OK
         self._shedder.task_started(bool(self._queue))
         self._reports.task_started(task.identity, spec.id)
@@ -292,40 +309,38 @@ class Worker:
             outcome = _ERROR
             if task_limits.memory and not isinstance(exc, MemoryLimitExceeded) and (
                     isinstance(exc, MemoryError) or limits.thread_failed_for_memory(exc)):
-                exc = self._memory_breach(spec.id, task_limits.memory, exc)
+                exc = memory_breach(spec.id, task_limits.memory, exc)
+                self._retiring = True  # the heap may be fragmented or full
                 outcome = _MEMORY
             frames = serialization.dumps_exception(self._finder.explain(exc), skip_frames_of=__file__)
             status = ResultStatus.ERROR
-        elapsed = time.perf_counter() - started
+        elapsed = (time.perf_counter_ns() - started) / 1e9
         self._reports.task_ended()
         self._mean_task_time = 0.8 * self._mean_task_time + 0.2 * elapsed
         self._shedder.task_ended(elapsed)
         self._tasks_done += 1
         self._slots.end(self._index, self._tasks_done)
-        self._count(outcome, elapsed)
+        self._tally.count_task(outcome, elapsed)
         if task_limits.memory:
             limits.set_task_memory_cap(None)
         self._after_task()
-        results, items = self._outbox.setdefault(task.identity, ([], []))
-        results.append(ResultEntry(spec.id, status, elapsed))
-        items.append(frames)
+        waiting = self._outbox.get(task.identity)
+        if waiting is None:
+            waiting = self._outbox[task.identity] = ([], [])
+        waiting[0].append(ResultEntry(spec.id, status, elapsed))
+        waiting[1].append(frames)
         if not self._outbox_count:
             self._outbox_since = time.monotonic()
         self._outbox_count += 1
 
-    def _count(self, outcome: int, elapsed: float) -> None:
-        """Count a finished task in the slot's tally: three stores into shared memory, no message."""
-        self._counters[outcome] += 1
-        self._duration_sum[0] += elapsed
-        self._buckets[bisect.bisect_left(DURATION_BUCKETS, elapsed)] += 1  # the first bound >= elapsed: Prometheus' le
-
     def _execute(self, spec: TaskSpec, frames: Sequence[Any]) -> list[Any]:
         init = spec.initializer
-        initialized = self._mains.initialized(self._identity)
-        if init and init not in initialized:
-            initializer, initargs = self._function(init)  # type: ignore[misc]
-            initializer(*initargs)
-            initialized.add(init)
+        if init:
+            initialized = self._mains.initialized(self._identity)
+            if init not in initialized:
+                initializer, initargs = self._function(init)  # type: ignore[misc]
+                initializer(*initargs)
+                initialized.add(init)
         function = self._function(spec.function)
         if function is None:
             raise ProtocolError(f"function {spec.function} is not cached on this worker")
@@ -363,6 +378,7 @@ class Worker:
                     self._run(self._queue.popleft())
                     self._flush()
                     self._identity, self._finder.client = identity, client
+                    self._prepared_for = (b"", _NO_MODULES)  # the finder was pointed back by hand: prepare anew
                     self._mains.activate(identity)
                     self._slots.restore(self._index, waiting_slot)
                     continue
@@ -379,37 +395,19 @@ class Worker:
     def _limits_of(self, spec: TaskSpec) -> limits.Limits:
         memory = spec.memory
         node_cap = self._options.memory_limit
+        if not (memory or node_cap or spec.timeout or spec.cpu_time):
+            return _NO_LIMITS
         if node_cap:
             memory = min(memory, node_cap) if memory else node_cap
         return limits.Limits(memory, float(spec.timeout), float(spec.cpu_time))
 
-    def _memory_breach(self, task_id: int, cap: int, error: BaseException) -> MemoryLimitExceeded:
-        """A MemoryError under a cap: report the breach, and retire (the heap may be fragmented or full)."""
-        self._retiring = True
-        seen = limits.data_segment(os.getpid())
-        node = os.environ.get("LUCIDITY_NODE", "?")
-        breach = MemoryLimitExceeded(limits.describe_refusal(task_id, cap, node, os.getpid(), seen),
-                                     limit=cap, peak=seen.resident, node=node, pid=os.getpid(), task=task_id)
-        breach.__cause__ = error
-        return breach
-
     def _after_task(self) -> None:
         """Kill what the task left behind, and retire if this worker has done its share or grown too big."""
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass  # reap children that already exited
-            kill_descendants()  # some child is still running
-        except ChildProcessError:
-            pass  # no children: the usual case, one system call
+        reap_children()
         if self._options.max_tasks and self._tasks_done >= self._options.max_tasks:
             self._retiring = True
-        if self._options.recycle_memory:
-            resident = limits.memory_of(os.getpid()) or 0
-            if resident > self._options.recycle_memory:
-                print(f"lucidity worker {os.getpid()}: {format_size(resident)} resident after a task, over "
-                      f"the recycle threshold of {format_size(self._options.recycle_memory)}; retiring",
-                      file=sys.stderr)
-                self._retiring = True
+        if self._options.recycle_memory and grown_past(self._options.recycle_memory):
+            self._retiring = True
 
     def _must_retire(self, task: _Task) -> bool:
         limit = task.spec.max_tasks
@@ -454,7 +452,10 @@ class Worker:
         self._outbox_count = 0
 
     def _send(self, identity: bytes, frames: list[Any]) -> None:
-        self._counters[_SENT] += sum(memoryview(frame).nbytes for frame in frames)
+        sent = 0
+        for frame in frames:
+            sent += len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+        self._counters[_SENT] += sent
         transport.send_frames(self._sock, [identity, *frames])
 
 

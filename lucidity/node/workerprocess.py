@@ -3,7 +3,8 @@
 Owns: reading the arguments its daemon starts it with (without argparse, which costs start-up time and
 memory), dying with its daemon (PR_SET_PDEATHSIG) and adopting what its tasks abandon (a subreaper), the
 caller's sys.path of an embedded cluster, the process name multiprocessing would give it, killing what a
-task left running, and flushing what tasks printed. The worker's loop, its sockets and its slot are not
+task left running, noticing that it has grown too big or met its memory cap (`memory_breach`), and flushing
+what tasks printed. The worker's loop, its sockets and its slot are not
 here; nothing here imports zmq or a serializer.
 """
 
@@ -15,8 +16,10 @@ import signal
 import sys
 from typing import Any, NamedTuple, Optional
 
-__all__ = ["Arguments", "parse_arguments", "die_with_parent", "apply_sys_path", "name_process", "kill_descendants",
-           "flush_output"]
+from ..errors import MemoryLimitExceeded
+
+__all__ = ["Arguments", "WorkerOptions", "parse_arguments", "die_with_parent", "apply_sys_path", "name_process",
+           "kill_descendants", "reap_children", "grown_past", "memory_breach", "flush_output"]
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -43,6 +46,41 @@ def name_process(index: int, start_method: str) -> None:
     current = process.current_process()
     current.name = f"{prefix.get(start_method, 'PoolWorker')}-{index + 1}"
     current._identity = (index + 1,)
+
+
+def reap_children() -> None:
+    """After a task: reap the children it left that exited, and kill the rest (`kill_descendants`)."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass  # reap children that already exited
+        kill_descendants()  # some child is still running
+    except ChildProcessError:
+        pass  # no children: the usual case, one system call
+
+
+def grown_past(threshold: int) -> bool:
+    """Whether this worker is resident over `threshold` bytes after a task (``--recycle-memory``), said on stderr."""
+    from .limits import memory_of
+    from ..sizes import format_size
+
+    resident = memory_of(os.getpid()) or 0
+    if resident <= threshold:
+        return False
+    print(f"lucidity worker {os.getpid()}: {format_size(resident)} resident after a task, over the recycle "
+          f"threshold of {format_size(threshold)}; retiring", file=sys.stderr)
+    return True
+
+
+def memory_breach(task_id: int, cap: int, error: BaseException) -> MemoryLimitExceeded:
+    """What a task that met a MemoryError under its cap raises instead: the cap, what this worker held, where."""
+    from .limits import data_segment, describe_refusal
+
+    seen = data_segment(os.getpid())
+    node = os.environ.get("LUCIDITY_NODE", "?")
+    breach = MemoryLimitExceeded(describe_refusal(task_id, cap, node, os.getpid(), seen),
+                                 limit=cap, peak=seen.resident, node=node, pid=os.getpid(), task=task_id)
+    breach.__cause__ = error
+    return breach
 
 
 def kill_descendants() -> None:
@@ -86,6 +124,15 @@ def apply_sys_path() -> None:
     if inherited:
         entries = [p for p in inherited.split(os.pathsep)]
         sys.path[:] = entries + [p for p in sys.path if p not in entries]
+
+
+class WorkerOptions(NamedTuple):
+    """How the daemon configured this worker (see `lucidity node --help`)."""
+
+    memory_limit: Optional[int] = None
+    max_tasks: Optional[int] = None
+    recycle_memory: Optional[int] = None
+    notify_fd: Optional[int] = None
 
 
 class Arguments(NamedTuple):
