@@ -16,6 +16,17 @@ machine may be shared.
 
 Options: ``--rounds`` (3), ``--applies`` (5000), ``--tasks`` (5000), ``--peers lucidity,mp-fork``,
 ``--quick`` (one round of 500: a smoke test).
+
+``--in-process N`` measures the worker's loop alone, with no cluster and no other process: a real
+`lucidity.node.worker.Worker` runs in a thread of this process, on its own ZeroMQ context and an ipc socket,
+and this thread sends it N no-op applies (one TASKS message each, as a client sends them) and waits for each
+RESULTS. It prints the CPU time of the worker's thread per apply (from /proc, in microseconds). Under
+callgrind it gives instructions per apply, which the load of a shared machine does not move::
+
+    valgrind --tool=callgrind --separate-threads=yes python -m benchmarks.percall --in-process 100
+    valgrind --tool=callgrind --separate-threads=yes python -m benchmarks.percall --in-process 600
+
+and the difference of the worker thread's totals (the largest per-thread file) divided by 500.
 """
 
 from __future__ import annotations
@@ -82,6 +93,60 @@ def run_peer(peer: str, applies: int, tasks: int) -> dict[str, float]:
         return _measure(mp_pool, applies, tasks)
 
 
+def run_in_process(applies: int) -> None:
+    """Drive a Worker in a thread of this process (see the module docstring, ``--in-process``)."""
+    import tempfile
+    import threading
+    import uuid
+
+    import zmq
+
+    os.environ.setdefault("LUCIDITY_FORWARD_OUTPUT", "0")  # as an embedded cluster's workers
+    from benchmarks.tasks import noop
+    from lucidity import messages, protocol, serialization, transport
+    from lucidity.node.slots import SlotTable
+    from lucidity.node.worker import Worker
+
+    with tempfile.TemporaryDirectory() as directory:
+        slots = SlotTable(os.path.join(directory, "slots"), 1, create=True)
+        sock = transport.new_socket(transport.new_context(), zmq.ROUTER)
+        address = transport.bind(sock, f"ipc://{directory}/worker")
+        worker = Worker(sock, slots, 0)
+        loop = threading.Thread(target=worker.run, name="worker-loop", daemon=True)
+        loop.start()
+        client = zmq.Context().socket(zmq.DEALER)
+        client.connect(address)
+        function = serialization.dumps_function(noop)
+        digest = serialization.digest(function)
+        layout, frames = protocol.pack_items([serialization.dumps(((), {}))])
+        session = uuid.uuid4().hex
+
+        def tasks(first: bool) -> list[Any]:
+            spec = messages.TaskSpec(1, digest, messages.TaskMode.CALL)
+            body = messages.Tasks(session, (digest,) if first else (), (spec,), tuple(layout),
+                                  main=messages.MainEntry((), "") if first else None)
+            return messages.encode(body, ([function] if first else []) + frames, sliced=False)
+
+        client.send_multipart(tasks(True))  # the function and the main entry, once
+        client.recv_multipart()
+        message = tasks(False)
+        stat = f"/proc/self/task/{loop.native_id}/schedstat"
+
+        def worker_ns() -> int:
+            with open(stat) as file:
+                return int(file.read().split()[0])
+
+        before = worker_ns()
+        for _ in range(applies):
+            client.send_multipart(message)
+            reply = client.recv_multipart()
+        spent = worker_ns() - before
+        if bytes(reply[0])[1] != protocol.Kind.RESULTS:
+            raise SystemExit(f"the worker answered {reply[:2]}, not RESULTS")
+        print(f"worker thread CPU per apply: {spent / applies / 1000:.1f} us ({applies} applies)")
+        os._exit(0)  # the worker's thread and sockets go with the process
+
+
 def main(argv: Any = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.percall", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -89,8 +154,12 @@ def main(argv: Any = None) -> int:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--in-process", type=int, metavar="N", help="the worker's loop alone, N applies")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.in_process:
+        run_in_process(args.in_process)
+        return 0
     if args.quick:
         args.rounds, args.applies, args.tasks = 1, 500, 500
     if args.child:
