@@ -28,8 +28,14 @@ worker's pid, so the table also shows how many workers a map reached, and result
 clock stops. Every process started here is stopped on every way out (the end, an error, Ctrl-C, SIGTERM).
 
 Options: ``--quick`` (small sizes, one round), ``--only cold,tail``, ``--peers``, ``--shapes 1x64,32x2``,
-``--rounds``, ``--workers``, ``--tasks``, ``--markdown FILE``. Results: docs/performance.md, "Speed II
-baseline".
+``--rounds``, ``--workers``, ``--tasks``, ``--markdown FILE``, ``--trace``. Results: docs/performance.md,
+"Speed II baseline" and "Balance: cold map and long tail".
+
+``--trace`` says where each round's idle worker time went: every task also returns when it started and
+ended (``time.monotonic()``, one clock for the processes of a machine), and each round's line adds the
+workers' first starts after the map began (median and last, ms) and their idle worker-seconds before their
+first task, between tasks and after their last one. The sums are against workers × makespan; the work
+itself is the sum of the durations.
 """
 
 from __future__ import annotations
@@ -107,6 +113,22 @@ def parse_shape(text: str) -> tuple[int, int]:
 # -- one peer's round, in a process of its own ---------------------------------------------------------------
 
 
+def idle_time(runs: list[tuple[int, float, float]], began: float, ended: float) -> dict[str, float]:
+    """Where the workers' idle time went in one traced map: `runs` are (pid, start, end) of each task."""
+    by_worker: dict[int, list[tuple[float, float]]] = {}
+    for pid, start, end in runs:
+        by_worker.setdefault(pid, []).append((start, end))
+    firsts, before, between, after = [], 0.0, 0.0, 0.0
+    for spans in by_worker.values():
+        spans.sort()
+        firsts.append(spans[0][0] - began)
+        before += spans[0][0] - began
+        between += sum(max(0.0, later[0] - earlier[1]) for earlier, later in zip(spans, spans[1:]))
+        after += max(0.0, ended - spans[-1][1])
+    return {"first_start_median": statistics.median(firsts), "first_start_last": max(firsts),
+            "idle_before": before, "idle_between": between, "idle_after": after}
+
+
 def open_pool(peer: str, workers: int, address: Optional[str]) -> Any:
     if peer == MP_FORK:
         import multiprocessing
@@ -120,24 +142,28 @@ def open_pool(peer: str, workers: int, address: Optional[str]) -> Any:
 def run_round(config: dict[str, Any]) -> None:
     """Each selected workload on a fresh pool of `peer`: open (timed apart), map (timed), check, close."""
     plan = Plan(**config["plan"])
+    task: Any = tasks.sleep_and_time if config.get("trace") else tasks.sleep_for
     for workload in config["workloads"]:
         try:
             durations = plan.durations(workload)
             started = time.perf_counter()
             pool = open_pool(config["peer"], plan.workers, config.get("address"))
             try:
-                opened = time.perf_counter()
-                pids = pool.map_async(tasks.sleep_for, durations, 1).get(plan.timeout)
-                elapsed = time.perf_counter() - opened
+                opened, began = time.perf_counter(), time.monotonic()
+                results = pool.map_async(task, durations, 1).get(plan.timeout)
+                elapsed, ended = time.perf_counter() - opened, time.monotonic()
             except BaseException:
                 pool.terminate()
                 raise
             pool.close()
             pool.join()
+            pids = [result[0] for result in results] if config.get("trace") else results
             if len(pids) != len(durations) or not all(isinstance(pid, int) for pid in pids):
                 raise RuntimeError(f"the map returned {len(pids)} results for {len(durations)} tasks")
-            isolated.emit({"workload": workload, "makespan": elapsed, "open": opened - started,
-                           "workers_used": len(set(pids))})
+            line = {"workload": workload, "makespan": elapsed, "open": opened - started, "workers_used": len(set(pids))}
+            if config.get("trace"):
+                line.update(idle_time(results, began, ended))
+            isolated.emit(line)
         except Exception as exc:
             import traceback
 
@@ -164,13 +190,13 @@ class Collected:
 
 
 def run(plan: Plan, peers: list[str], workloads: list[str], rounds: int,
-        clusters: dict[str, Cluster]) -> Collected:
+        clusters: dict[str, Cluster], trace: bool = False) -> Collected:
     collected = Collected()
     for index in range(rounds):
         shift = index % len(peers)
         for peer in peers[shift:] + peers[:shift]:
             config = {"peer": peer, "workloads": workloads, "plan": dataclasses.asdict(plan),
-                      "address": clusters[peer].address if peer in clusters else None}
+                      "address": clusters[peer].address if peer in clusters else None, "trace": trace}
             started = time.monotonic()
             outcome = isolated.run("benchmarks.balance", config, PEER_TIMEOUT)
             parts = []
@@ -185,6 +211,11 @@ def run(plan: Plan, peers: list[str], workloads: list[str], rounds: int,
                 percent = 100 * plan.ideal(line["workload"]) / line["makespan"]
                 parts.append(f"{line['workload']} {line['makespan']:.3f} s ({percent:.0f}% of ideal, "
                              f"{line['workers_used']} workers, pool open {line['open']:.2f} s)")
+                if "idle_before" in line:
+                    parts[-1] += (f" [first starts {1e3 * line['first_start_median']:.0f}/"
+                                  f"{1e3 * line['first_start_last']:.0f} ms; idle worker-s: before "
+                                  f"{line['idle_before']:.2f}, between {line['idle_between']:.2f}, after "
+                                  f"{line['idle_after']:.2f}, of {plan.workers * line['makespan']:.2f}]")
             done = {line["workload"] for line in outcome.lines}
             for workload in workloads:
                 if workload not in done:
@@ -269,6 +300,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--workers", type=int, help="workers of every peer (default 64)")
     parser.add_argument("--tasks", type=int, help="tasks of each map (default 1920)")
     parser.add_argument("--markdown", metavar="FILE", help="also write machine and tables as markdown")
+    parser.add_argument("--trace", action="store_true",
+                        help="each round also says where the workers' idle time went (see the module's docstring)")
     parser.add_argument("--config", help=argparse.SUPPRESS)  # one peer's round, in its own process
     args = parser.parse_args(argv)
     if args.config:
@@ -321,7 +354,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 cluster.start()
                 print(f"{peer}: control + {nodes} node(s) x {processes} worker(s) ready after "
                       f"{cluster.ready_after:.1f} s at {cluster.address}", flush=True)
-        collected = run(plan, peers, workloads, rounds, clusters)
+        collected = run(plan, peers, workloads, rounds, clusters, args.trace)
     finally:
         for cluster in clusters.values():
             cluster.close()

@@ -33,3 +33,13 @@ def sleep_for(seconds: float) -> int:
 
     time.sleep(seconds)
     return os.getpid()
+
+
+def sleep_and_time(seconds: float) -> tuple[int, float, float]:
+    """`sleep_for`, also saying when it started and ended on the machine's monotonic clock (balance --trace)."""
+    import os
+    import time
+
+    started = time.monotonic()
+    time.sleep(seconds)
+    return os.getpid(), started, time.monotonic()
