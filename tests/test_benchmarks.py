@@ -98,3 +98,12 @@ def test_targets_apply_only_to_the_peers_they_name() -> None:
     assert executor_map == {"lucidity": "n/a", "lucidity-exec": "0.80×: NOT met"}
     assert cells["default-chunk map throughput ≥ 0.7× mp-fork's"] == {"lucidity": "2.00×: met",
                                                                        "lucidity-exec": "n/a"}
+
+
+def test_percall_reports_cpu_per_task_of_caller_and_worker_against_the_stdlib() -> None:
+    out = run_benchmark("benchmarks.percall", "--quick")
+    for row in ("apply caller cpu us", "apply worker cpu us", "apply wall us", "map-chunk1 caller cpu us",
+                "map-chunk1 worker cpu us", "map-chunk1 wall us"):
+        cells = table_row(out, row)
+        assert len(cells) == 2 and all(float(cell) >= 0 for cell in cells), (row, cells)
+    assert float(table_row(out, "apply wall us")[0]) > 0, out

@@ -419,9 +419,9 @@ class Worker:
     # -- sending -----------------------------------------------------------------------------------------
 
     def _linger(self) -> None:
-        """A retiring worker stays `RETIRE_LINGER`, giving back what arrives: a client's socket (ZMQ_IMMEDIATE)
-        drops what it has not read when its worker disconnects, and a worker that exited right after its last
-        results lost them as often as not (the client then ran those tasks again)."""
+        """A retiring worker stays `RETIRE_LINGER`, giving back what arrives: tasks a client sent it after its
+        last results would otherwise wait, unread, until its node reports it gone and the client sends them
+        elsewhere. (Its results are safe either way: a client's pipe to a worker outlives the connection.)"""
         deadline = time.monotonic() + RETIRE_LINGER
         while True:
             self._give_back_queued(busy=False)
