@@ -497,8 +497,11 @@ class Client:
     def _dispatch(self) -> None:
         with self._lock:
             batches = self._table.dispatch()
+            withdrawals = self._table.steal()
         for lane, batch in batches:
             self._send_tasks(self._roster.workers[lane.key], batch)
+        for lane, ids in withdrawals:  # the worker answers with a MISSING of those it still held
+            self._send_to(self._roster.workers[lane.key].peer, messages.encode(messages.Withdraw(tuple(ids))))
 
     def _send_tasks(self, link: WorkerLink, batch: list[Task]) -> None:
         packed = self._packer.tasks(link, self._roster.nodes[link.node].session, batch)

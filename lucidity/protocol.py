@@ -42,7 +42,7 @@ __all__ = ["VERSION", "Kind", "Message", "JoinedFrame", "encode", "decode"]
 #: `MAX_FRAME_BYTES` travel in slices named by the meta field ``_slices`` (issue 11). 5: nodes heartbeat
 #: with BEAT and send a JOIN only when their entry changed or the control node asks (WELCOME ``rejoin``);
 #: NODES carries a sequence number and is a full list or the changes (issue 13).
-VERSION = 5
+VERSION = 6
 
 #: Largest payload frame on the wire, in bytes; `encode` slices larger ones. Listening sockets refuse frames
 #: a little larger than this (`security.MAX_INBOUND_FRAME_BYTES`, with room for CURVE's overhead).
@@ -100,6 +100,8 @@ class Kind(enum.IntEnum):
     # worker -> client: what tasks wrote to fd 1 and 2, and how far a running task has come (issue 14)
     OUTPUT = 48
     PROGRESS = 49
+    # client -> worker: give back these queued tasks (work stealing; answered with MISSING)
+    WITHDRAW = 50
 
 
 _KINDS = {kind.value: kind for kind in Kind}

@@ -6,6 +6,7 @@ The client's I/O thread feeds it events and carries out what it answers::
     add / cancel          (caller threads)      a task joins or leaves the queues
     add_worker / connected / remove_worker      the workers the client can send to
     dispatch()       -> [(lane, batch)]         what to send to which worker now
+    steal()          -> [(lane, task ids)]      what to take back from a worker for others that ran out
     unsend / give_back                          a batch that never left; tasks a worker gave back
     take(lane, id, seconds) -> task             a result arrived: the task it answers, if still ours
     failed(...)      -> (task, retry)           its node reported it crashed or broke a limit
@@ -31,12 +32,16 @@ from typing import Callable, Iterable, Optional
 
 from .task import Task, TaskState
 
-__all__ = ["Lane", "TaskTable", "WINDOW_MIN", "WINDOW_MAX", "WINDOW_TARGET", "OVERDUE_AFTER", "OVERDUE_FACTOR"]
+__all__ = ["Lane", "TaskTable", "WINDOW_MIN", "WINDOW_MAX", "WINDOW_TARGET", "OVERDUE_AFTER", "OVERDUE_FACTOR",
+           "STEAL_WORTH"]
 
 #: Window of tasks in flight per worker: the bounds, and the queueing time it aims for, in seconds.
 WINDOW_MIN = 2
 WINDOW_MAX = 256
 WINDOW_TARGET = 0.005
+#: Work stealing: a worker's queued tasks are taken back for workers with none once they hold at least this
+#: much work (seconds, by the worker's typical task time) and twice its round trip, what the taking costs.
+STEAL_WORTH = 0.01
 #: A worker whose oldest task in flight has run this long as far as the client can tell (seconds), or
 #: `OVERDUE_FACTOR` times its typical task time if that is longer, gets nothing more until it answers: what
 #: it runs is likely a long task, and a task sent now would wait behind it. The worker's shedder gives back
@@ -49,7 +54,7 @@ class Lane:
     """A worker as the table sees it: whether it can be written to, its tasks in flight, its pace."""
 
     __slots__ = ("key", "node", "connected", "inflight", "mean_time", "typical_time", "round_trip", "busy",
-                 "head_since", "head_sent_idle", "_log_time")
+                 "head_since", "head_sent_idle", "withdrawing", "_log_time")
 
     def __init__(self, key: str, node: str) -> None:
         self.key = key
@@ -70,6 +75,7 @@ class Lane:
         # answered): about when the worker started it, as far as the client can tell.
         self.head_since = 0.0
         self.head_sent_idle = False  # ...and it was sent to the worker idle: its answer times a round trip
+        self.withdrawing = False  # asked to give back queued tasks (`TaskTable.steal`), not answered yet
 
     def credit(self, pace: float = 0.0) -> int:
         """How many more tasks it may hold: one until the pace of its tasks is known (no more than it can start
@@ -124,6 +130,7 @@ class TaskTable:
         # answered yet runs the same tasks: it gets a window by this pace rather than one task and a round
         # trip's wait for the next, once any worker has answered (a first map's second task on each worker).
         self.pace = 0.0
+        self.withdrawals = 0  # WITHDRAW requests made (`steal`), for tests and the curious
 
     # -- the caller's side --------------------------------------------------------------------------------
 
@@ -217,6 +224,38 @@ class TaskTable:
         self._dispatch_queue(self._pending, None, batches, now)
         return batches
 
+    def steal(self) -> list[tuple[Lane, list[int]]]:
+        """Queued tasks to take back (WITHDRAW) from the workers holding most, while others have nothing to do
+        and nothing waits to be sent: the end of a map, where a few workers would otherwise run the last
+        tasks one after another. Half of a worker's queued tasks, the last sent, from as many workers as run
+        dry (never the task a worker runs or the one it starts next); only a queue worth the round trip
+        (`STEAL_WORTH`), and one request per worker at a time. What the
+        worker still held comes back through `give_back` and goes to the idle workers first."""
+        if self._pending or self._pending_for or self.max_running:
+            return []
+        idle = sum(1 for lane in self.lanes.values() if lane.connected and not lane.inflight and not lane.busy)
+        idle -= sum(1 for lane in self.lanes.values() if lane.withdrawing)  # already being served
+        if idle <= 0:
+            return []
+        donors = []
+        for lane in self.lanes.values():
+            # Not the running task, nor the one after it: the worker starts that one before it reads a request.
+            queued = len(lane.inflight) - 2
+            typical = lane.typical_time if lane.typical_time > 0 else self.pace
+            if queued > 0 and not lane.withdrawing and queued * typical >= max(STEAL_WORTH, 2 * lane.round_trip):
+                donors.append((queued, lane))
+        donors.sort(key=lambda donor: donor[0], reverse=True)
+        taken = []
+        for queued, lane in donors[:idle]:
+            held = list(lane.inflight.values())
+            ids = [task.id for task in held[len(held) - (queued + 1) // 2:]
+                   if task.node is None]  # placed tasks stay on their node
+            if ids:
+                lane.withdrawing = True
+                taken.append((lane, ids))
+                self.withdrawals += 1
+        return taken
+
     def unsend(self, lane: Lane, batch: list[Task]) -> None:
         """A batch could not be sent (its connection broke): back to the head of its queues, as if unsent."""
         for task in reversed(batch):
@@ -245,6 +284,7 @@ class TaskTable:
         """The worker did not run these tasks: it lacked their function, or (``busy``) it gave them up while a
         long task held it, and gets no more until that task ends. They wait first in line for a worker."""
         lane.busy = lane.busy or busy
+        lane.withdrawing = False  # the answer to a WITHDRAW, if one was asked (another MISSING: asked again, harmless)
         for task_id in task_ids:
             task = lane.inflight.pop(task_id, None)
             if task is not None and task.state is TaskState.SENT and task.worker == lane.key:

@@ -56,6 +56,8 @@ MALFORMED_FOR_A_WORKER = {
     "CANCEL holding lists": protocol.encode(protocol.Kind.CANCEL, {"tasks": [[1], [2]]}),
     "CANCEL holding objects": protocol.encode(protocol.Kind.CANCEL, {"tasks": [{"a": 1}]}),
     "CANCEL of a string": protocol.encode(protocol.Kind.CANCEL, {"tasks": "all"}),
+    "WITHDRAW of a string": protocol.encode(protocol.Kind.WITHDRAW, {"tasks": "all"}),
+    "WITHDRAW holding a float": protocol.encode(protocol.Kind.WITHDRAW, {"tasks": [1.5]}),
     "a task spec without n": tasks(n=None),
     "ship entries that are not objects": protocol.encode(
         protocol.Kind.TASKS, {"client": CLIENT, "functions": [], "tasks": [], "ship": [1, 2]}, [b"a", b"b"]),

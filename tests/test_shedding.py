@@ -1,5 +1,7 @@
 """Shedding, as a user sees it: tasks queued on a worker behind one that runs long are run by other workers
-instead of waiting for it (lucidity.node.shedding), and every result still arrives exactly once."""
+instead of waiting for it (lucidity.node.shedding), and every result still arrives exactly once; and work
+stealing: a worker that ran dry takes tasks another still holds queued (lucidity.tasktable.TaskTable.steal),
+though none of them is long."""
 
 from __future__ import annotations
 
@@ -47,6 +49,24 @@ def test_results_match_the_stdlib_when_long_and_short_tasks_mix() -> None:
     with multiprocessing.get_context("fork").Pool(3) as stdlib:
         theirs = stdlib.map(_sleep_then_echo, list(enumerate(items)), chunksize=1)
     assert ours == theirs == list(range(120))
+
+
+def _slow_first_half(item: int) -> tuple[int, int]:
+    import os
+    import time
+
+    time.sleep(0.015 if item < 20 else 0.001)  # under SHED_AFTER: no worker sheds these
+    return item, os.getpid()
+
+
+def test_a_worker_that_ran_dry_takes_tasks_another_holds_queued() -> None:
+    with lucidity.Pool(2) as pool:
+        pool.map(identity, range(600), chunksize=1)  # tiny tasks: each worker's window is now many tasks
+        # Each worker gets half of the map: the slow half, and the fast one, done in a few ms.
+        ours = pool.map(_slow_first_half, range(40), chunksize=1)
+        assert [item for item, _ in ours] == list(range(40))
+    slow_ran_by = {pid for item, pid in ours if item < 20}
+    assert len(slow_ran_by) == 2, "the worker done with its fast tasks took slow ones the other held"
 
 
 def _sleep_then_echo(item: tuple[int, float]) -> int:

@@ -38,19 +38,19 @@ from .fields import Meta
 from .membership import (Abandon, Bye, Drop, FailureReason, FailureReport, Heartbeat, Hello, Leave, NodeBeat, NodeEntry,
                          Nodes, Status, Watch, Welcome, WorkerEntry, Workers)
 from .status import ControlStatus, NodeStatus, RecentFailure, WorkerStatus, status_reply
-from .alongside import Cancel, Fetch, Missing, Refused
+from .alongside import Cancel, Fetch, Missing, Refused, Withdraw
 from .work import (MainEntry, Module, Output, Progress, ResultEntry, Results, ResultStatus, TaskMode, Tasks,
                    TasksPayload, TaskSpec)
 
 __all__ = ["TaskMode", "ResultStatus", "FailureReason", "NodeEntry", "Welcome", "Heartbeat", "Leave", "Watch",
            "Nodes", "Hello", "WorkerEntry", "Workers", "FailureReport", "Abandon", "Bye", "Status", "WorkerStatus",
            "NodeStatus", "RecentFailure", "ControlStatus", "MainEntry", "Module", "TaskSpec", "Tasks", "TasksPayload",
-           "ResultEntry", "Results", "Cancel", "Missing", "Fetch", "Drop", "Refused", "Output", "Progress", "Body", "BODIES", "parse",
-           "encode", "NodeBeat"]
+           "ResultEntry", "Results", "Cancel", "Missing", "Fetch", "Drop", "Refused", "Output", "Progress", "Withdraw",
+           "Body", "BODIES", "parse", "encode", "NodeBeat"]
 
 Body = Union[NodeEntry, NodeBeat, Welcome, Heartbeat, Leave, Watch, Nodes, Hello, Workers, FailureReport, Abandon,
              Bye, Status, NodeStatus, ControlStatus, Tasks, Results, Cancel, Missing, Fetch, Module, Drop, Refused, Output,
-             Progress]
+             Progress, Withdraw]
 
 #: How each kind's body is read.
 BODIES: dict[Kind, Callable[[Meta], Body]] = {
@@ -78,6 +78,7 @@ BODIES: dict[Kind, Callable[[Meta], Body]] = {
     Kind.REFUSED: Refused.from_meta,
     Kind.OUTPUT: Output.from_meta,
     Kind.PROGRESS: Progress.from_meta,
+    Kind.WITHDRAW: Withdraw.from_meta,
 }
 
 

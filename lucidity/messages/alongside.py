@@ -2,7 +2,7 @@
 
 See `lucidity.messages` for what every body class offers. The kinds, by who sends them::
 
-    client --CANCEL--> worker                               worker --MISSING/REFUSED--> client
+    client --CANCEL/WITHDRAW--> worker                      worker --MISSING/REFUSED--> client
     worker --FETCH--> client (whose MODULE answers it: `lucidity.messages.work`; code shipping)
 """
 
@@ -14,7 +14,7 @@ from ..protocol import Kind
 from .fields import Meta, maybe_flag, task_ids, text, texts
 from .record import Record
 
-__all__ = ["Cancel", "Missing", "Fetch", "Refused"]
+__all__ = ["Cancel", "Withdraw", "Missing", "Fetch", "Refused"]
 
 
 class Cancel(Record):
@@ -35,6 +35,27 @@ class Cancel(Record):
     @classmethod
     def from_meta(cls, meta: Meta) -> Cancel:
         return cls(task_ids(meta, "CANCEL meta", "tasks"))
+
+
+class Withdraw(Record):
+    """A client takes back tasks queued at a worker, for workers that have run out (work stealing). The worker
+    answers with a MISSING naming those it still held (perhaps none): the rest it has run or is running."""
+
+    __slots__ = ("tasks",)
+
+    KIND: ClassVar[Kind] = Kind.WITHDRAW
+
+    tasks: tuple[int, ...]
+
+    def __init__(self, tasks: tuple[int, ...]) -> None:
+        self._assign(tasks)
+
+    def to_meta(self) -> Meta:
+        return {"tasks": list(self.tasks)}
+
+    @classmethod
+    def from_meta(cls, meta: Meta) -> Withdraw:
+        return cls(task_ids(meta, "WITHDRAW meta", "tasks"))
 
 
 class Missing(Record):

@@ -44,9 +44,11 @@ from .workerprocess import (WorkerOptions, apply_sys_path, die_with_parent, flus
 if TYPE_CHECKING:
     from ..security import Guard
 
-ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE, protocol.Kind.DROP})
+ACCEPTED = frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.WITHDRAW, protocol.Kind.MODULE,
+                      protocol.Kind.DROP})
 #: With a cluster secret: clients send work and modules, the node daemon drops a vanished client's work.
-ACCEPTED_BY_ROLE = {"client": frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.MODULE}),
+ACCEPTED_BY_ROLE = {"client": frozenset({protocol.Kind.TASKS, protocol.Kind.CANCEL, protocol.Kind.WITHDRAW,
+                                          protocol.Kind.MODULE}),
                     "node": frozenset({protocol.Kind.DROP})}
 #: How long a worker waits for a client to answer a module request, in seconds.
 FETCH_TIMEOUT = 10.0
@@ -197,11 +199,13 @@ class Worker:
             self._accept_tasks(identity, message)
             return
         body = messages.parse(message)
-        if isinstance(body, messages.Cancel):
-            cancelled = set(body.tasks)
-            self._queue = collections.deque(
-                t for t in self._queue if not (t.identity == identity and t.spec.id in cancelled)
-            )
+        if isinstance(body, (messages.Cancel, messages.Withdraw)):
+            named = set(body.tasks)
+            kept = collections.deque(t for t in self._queue if not (t.identity == identity and t.spec.id in named))
+            if isinstance(body, messages.Withdraw):  # named, as many as it still held: they run elsewhere
+                held = tuple(t.spec.id for t in self._queue if t.identity == identity and t.spec.id in named)
+                self._send(identity, messages.encode(messages.Missing(held, ())))
+            self._queue = kept
         elif isinstance(body, messages.Drop):
             gone = bytes.fromhex(body.client)
             queued = len(self._queue)

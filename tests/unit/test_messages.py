@@ -18,7 +18,7 @@ import pytest
 
 from lucidity import messages, protocol
 from lucidity.errors import ProtocolError
-from lucidity.messages import (Abandon, Bye, Cancel, ControlStatus, Drop, FailureReason, FailureReport, Fetch,
+from lucidity.messages import (Abandon, Bye, Cancel, Withdraw, ControlStatus, Drop, FailureReason, FailureReport, Fetch,
                                Heartbeat, Hello, Leave, MainEntry, Missing, Module, NodeBeat, NodeEntry, Nodes,
                                NodeStatus, RecentFailure,
                                Output, Progress, Refused, ResultEntry, Results, ResultStatus, Status, TaskMode, Tasks, TaskSpec, Watch,
@@ -116,6 +116,7 @@ VALID: list[tuple[Any, list[bytes], dict[str, Any]]] = [
     (RESULTS, ITEM_FRAMES, {"results": [{"id": 1, "status": "ok", "t": 0.000125, "n": LAYOUT[0]},
                                         {"id": 2, "status": "error", "t": 2, "n": LAYOUT[1]}]}),
     (Cancel((1, 2, 2 ** 63 - 1)), [], {"tasks": [1, 2, 2 ** 63 - 1]}),
+    (Withdraw((3, 4)), [], {"tasks": [3, 4]}),
     (Missing((1,), (DIGEST, INIT)), [], {"tasks": [1], "digests": [DIGEST, INIT]}),
     (Missing((1,), (), main=True), [], {"tasks": [1], "digests": [], "main": True}),
     (Fetch("helpers"), [], {"module": "helpers"}),
@@ -213,6 +214,8 @@ MALFORMED: dict[str, tuple[Kind, Any]] = {
     "CANCEL holding lists": (Kind.CANCEL, {"tasks": [[1], [2]]}),
     "CANCEL holding objects": (Kind.CANCEL, {"tasks": [{"a": 1}]}),
     "CANCEL of a string": (Kind.CANCEL, {"tasks": "all"}),
+    "WITHDRAW of a string": (Kind.WITHDRAW, {"tasks": "all"}),
+    "WITHDRAW holding a float": (Kind.WITHDRAW, {"tasks": [1.5]}),
     "a task spec without n": (Kind.TASKS, tasks_meta(task_entry(n=None))),
     "ship entries that are not objects": (Kind.TASKS, tasks_meta(ship=[1, 2])),
     "a task id of 2**70": (Kind.TASKS, tasks_meta(task_entry(id=2 ** 70))),
@@ -329,6 +332,7 @@ FIELD_TYPES: dict[Kind, dict[tuple[Any, ...], set[Any]]] = {
                    ("results", 0, "status"): {str}, ("results", 0, "t"): {int, float},
                    ("results", 0, "n"): {int, list}},
     Kind.CANCEL: {("tasks",): {list}, ("tasks", 0): {int}},
+    Kind.WITHDRAW: {("tasks",): {list}, ("tasks", 0): {int}},
     Kind.MISSING: {("tasks",): {list}, ("tasks", 0): {int}, ("digests",): {list}, ("digests", 0): {str},
                    ("main",): {bool, None, "absent"}},
     Kind.FETCH: {("module",): {str}},

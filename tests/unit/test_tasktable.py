@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from lucidity.task import FunctionRef, IllegalTransition, Task, TaskState
-from lucidity.tasktable import OVERDUE_AFTER, OVERDUE_FACTOR, WINDOW_MAX, WINDOW_MIN, Lane, TaskTable
+from lucidity.tasktable import OVERDUE_AFTER, OVERDUE_FACTOR, STEAL_WORTH, WINDOW_MAX, WINDOW_MIN, Lane, TaskTable
 
 FUNCTION = FunctionRef("digest", b"", "work, defined in app.py:12")
 
@@ -323,6 +323,80 @@ def test_tasks_a_worker_gives_back_are_queued_again() -> None:
     ((lane, _),) = table.dispatch()
     table.give_back(lane, [2, 99])  # 99: not ours, ignored
     assert [t.id for t in lane.inflight.values()] == [1] and table.tasks[2].state is TaskState.PENDING
+
+
+# -- work stealing -------------------------------------------------------------------------------------------
+
+def holding(table: TaskTable, key: str, ids: list[int], typical: float = 0.01) -> Lane:
+    """Put tasks `ids` in flight on worker `key` (the first one running), of `typical` seconds each."""
+    lane = table.lanes[key]
+    lane.typical_time = typical
+    for task in tasks(*ids):
+        table.tasks[task.id] = task
+        task.move(TaskState.SENT)
+        task.worker = key
+        lane.inflight[task.id] = task
+    return lane
+
+
+def test_a_worker_that_ran_dry_takes_half_of_the_fullest_queue_from_its_end() -> None:
+    table = table_with("n1/a", "n1/b", "n1/c")
+    full = holding(table, "n1/a", [1, 2, 3, 4, 5])  # 1 runs, 2 is next, 3 more queued
+    holding(table, "n1/b", [6, 7, 8])  # 6 runs, 7 is next, 8 queued
+    assert [(lane.key, ids) for lane, ids in table.steal()] == [("n1/a", [4, 5])]
+    assert table.steal() == [], "one request per worker until it answers"
+    table.give_back(full, [5])  # it had started 4 meanwhile: only 5 comes back
+    assert sent(table.dispatch()) == {"n1/c": [5]}, "the worker with nothing takes it"
+    assert not full.withdrawing
+
+
+def test_as_many_workers_give_as_ran_dry_the_fullest_first() -> None:
+    table = table_with("n1/a", "n1/b", "n1/c", "n1/d")
+    holding(table, "n1/a", [1, 2, 3])
+    holding(table, "n1/b", [4, 5, 6, 7, 8])
+    holding(table, "n1/c", [9, 10, 11, 12])
+    assert [(lane.key, ids) for lane, ids in table.steal()] == [("n1/b", [7, 8])]
+
+
+def test_nothing_is_taken_back_while_tasks_wait_or_every_worker_is_busy() -> None:
+    table = table_with("n1/a", "n1/b")
+    holding(table, "n1/a", [1, 2, 3, 4])
+    holding(table, "n1/b", [5])
+    assert table.steal() == [], "no worker ran dry"
+    table.lanes["n1/b"].inflight.clear()
+    table.lanes["n1/b"].busy = True
+    assert table.steal() == [], "a worker busy with a long task takes nothing"
+    table.lanes["n1/b"].busy = False
+    table.add(tasks(20))
+    assert table.steal() == [], "the idle worker gets what waits instead"
+
+
+def test_a_queue_shorter_than_what_taking_it_costs_stays() -> None:
+    table = table_with("n1/a", "n1/b")
+    lane = holding(table, "n1/a", [1, 2, 3], typical=STEAL_WORTH / 4)  # a quarter of STEAL_WORTH behind the next
+    assert table.steal() == []
+    lane.round_trip = 1.5 * STEAL_WORTH  # and when the round trip costs more than the queue holds
+    lane.typical_time = STEAL_WORTH
+    assert table.steal() == []
+    lane.typical_time = 2 * STEAL_WORTH
+    assert table.steal() == []
+    lane.typical_time = 4 * STEAL_WORTH
+    assert [ids for _, ids in table.steal()] == [[3]]
+
+
+def test_tasks_placed_on_a_node_are_not_taken_back_and_max_running_takes_nothing() -> None:
+    table = table_with("n1/a", "n2/b")
+    lane = table.lanes["n1/a"]
+    lane.typical_time = 0.01
+    for task in tasks(1, 2, 3, node="n1"):
+        table.tasks[task.id] = task
+        task.move(TaskState.SENT)
+        task.worker = lane.key
+        lane.inflight[task.id] = task
+    assert table.steal() == []
+    capped = table_with("n1/a", "n1/b", max_running=2)
+    holding(capped, "n1/a", [1, 2, 3, 4])
+    assert capped.steal() == []
 
 
 # -- outcomes ------------------------------------------------------------------------------------------------
