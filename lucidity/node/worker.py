@@ -106,6 +106,9 @@ class Worker:
         self._functions: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
         self._mains = MainNamespaces()
         self._queue: collections.deque[_Task] = collections.deque()
+        # Clients told this worker is busy (their tasks given back behind another's long task): told when it
+        # is free again, since they send it nothing until it answers, and it may owe them no answer.
+        self._told_busy: set[bytes] = set()
         self._outbox: dict[bytes, tuple[list[ResultEntry], list[Any]]] = {}
         self._outbox_count = 0
         self._outbox_since = 0.0
@@ -322,6 +325,8 @@ class Worker:
         self._reports.task_ended()
         self._mean_task_time = 0.8 * self._mean_task_time + 0.2 * elapsed
         self._shedder.task_ended(elapsed)
+        if self._told_busy:
+            self._tell_free(task.identity)
         self._tasks_done += 1
         self._slots.end(self._index, self._tasks_done)
         self._tally.count_task(outcome, elapsed)
@@ -442,7 +447,16 @@ class Worker:
         self._queue.clear()
         for identity, ids in by_client.items():
             self._send(identity, messages.encode(messages.Missing(tuple(ids), (), busy=busy)))
+            if busy:
+                self._told_busy.add(identity)
         return bool(by_client)
+
+    def _tell_free(self, answered: bytes) -> None:
+        """The long task ended: the clients told this worker was busy may send it work again (an empty
+        MISSING, not busy). The client of the task that ended learns it from the result."""
+        for identity in self._told_busy - {answered}:
+            self._send(identity, messages.encode(messages.Missing((), ())))
+        self._told_busy.clear()
 
     def _flush(self) -> None:
         if self._outbox:
