@@ -61,7 +61,9 @@ class Withdraw(Record):
 class Missing(Record):
     """A worker gives tasks back unrun: it lacks what it names (functions evicted from its cache, or the
     client's main entry), and the client sends them again with it; or it is ``busy`` with a long task, and
-    the client sends them to another worker and this one nothing until its task ends."""
+    the client sends them to another worker and this one nothing until its task ends (its result says so,
+    or, if the task was another client's, an empty MISSING that is not ``busy``). It also answers a
+    WITHDRAW."""
 
     __slots__ = ("tasks", "digests", "main", "busy")
 

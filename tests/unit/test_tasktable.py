@@ -95,6 +95,17 @@ def test_a_worker_busy_with_a_long_task_gets_nothing_until_it_answers() -> None:
     assert sent(table.dispatch()) == {"n1/a": [5]}
 
 
+def test_a_worker_busy_with_another_clients_task_takes_work_again_once_it_says_it_is_free() -> None:
+    """It owes this client no answer (the long task is another client's): an empty MISSING says it is free."""
+    table = table_with("n1/a")
+    table.add(tasks(1, 2))
+    ((a, _),) = table.dispatch()
+    table.give_back(a, [1, 2], busy=True)
+    assert table.dispatch() == []
+    table.give_back(a, [])
+    assert sent(table.dispatch()) == {"n1/a": [1, 2]}
+
+
 def test_the_window_grows_as_tasks_get_shorter_within_its_bounds() -> None:
     windows = [window_after(seconds) for seconds in (10.0, 0.1, 0.001, 0.0001, 1e-5, 1e-7)]
     assert windows == sorted(windows)
