@@ -282,10 +282,11 @@ class TaskTable:
 
     def give_back(self, lane: Lane, task_ids: Iterable[int], *, busy: bool = False) -> None:
         """The worker did not run these tasks: it lacked their function, or (``busy``) it gave them up while a
-        long task held it, and gets no more until that task ends. They wait first in line for a worker."""
+        long task held it, and gets no more until that task ends. They wait first in line for a worker, in the
+        order given."""
         lane.busy = busy  # a MISSING says whether the worker is busy now; an empty one, that it is free again
         lane.withdrawing = False  # the answer to a WITHDRAW, if one was asked (another MISSING: asked again, harmless)
-        for task_id in task_ids:
+        for task_id in reversed(list(task_ids)):  # each goes to the head of its queue
             task = lane.inflight.pop(task_id, None)
             if task is not None and task.state is TaskState.SENT and task.worker == lane.key:
                 self._requeue(task)
