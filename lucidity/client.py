@@ -22,7 +22,7 @@ consults, each tested without one: `lucidity.tasktable` (which task goes to whic
 cancellation), `lucidity.roster` (what the control node's lists and the nodes' reports mean) and
 `lucidity.packing` (what each worker lacks). What stays is one thread's sockets, its loop, and the
 caller-facing methods that hand it work; they share every field with it, which is why they are one module
-(about 600 lines) rather than two that would pass the same state back and forth.
+(about 640 lines) rather than two that would pass the same state back and forth.
 """
 
 from __future__ import annotations
