@@ -336,7 +336,7 @@ class Client:
     def _drain(self, sock: zmq.Socket[Any], handler: Callable[[list[Any]], None]) -> None:
         # Checking EVENTS first avoids raising zmq.Again once per wake-up, which costs microseconds.
         while not sock.closed and transport.has_input(sock):
-            frames = sock.recv_multipart(copy=False)
+            frames = transport.recv_frames(sock)
             try:
                 handler(frames)
             except VersionMismatch as exc:

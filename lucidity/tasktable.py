@@ -231,8 +231,8 @@ class TaskTable:
         dry (never the task a worker runs or the one it starts next); only a queue worth the round trip
         (`STEAL_WORTH`), and one request per worker at a time. What the
         worker still held comes back through `give_back` and goes to the idle workers first."""
-        if self._pending or self._pending_for or self.max_running:
-            return []
+        if len(self.tasks) < 3 or self._pending or self._pending_for or self.max_running:
+            return []  # (fewer than 3 tasks: none is queued behind a worker's next one; the apply path)
         idle = sum(1 for lane in self.lanes.values() if lane.connected and not lane.inflight and not lane.busy)
         idle -= sum(1 for lane in self.lanes.values() if lane.withdrawing)  # already being served
         if idle <= 0:

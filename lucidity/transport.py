@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["new_context", "new_socket", "bind", "bind_in_range", "Dialer", "Waker", "private_directory",
            "remove_stale_directories", "NODE_DIRECTORY_PREFIX", "CREATOR_FILE", "has_input",
-           "send_frames"]
+           "send_frames", "recv_frames"]
 
 #: How long a socket keeps unsent messages after close, in seconds.
 LINGER = 1.0
@@ -296,6 +296,18 @@ def send_frames(sock: zmq.Socket[Any], frames: list[Any], *, block: bool = True)
             _copying_send(sock, frame, more)
         else:
             sock.send(frame, more, copy=False)
+
+
+def recv_frames(sock: zmq.Socket[Any]) -> list[zmq.Frame]:
+    """Receive one multipart message as frames, never copied: recv_multipart without its
+    getsockopt(RCVMORE) per frame, for which pyzmq makes an Enum of the option each time."""
+    recv = sock.recv
+    frame = recv(copy=False)
+    frames = [frame]
+    while frame.more:
+        frame = recv(copy=False)
+        frames.append(frame)
+    return frames
 
 
 class Waker:
