@@ -8,7 +8,7 @@ See `lucidity.messages` for what every body class offers. The kinds, by who send
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from ..protocol import Kind
 from .fields import Meta, maybe_flag, task_ids, text, texts
@@ -17,45 +17,44 @@ from .record import Record
 __all__ = ["Cancel", "Withdraw", "Missing", "Fetch", "Refused"]
 
 
-class Cancel(Record):
-    """A terminating client cancels its tasks queued at a worker."""
+_Named = TypeVar("_Named", bound="_TaskList")
+
+
+class _TaskList(Record):
+    """A client names some of its tasks to a worker: the shape CANCEL and WITHDRAW share."""
 
     __slots__ = ("tasks",)
+
+    KIND: ClassVar[Kind]
+
+    tasks: tuple[int, ...]
+
+    def __init__(self, tasks: tuple[int, ...]) -> None:
+        self._assign(tasks)
+
+    def to_meta(self) -> Meta:
+        return {"tasks": list(self.tasks)}
+
+    @classmethod
+    def from_meta(cls: type[_Named], meta: Meta) -> _Named:
+        return cls(task_ids(meta, f"{cls.KIND.name} meta", "tasks"))
+
+
+class Cancel(_TaskList):
+    """A terminating client cancels its tasks queued at a worker."""
+
+    __slots__ = ()
 
     KIND: ClassVar[Kind] = Kind.CANCEL
 
-    tasks: tuple[int, ...]
 
-    def __init__(self, tasks: tuple[int, ...]) -> None:
-        self._assign(tasks)
-
-    def to_meta(self) -> Meta:
-        return {"tasks": list(self.tasks)}
-
-    @classmethod
-    def from_meta(cls, meta: Meta) -> Cancel:
-        return cls(task_ids(meta, "CANCEL meta", "tasks"))
-
-
-class Withdraw(Record):
+class Withdraw(_TaskList):
     """A client takes back tasks queued at a worker, for workers that have run out (work stealing). The worker
     answers with a MISSING naming those it still held (perhaps none): the rest it has run or is running."""
 
-    __slots__ = ("tasks",)
+    __slots__ = ()
 
     KIND: ClassVar[Kind] = Kind.WITHDRAW
-
-    tasks: tuple[int, ...]
-
-    def __init__(self, tasks: tuple[int, ...]) -> None:
-        self._assign(tasks)
-
-    def to_meta(self) -> Meta:
-        return {"tasks": list(self.tasks)}
-
-    @classmethod
-    def from_meta(cls, meta: Meta) -> Withdraw:
-        return cls(task_ids(meta, "WITHDRAW meta", "tasks"))
 
 
 class Missing(Record):
