@@ -402,8 +402,9 @@ class Executor(concurrent.futures.Executor):
         # map's time in pickling and unpacking); iter() here, so that what is not iterable fails from map().
         mode, inputs = ((TaskMode.MAP, iter(iterables[0])) if len(iterables) == 1
                         else (TaskMode.STARMAP, zip(*iterables)))
+        function = self._client.function(fn)  # before a bar appears (see Pool._map_async)
         with tracking(progress, total, label("map", fn)) as tracker:
-            call = MapCall(self._client, self._options, self._client.function(fn), mode, "map", tracker)
+            call = MapCall(self._client, self._options, function, mode, "map", tracker)
         # The feed holds the executor: a map alive, or its tasks in flight, keep it from being torn down.
         feed = Feed(call, inputs, chunksize, owner=self)
         with self._lock:

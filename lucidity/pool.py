@@ -49,7 +49,7 @@ from .sizes import parse_size
 from .options import TaskOptions
 from .progressbar import ProgressOption, Tracker, label, tracking, waited
 from .poolresults import ApplyResult, AsyncResult, IMapIterator, IMapUnorderedIterator, MapResult, _ResultCache
-from .task import Task
+from .task import FunctionRef, Task
 
 __all__ = ["Pool", "AsyncResult", "ApplyResult", "MapResult", "IMapIterator", "IMapUnorderedIterator"]
 
@@ -158,10 +158,10 @@ class Pool:
         if self._state is not PoolState.RUN:
             raise ValueError("Pool not running")
 
-    def _map_call(self, func: Callable[..., Any], mode: TaskMode, made_by: str,
+    def _map_call(self, function: FunctionRef, mode: TaskMode, made_by: str,
                   tracker: Optional[Tracker] = None) -> MapCall:
-        """What the chunks of one map share; serializes `func`, raising the pickler's exception from the call."""
-        return MapCall(self._client, self._options, self._client.function(func), mode, made_by, tracker)
+        """What the chunks of one map share."""
+        return MapCall(self._client, self._options, function, mode, made_by, tracker)
 
     def _submit(self, tasks: list[Task], result: ApplyResult[Any]) -> None:
         """Submit the tasks of `result`, counting it in ``_cache`` until it is ready."""
@@ -234,8 +234,11 @@ class Pool:
                 chunksize += 1
         if length == 0:
             chunksize = 0
+        # Serialized first (the pickler's exception comes from the call), so that a bar appears only once
+        # the map is under way: an interrupt as it appears then lands where the bar is closed for it.
+        function = self._client.function(func)
         with tracking(progress, length, label(made_by, func)) as tracker:
-            call = self._map_call(func, mode, made_by, tracker)
+            call = self._map_call(function, mode, made_by, tracker)
             result: MapResult[Any] = MapResult(chunksize, length, callback, error_callback, self._cache)
             result._tracker = tracker
             if chunksize <= 0:
@@ -261,8 +264,9 @@ class Pool:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         # The total is known up front for a sized input; else the bar counts what has been read so far.
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        function = self._client.function(func)  # before the bar, as in _map_async
         with tracking(progress, total, label(made_by, func)) as tracker:
-            call = self._map_call(func, TaskMode.MAP, made_by, tracker)
+            call = self._map_call(function, TaskMode.MAP, made_by, tracker)
         job = self._cache.new_job()
         # In the cache until the feeder has read the input and every result has arrived, as the stdlib's.
         feed = Feed(call, iterable, chunksize, ordered=kind._ordered,
