@@ -4,11 +4,16 @@ Every message is a list of frames::
 
     [header, meta, *payload]
 
-``header`` is two bytes, the protocol version and the `Kind`. ``meta`` is a JSON object, the message's
-body: `lucidity.messages` has a class for each kind's, which writes it and reads it back checked. It never
-holds code, so it is safe to parse from any peer. The ``payload`` frames are opaque here: serialized calls,
-results and their out-of-band buffers, which `lucidity.serialization` alone interprets. This module knows
-frames, not sockets, and never looks inside a payload.
+``header`` is two bytes, the protocol version and the `Kind`. ``meta`` is the message's body:
+`lucidity.messages` has a class for each kind's, which writes it and reads it back checked. It never holds
+code, so it is safe to parse from any peer. It is a JSON object, except for the two kinds every task makes
+one of (`BINARY_KINDS`: TASKS and RESULTS), whose meta is binary, of a fixed layout that
+`lucidity.messages.batches` reads with one ``struct`` call per task (protocol version 7, issue 13: the JSON
+and its field-by-field checks were about 40% of a worker's Python per task). This module sees of a binary
+meta its first byte alone, which is its own (`BINARY_PLAIN`, or `BINARY_SLICED` and the slice table). The
+``payload`` frames are opaque here: serialized calls, results and their out-of-band buffers, which
+`lucidity.serialization` alone interprets. This module knows frames, not sockets, and never looks inside a
+payload.
 
 No frame sent to a socket that caps frame sizes is larger than `MAX_FRAME_BYTES`, apart from a meta frame
 (always small in practice), so that a listening socket can refuse bigger frames before its peer is
@@ -18,12 +23,13 @@ sparing the receiver the copy a join costs. `encode` sends a larger payload fram
 caller's buffer (no copy), and names them in the meta field ``_slices``: a list of ``[index, count]``, the
 payload frame's index as the caller gave it and the number of slices it became. `decode` joins them back
 into one writable buffer (`JoinedFrame`, one copy) and removes the field, so callers see the frames they
-sent.
+sent. A binary meta carries the same table in binary (`BINARY_SLICED`), which `decode` removes the same way.
 
 `decode` is the boundary check of the envelope: it names what is wrong in a `ProtocolError` so that daemons
 can log the message, drop it and keep serving. It refuses meta nested deeper than `MAX_META_DEPTH` (checked
 before parsing: a deep one would exhaust Python's recursion limit), integers outside 64 bits, and a meta that
-is not a JSON object. The body, every field of it, is `lucidity.messages`' to check (`parse`, `from_meta`).
+is not a JSON object, or a binary meta's slice table that does not add up. The body, every field of it, is
+`lucidity.messages`' to check (`parse`, `from_meta`).
 """
 
 from __future__ import annotations
@@ -31,18 +37,20 @@ from __future__ import annotations
 import builtins
 import enum
 import json
+import struct
 from typing import Any, Iterable, NamedTuple, Sequence, Union
 
 from .errors import ProtocolError, VersionMismatch
 
-__all__ = ["VERSION", "Kind", "Message", "JoinedFrame", "encode", "decode"]
+__all__ = ["VERSION", "Kind", "BINARY_KINDS", "Message", "JoinedFrame", "encode", "decode", "parse_json", "write_json"]
 
 #: 2: small item payloads packed into one frame (`pack_items`). 3: the caller's __main__ travels by name to
 #: a per-client namespace in each worker (TASKS ``main``; `lucidity.mainscript`). 4: payload frames over
 #: `MAX_FRAME_BYTES` travel in slices named by the meta field ``_slices`` (issue 11). 5: nodes heartbeat
 #: with BEAT and send a JOIN only when their entry changed or the control node asks (WELCOME ``rejoin``);
-#: NODES carries a sequence number and is a full list or the changes (issue 13).
-VERSION = 6
+#: NODES carries a sequence number and is a full list or the changes (issue 13). 6: WITHDRAW (work stealing).
+#: 7: TASKS and RESULTS have a binary meta (`BINARY_KINDS`).
+VERSION = 7
 
 #: Largest payload frame on the wire, in bytes; `encode` slices larger ones. Listening sockets refuse frames
 #: a little larger than this (`security.MAX_INBOUND_FRAME_BYTES`, with room for CURVE's overhead).
@@ -59,6 +67,12 @@ META_INT_MAX = 2 ** 63 - 1
 SLICES_FIELD = "_slices"
 #: Most payload frames in one message (a batch of tasks with their buffers).
 MAX_PAYLOAD_FRAMES = 100_000
+#: The first byte of a binary meta: the body follows at once ...
+BINARY_PLAIN = 0
+#: ... or a slice table first (u32 count, then (u32 index, u32 count) per sliced frame), then the body.
+BINARY_SLICED = 1
+_SLICE_COUNT = struct.Struct("<I")
+_SLICE_ENTRY = struct.Struct("<II")
 
 #: Client ids are uuid4 hex strings (checked with str.strip: no regex module in the workers).
 
@@ -105,18 +119,27 @@ class Kind(enum.IntEnum):
 
 
 _KINDS = {kind.value: kind for kind in Kind}
+#: The kinds whose meta is binary (bytes beginning with `BINARY_PLAIN`), not JSON: every task makes one of each.
+BINARY_KINDS = frozenset({Kind.TASKS, Kind.RESULTS})
 
 class Message(NamedTuple):
-    """A decoded message: its kind, its checked meta, and its payload frames as received (sliced ones joined)."""
+    """A decoded message: its kind, its meta, and its payload frames as received (sliced ones joined).
+
+    The meta is a dict for JSON kinds, checked as JSON; for `BINARY_KINDS`, the binary meta as bytes,
+    which its body class reads and checks (`lucidity.messages`). Typed Any for the two.
+    """
 
     kind: Kind
-    meta: dict[str, Any]
+    meta: Any
     payload: Sequence[Frame] = ()
 
 
-def encode(kind: Kind, meta: dict[str, Any], payload: Iterable[Payload] = (), *,
+def encode(kind: Kind, meta: Union[dict[str, Any], bytes], payload: Iterable[Payload] = (), *,
            sliced: bool = True) -> list[Payload]:
     """Frames for one message. Payload frames are passed through without copying.
+
+    `meta` is a dict, written as JSON, or for `BINARY_KINDS` the binary meta, bytes beginning with
+    `BINARY_PLAIN` (what their body classes write).
 
     A payload frame (bytes or any contiguous buffer: memoryview, zmq.Frame, PickleBuffer, numpy array)
     larger than `MAX_FRAME_BYTES` goes as slices of that size, views of its buffer: still no copy, so
@@ -127,8 +150,13 @@ def encode(kind: Kind, meta: dict[str, Any], payload: Iterable[Payload] = (), *,
     sockets; a worker of a cluster without a secret): joining slices costs the receiver a copy of the
     payload, about 26 ms per 64 MiB, which only a capped socket needs to pay.
     """
+    if isinstance(meta, bytes):
+        if kind not in BINARY_KINDS or meta[:1] != b"\0":
+            raise ValueError(f"a {kind.name} meta of bytes must be a binary one, beginning with {BINARY_PLAIN}")
+    elif kind in BINARY_KINDS:
+        raise ValueError(f"a {kind.name} meta is binary (bytes), not {type(meta).__name__}")
     if not sliced:
-        return [bytes((VERSION, kind)), _encode_meta(meta), *payload]
+        return [bytes((VERSION, kind)), meta if isinstance(meta, bytes) else _encode_meta(meta), *payload]
     frames: list[Payload] = []
     slices: list[list[int]] = []
     for index, frame in enumerate(payload):
@@ -139,6 +167,11 @@ def encode(kind: Kind, meta: dict[str, Any], payload: Iterable[Payload] = (), *,
         view = memoryview(frame).cast("B")
         slices.append([index, -(-size // MAX_FRAME_BYTES)])
         frames.extend(view[start:start + MAX_FRAME_BYTES] for start in range(0, size, MAX_FRAME_BYTES))
+    if isinstance(meta, bytes):
+        if slices:
+            table = b"".join(_SLICE_ENTRY.pack(index, count) for index, count in slices)
+            meta = bytes((BINARY_SLICED,)) + _SLICE_COUNT.pack(len(slices)) + table + meta[1:]
+        return [bytes((VERSION, kind)), meta, *frames]
     if slices:
         if SLICES_FIELD in meta:
             raise ValueError(f"the meta field {SLICES_FIELD!r} is the protocol's own")
@@ -161,6 +194,11 @@ else:  # pragma: no cover - CPython has the C encoder
 
     def _encode_meta(meta: dict[str, Any]) -> bytes:
         return _ENCODER.encode(meta).encode()
+
+
+def write_json(value: dict[str, Any]) -> bytes:
+    """A JSON object as a meta is written (compact, ASCII): for the JSON parts of a binary meta."""
+    return _encode_meta(value)
 
 
 class JoinedFrame(bytearray):
@@ -237,7 +275,16 @@ def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
         raise ProtocolError(f"message kind {kind.name} is not accepted here")
     if _frame_size(frames[1]) > MAX_META_BYTES:
         raise ProtocolError(f"{kind.name} meta frame exceeds {MAX_META_BYTES} bytes")
-    meta = _parse_meta(_frame_bytes(frames[1]), kind)
+    if kind in BINARY_KINDS:
+        raw = _frame_bytes(frames[1])
+        # The body checks the rest, the first byte too: a body class refuses a meta it cannot read, and its
+        # receiver then fails the tasks it concerns (a client, of a worker's RESULTS), where a ProtocolError
+        # here would drop the message and leave them waiting.
+        if raw[:1] == _SLICED_MARK:
+            raw, slices = _binary_slices(raw, kind)
+            return Message(kind, raw, _joined(frames[2:], slices, kind))
+        return Message(kind, raw, frames[2:])
+    meta = parse_json(_frame_bytes(frames[1]), f"{kind.name} meta")
     payload = frames[2:]
     slices = meta.pop(SLICES_FIELD, None)
     if slices is not None:
@@ -245,10 +292,28 @@ def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
     return Message(kind, meta, payload)
 
 
-def _parse_meta(raw: bytes, kind: Kind) -> dict[str, Any]:
-    """The meta object, within the limits: depth (checked before parsing), 64-bit integers, no NaN or Infinity."""
+_SLICED_MARK = bytes((BINARY_SLICED,))
+
+
+def _binary_slices(raw: bytes, kind: Kind) -> tuple[bytes, list[list[int]]]:
+    """A sliced binary meta's body (beginning with `BINARY_PLAIN`, as sent) and its slice table."""
+    if len(raw) < 1 + _SLICE_COUNT.size:
+        raise ProtocolError(f"{kind.name} meta ends inside its slice table ({len(raw)} bytes)")
+    (count,) = _SLICE_COUNT.unpack_from(raw, 1)
+    body = 1 + _SLICE_COUNT.size + count * _SLICE_ENTRY.size
+    if body > len(raw):
+        raise ProtocolError(f"{kind.name} meta announces {count} sliced frames; it ends inside their table "
+                            f"({len(raw)} bytes)")
+    slices = [list(entry) for entry in _SLICE_ENTRY.iter_unpack(raw[1 + _SLICE_COUNT.size:body])]
+    return bytes((BINARY_PLAIN,)) + raw[body:], slices
+
+
+def parse_json(raw: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from a peer, within the limits: depth (checked before parsing), 64-bit integers, no NaN
+    or Infinity; `ProtocolError` naming `what` ("RESULTS meta") otherwise. A JSON meta is read with it, and
+    the JSON parts of a binary one (`lucidity.messages.batches`)."""
     if not _is_shallow(raw):
-        raise ProtocolError(f"{kind.name} meta nests arrays and objects deeper than {MAX_META_DEPTH} levels "
+        raise ProtocolError(f"{what} nests arrays and objects deeper than {MAX_META_DEPTH} levels "
                             "(or its brackets do not balance)")
     # An integer outside 64 bits has at least 19 digits, after a separator or a sign. Only a meta with such a
     # run pays for the decoder that checks every integer; the digits of a float's fraction or exponent
@@ -265,11 +330,11 @@ def _parse_meta(raw: bytes, kind: Kind) -> dict[str, Any]:
         if end != len(text):
             meta = decoder.decode(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"{kind.name} meta is not valid JSON: {str(exc)[:200]}") from None
+        raise ProtocolError(f"{what} is not valid JSON: {str(exc)[:200]}") from None
     except (ValueError, RecursionError) as exc:  # a bound of ours; RecursionError cannot pass _is_shallow
-        raise ProtocolError(f"{kind.name} meta is refused: {str(exc)[:200]}") from None
+        raise ProtocolError(f"{what} is refused: {str(exc)[:200]}") from None
     if not isinstance(meta, dict):
-        raise ProtocolError(f"{kind.name} meta is a {type(meta).__name__}, not an object")
+        raise ProtocolError(f"{what} is a {type(meta).__name__}, not an object")
     return meta
 
 

@@ -31,7 +31,8 @@ def _request(context: zmq.Context[Any], address: str, timeout: float, secret: Op
         if not sock.poll(int(timeout * 1000)):
             raise ClusterUnavailable(f"no answer from {address} within {timeout:g} s")
         try:
-            reply = messages.parse(protocol.decode(sock.recv_multipart(), frozenset({protocol.Kind.STATUS_REPLY})))
+            message = protocol.decode(sock.recv_multipart(), frozenset({protocol.Kind.STATUS_REPLY}))
+            reply = messages.status_reply(message.meta)
             # The report as checked: whatever format_status reads is there and of its type.
             return reply.to_meta()
         except ProtocolError as exc:

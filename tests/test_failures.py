@@ -276,8 +276,9 @@ def test_a_cluster_of_another_protocol_version_is_named_at_once():
 def test_a_worker_that_cannot_read_a_batch_says_so(cluster, pool):
     """A batch a worker refuses is answered with the reason (the client then fails the tasks it sent with
     it), instead of being dropped while the sender waits for results that never come."""
-    import json
     import uuid
+
+    from lucidity import messages
 
     node = query_status(cluster.address)["nodes"][0]
     context = zmq.Context()
@@ -289,9 +290,9 @@ def test_a_worker_that_cannot_read_a_batch_says_so(cluster, pool):
         workers = protocol.decode(daemon.recv_multipart(), frozenset({protocol.Kind.WORKERS})).meta["workers"]
         worker = context.socket(zmq.DEALER)
         worker.connect(workers[0]["address"])
-        batch = {"client": uuid.uuid4().hex, "functions": [],
-                 "tasks": [{"id": 1, "fn": "0" * 24, "mode": "call", "n": [0, 10**9]}]}
-        worker.send_multipart([bytes((protocol.VERSION, protocol.Kind.TASKS)), json.dumps(batch).encode(), b"x"])
+        batch = messages.Tasks(uuid.uuid4().hex, (), (messages.TaskSpec(1, "0" * 24, messages.TaskMode.CALL),),
+                               ([0, 10**9],))
+        worker.send_multipart(messages.encode(batch, [b"x"]))
         assert worker.poll(10_000)
         reply = protocol.decode(worker.recv_multipart(), frozenset({protocol.Kind.REFUSED}))
         assert "outside its frame" in reply.meta["reason"]

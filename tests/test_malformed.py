@@ -5,16 +5,19 @@ peer the test plays by hand, as an authenticated but buggy or hostile one would 
 
 from __future__ import annotations
 
+import math
+import struct
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import zmq
 
 import lucidity
-from lucidity import protocol
+from lucidity import messages, protocol
 from lucidity.errors import ProtocolError
+from lucidity.messages.batches import PLAIN_TASK, RESULT, RESULTS_HEAD, TASKS_HEAD
 from lucidity.status import query_status
 
 from conftest import CliCluster, free_port
@@ -46,10 +49,15 @@ def send(address: str, frames: list[Any]) -> None:
         context.term()
 
 
-def tasks(**spec_changes: Any) -> list[Any]:
-    spec = {"id": 1, "fn": "d" * 64, "mode": "call", "n": 1, **spec_changes}
-    spec = {key: value for key, value in spec.items() if value is not None}
-    return protocol.encode(protocol.Kind.TASKS, {"client": CLIENT, "functions": [], "tasks": [spec]}, [b"x"])
+def tasks(change: Callable[[bytes], bytes], **options: Any) -> list[Any]:
+    """A TASKS of one task with these options, its binary meta changed by `change` (the layout is
+    `lucidity.messages.batches`': the task's entry ends the meta, and the CPU time ends an entry with options)."""
+    spec = messages.TaskSpec(1, "d" * 24, messages.TaskMode.CALL, **options)
+    return protocol.encode(protocol.Kind.TASKS, change(messages.Tasks(CLIENT, (), (spec,), (1,)).to_meta()), [b"x"])
+
+
+def with_extras(meta: bytes, extras: bytes) -> bytes:
+    return meta[:TASKS_HEAD.size - 4] + struct.pack("<I", len(extras)) + meta[TASKS_HEAD.size:] + extras
 
 
 MALFORMED_FOR_A_WORKER = {
@@ -58,17 +66,17 @@ MALFORMED_FOR_A_WORKER = {
     "CANCEL of a string": protocol.encode(protocol.Kind.CANCEL, {"tasks": "all"}),
     "WITHDRAW of a string": protocol.encode(protocol.Kind.WITHDRAW, {"tasks": "all"}),
     "WITHDRAW holding a float": protocol.encode(protocol.Kind.WITHDRAW, {"tasks": [1.5]}),
-    "a task spec without n": tasks(n=None),
-    "ship entries that are not objects": protocol.encode(
-        protocol.Kind.TASKS, {"client": CLIENT, "functions": [], "tasks": [], "ship": [1, 2]}, [b"a", b"b"]),
-    "a task id of 2**70": tasks(id=2**70),
-    "a mem of 2**70": tasks(mem=2**70),
-    "a non-integer max": tasks(max="many"),
-    "a NaN timeout": [b"%c%c" % (protocol.VERSION, protocol.Kind.TASKS),
-                      b'{"client":"' + CLIENT.encode() + b'","functions":[],"tasks":[{"id":1,"fn":"f","mode":"call",'
-                      b'"n":1,"timeout":NaN}]}', b"x"],
-    "a client id that is not hex": protocol.encode(
-        protocol.Kind.TASKS, {"client": "zz" * 16, "functions": [], "tasks": []}),
+    "a task whose layout names no frame": tasks(lambda meta: meta[:-8] + struct.pack("<q", 0)),
+    "ship entries that are not objects": tasks(lambda meta: with_extras(meta, b'{"ship": [1, 2]}')),
+    "a task id of 2**63": tasks(lambda meta: meta[:-PLAIN_TASK.size] + struct.pack("<Q", 2**63)
+                                + meta[8 - PLAIN_TASK.size:]),
+    "a mem of 2**64 - 1": tasks(lambda meta: meta[:-24] + struct.pack("<Qdd", 2**64 - 1, 0, 0), memory=1),
+    "a mode that is no mode": tasks(lambda meta: meta[:12 - PLAIN_TASK.size] + b"\7" + meta[13 - PLAIN_TASK.size:]),
+    "a NaN timeout": tasks(lambda meta: meta[:-16] + struct.pack("<dd", math.nan, 0), timeout=1.0),
+    "a batch cut short": tasks(lambda meta: meta[:-1]),
+    "a batch in JSON": [bytes((protocol.VERSION, protocol.Kind.TASKS)),
+                        b'{"client":"' + CLIENT.encode() + b'","functions":[],"tasks":[{"id":1,"fn":"f","mode":"call",'
+                        b'"n":1}]}', b"x"],
     "DROP of a number": protocol.encode(protocol.Kind.DROP, {"client": 5}),
 }
 
@@ -98,7 +106,7 @@ def test_a_join_that_names_no_endpoint_is_refused_and_clients_survive(one_worker
 
 class EvilNode:
     """A node daemon and its one worker, played by hand: it joins the control node, lists its worker, and
-    the worker answers every batch of tasks with result entries that have no status."""
+    the worker answers every batch of tasks with result entries whose status is none (9)."""
 
     def __init__(self, control: str) -> None:
         self.context = zmq.Context()
@@ -135,9 +143,10 @@ class EvilNode:
                     elif sock is worker:
                         message = protocol.decode(frames[1:], ANY)
                         if message.kind is protocol.Kind.TASKS:
-                            entries = [{"id": spec["id"], "n": 1} for spec in message.meta["tasks"]]
+                            ids = [spec.id for spec in messages.Tasks.from_meta(message.meta).tasks]
+                            entries = b"".join(RESULT.pack(task_id, 9, 0.0, -1, 1) for task_id in ids)  # status 9
                             worker.send_multipart([frames[0], *protocol.encode(
-                                protocol.Kind.RESULTS, {"results": entries}, [b"x"] * len(entries))])
+                                protocol.Kind.RESULTS, RESULTS_HEAD.pack(0, len(ids)) + entries, [b"x"] * len(ids))])
         finally:
             for sock in (control, node, worker):
                 sock.close(linger=0)

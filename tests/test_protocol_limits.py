@@ -68,7 +68,7 @@ def raw_message(kind: Kind, meta: bytes, *payload: bytes) -> list[bytes]:
 @pytest.mark.parametrize("size", SIZES)
 def test_a_payload_frame_of_any_size_round_trips(wire: Any, size: int) -> None:
     data = pattern(size, size)
-    frames = protocol.encode(Kind.RESULTS, {"results": []}, [b"head", data, b"tail"])
+    frames = protocol.encode(Kind.MODULE, {"results": []}, [b"head", data, b"tail"])
     assert all(protocol._frame_size(frame) <= MAX_FRAME_BYTES for frame in frames[2:])
     received = across(wire, frames)
     message = protocol.decode(received, ALL)
@@ -81,7 +81,7 @@ def test_a_payload_frame_of_any_size_round_trips(wire: Any, size: int) -> None:
 
 def test_slices_are_views_of_the_callers_buffer() -> None:
     data = pattern(3 * MAX_FRAME_BYTES + 5)
-    frames = protocol.encode(Kind.RESULTS, {"results": []}, [data])
+    frames = protocol.encode(Kind.MODULE, {"results": []}, [data])
     slices = frames[2:]
     assert len(slices) == 4 and all(isinstance(s, memoryview) and s.obj is data for s in slices)
     assert json.loads(frames[1]) == {"results": [], "_slices": [[0, 4]]}
@@ -89,10 +89,10 @@ def test_slices_are_views_of_the_callers_buffer() -> None:
 
 def test_encode_leaves_the_callers_meta_alone_and_refuses_its_own_field() -> None:
     meta = {"results": []}
-    protocol.encode(Kind.RESULTS, meta, [bytes(MAX_FRAME_BYTES + 1)])
+    protocol.encode(Kind.MODULE, meta, [bytes(MAX_FRAME_BYTES + 1)])
     assert meta == {"results": []}
     with pytest.raises(ValueError, match="_slices"):
-        protocol.encode(Kind.RESULTS, {"results": [], "_slices": 1}, [bytes(MAX_FRAME_BYTES + 1)])
+        protocol.encode(Kind.MODULE, {"results": [], "_slices": 1}, [bytes(MAX_FRAME_BYTES + 1)])
 
 
 def test_many_frames_of_mixed_sizes_keep_their_order(wire: Any) -> None:
@@ -100,7 +100,7 @@ def test_many_frames_of_mixed_sizes_keep_their_order(wire: Any) -> None:
     sizes = [rng.choice([0, 3, 4096, MAX_FRAME_BYTES, MAX_FRAME_BYTES + 1, 3 * MAX_FRAME_BYTES // 2,
                          2 * MAX_FRAME_BYTES]) for _ in range(40)]
     payload = [pattern(size, index) for index, size in enumerate(sizes)]
-    message = protocol.decode(across(wire, protocol.encode(Kind.RESULTS, {"results": []}, payload)), ALL)
+    message = protocol.decode(across(wire, protocol.encode(Kind.MODULE, {"results": []}, payload)), ALL)
     assert [bytes(frame) for frame in message.payload] == payload
 
 
@@ -109,7 +109,7 @@ def test_every_kind_of_buffer_is_sliced_without_loss(wire: Any) -> None:
     base = pattern(2 * MAX_FRAME_BYTES + 100)
     array = numpy.frombuffer(base, dtype=numpy.uint8)[:2 * MAX_FRAME_BYTES].reshape(2, -1).view(numpy.float32)
     buffers = [base, bytearray(base), memoryview(base), zmq.Frame(base), pickle.PickleBuffer(base), array]
-    message = protocol.decode(across(wire, protocol.encode(Kind.RESULTS, {"results": []}, buffers)), ALL)
+    message = protocol.decode(across(wire, protocol.encode(Kind.MODULE, {"results": []}, buffers)), ALL)
     for original, joined in zip(buffers, message.payload):
         assert isinstance(joined, protocol.JoinedFrame)
         assert memoryview(joined) == memoryview(original).cast("B")
@@ -118,7 +118,7 @@ def test_every_kind_of_buffer_is_sliced_without_loss(wire: Any) -> None:
 def test_a_joined_frame_behaves_as_a_received_frame(wire: Any) -> None:
     """Writable, with .bytes and .buffer: what the worker and client do with a zmq.Frame works on it."""
     data = pattern(MAX_FRAME_BYTES + 10)
-    joined = protocol.decode(across(wire, protocol.encode(Kind.RESULTS, {"results": []}, [data])), ALL).payload[0]
+    joined = protocol.decode(across(wire, protocol.encode(Kind.MODULE, {"results": []}, [data])), ALL).payload[0]
     assert joined.bytes == data and isinstance(joined.bytes, bytes)
     assert joined.buffer.nbytes == len(data) and not joined.buffer.readonly
     assert protocol.unpack_items([1], [joined])[0][0] == data
@@ -128,7 +128,7 @@ def test_pickled_data_with_out_of_band_buffers_round_trips(wire: Any) -> None:
     numpy = pytest.importorskip("numpy")
     value = {"array": numpy.arange(3 * MAX_FRAME_BYTES // 8 + 3, dtype=numpy.float64), "small": b"x" * 10}
     layout, frames = protocol.pack_items([serialization.dumps(value)])
-    message = protocol.decode(across(wire, protocol.encode(Kind.RESULTS, {"results": [{"n": layout[0]}]}, frames)),
+    message = protocol.decode(across(wire, protocol.encode(Kind.MODULE, {"results": [{"n": layout[0]}]}, frames)),
                               ALL)
     [item] = protocol.unpack_items([entry["n"] for entry in message.meta["results"]], message.payload)
     back = serialization.loads(item)
@@ -143,14 +143,14 @@ def test_pickled_data_with_out_of_band_buffers_round_trips(wire: Any) -> None:
 def test_bad_slice_tables_are_refused(slices: Any) -> None:
     meta = json.dumps({"results": [], "_slices": slices}).encode()
     with pytest.raises(ProtocolError, match="_slices"):
-        protocol.decode(raw_message(Kind.RESULTS, meta, b"a", b"b", b"c"), ALL)
+        protocol.decode(raw_message(Kind.MODULE, meta, b"a", b"b", b"c"), ALL)
 
 
 def test_the_version_changed_with_the_wire_and_an_older_peer_is_named() -> None:
-    assert protocol.VERSION == 6  # 6: WITHDRAW, which a worker of 5 refuses while its client waits for the answer
+    assert protocol.VERSION == 7  # 7: TASKS and RESULTS have a binary meta, which a peer of 6 cannot read
     with pytest.raises(VersionMismatch) as caught:
-        protocol.decode([bytes((5, Kind.RESULTS)), b'{"results": []}'], ALL)
-    assert caught.value.version == 5
+        protocol.decode([bytes((6, Kind.MODULE)), b'{"results": []}'], ALL)
+    assert caught.value.version == 6
 
 
 # ---------------------------------------------------------------------------------------------- depth
@@ -168,7 +168,7 @@ def meta_with(value: str) -> bytes:
 def test_meta_up_to_the_depth_limit_is_accepted(depth: int) -> None:
     # The object itself is level 1, so a value nested `depth` levels makes depth + 1.
     for value in (nested(depth), '{"a":' * depth + "1" + "}" * depth):
-        message = protocol.decode(raw_message(Kind.RESULTS, meta_with(value)), ALL)
+        message = protocol.decode(raw_message(Kind.MODULE, meta_with(value)), ALL)
         assert message.meta["x"] == json.loads(value)
 
 
@@ -183,14 +183,14 @@ def test_meta_up_to_the_depth_limit_is_accepted(depth: int) -> None:
 ])
 def test_deep_meta_is_refused_before_parsing(value: str) -> None:
     with pytest.raises(ProtocolError, match="deeper than"):
-        protocol.decode(raw_message(Kind.RESULTS, meta_with(value)), ALL)
+        protocol.decode(raw_message(Kind.MODULE, meta_with(value)), ALL)
 
 
 @pytest.mark.parametrize("text", ["[" * 1000, "]" * 1000 + "[" * 1000, '\\"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\"',
                                   "\\\\" * 40 + "[" * 40])
 def test_brackets_inside_strings_do_not_count(text: str) -> None:
     meta = {"results": [text] * 3, "s": {"k" * 3: text}}
-    assert protocol.decode(raw_message(Kind.RESULTS, json.dumps(meta).encode()), ALL).meta == meta
+    assert protocol.decode(raw_message(Kind.MODULE, json.dumps(meta).encode()), ALL).meta == meta
 
 
 def random_value(rng: random.Random, depth: int) -> Any:
@@ -217,7 +217,7 @@ def test_the_depth_check_agrees_with_json_on_random_metas() -> None:
         meta = {"results": [], "x": random_value(rng, rng.randint(0, MAX_META_DEPTH + 6))}
         depth = depth_of(meta)
         seen.add(depth > MAX_META_DEPTH)
-        frames = raw_message(Kind.RESULTS, json.dumps(meta, ensure_ascii=rng.random() < 0.5).encode())
+        frames = raw_message(Kind.MODULE, json.dumps(meta, ensure_ascii=rng.random() < 0.5).encode())
         if depth <= MAX_META_DEPTH:
             assert protocol.decode(frames, ALL).meta == meta
         else:
@@ -231,7 +231,7 @@ def test_the_depth_check_agrees_with_json_on_random_metas() -> None:
 
 @pytest.mark.parametrize("number", [2 ** 63 - 1, -(2 ** 63), 0, 10 ** 18, -1])
 def test_integers_within_64_bits_are_accepted(number: int) -> None:
-    message = protocol.decode(raw_message(Kind.RESULTS, meta_with(f"[{number}]")), ALL)
+    message = protocol.decode(raw_message(Kind.MODULE, meta_with(f"[{number}]")), ALL)
     assert message.meta["x"] == [number]
 
 
@@ -239,26 +239,26 @@ def test_integers_within_64_bits_are_accepted(number: int) -> None:
 def test_integers_beyond_64_bits_are_refused(number: int) -> None:
     meta = {"tasks": [{"id": number, "fn": "f", "mode": "call", "n": 1}], "client": "0" * 32}
     with pytest.raises(ProtocolError, match="64 bits"):
-        protocol.decode(raw_message(Kind.TASKS, json.dumps(meta).encode()), ALL)
+        protocol.decode(raw_message(Kind.MODULE, json.dumps(meta).encode()), ALL)
 
 
 def test_long_digit_runs_in_strings_and_floats_are_not_integers() -> None:
     meta = {"results": ["123456789012345678901234567890"], "t": 1.2345678901234567890123, "d": "0" * 40}
-    assert protocol.decode(raw_message(Kind.RESULTS, json.dumps(meta).encode()), ALL).meta == meta
+    assert protocol.decode(raw_message(Kind.MODULE, json.dumps(meta).encode()), ALL).meta == meta
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_infinity_are_refused(constant: str) -> None:
     with pytest.raises(ProtocolError, match="not a number"):
-        protocol.decode(raw_message(Kind.RESULTS, meta_with(f"[{constant}]")), ALL)
+        protocol.decode(raw_message(Kind.MODULE, meta_with(f"[{constant}]")), ALL)
 
 
 def test_oversized_and_invalid_meta_are_refused() -> None:
     with pytest.raises(ProtocolError, match="exceeds"):
-        protocol.decode(raw_message(Kind.RESULTS, b" " * (protocol.MAX_META_BYTES + 1)), ALL)
+        protocol.decode(raw_message(Kind.MODULE, b" " * (protocol.MAX_META_BYTES + 1)), ALL)
     for bad in (b"\xff{}", b'{"results": [}', b"[]"):
         with pytest.raises(ProtocolError):
-            protocol.decode(raw_message(Kind.RESULTS, bad), ALL)
+            protocol.decode(raw_message(Kind.MODULE, bad), ALL)
 
 
 # ------------------------------------------------------------------------------------- real daemons

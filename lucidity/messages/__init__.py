@@ -1,10 +1,12 @@
 """Every message body: one immutable record per kind and per nested entry, read and checked in one place.
 
 `lucidity.protocol` owns the envelope (version, kind, frames, the limits of a meta frame) and hands its
-receiver a `protocol.Message` whose meta is plain JSON. This package owns what that JSON says. Each body
-class has ``to_meta()``, the JSON object it travels as, and ``from_meta(meta)``, which checks it completely
-(types, required fields, ids and sizes within 64 bits, client ids of 32 hex digits, finite non-negative
-seconds, enum values) and raises `ProtocolError` naming the field, before the receiver changes any state::
+receiver a `protocol.Message` whose meta is plain JSON, or for TASKS and RESULTS binary (`batches`). This
+package owns what the meta says. Each body class has ``to_meta()``, what it travels as (a JSON object; the
+binary meta's bytes), and ``from_meta(meta)``, which checks it completely (types, required fields, ids and
+sizes within 64 bits, client ids of 32 hex digits, finite non-negative seconds, enum values; for a binary
+meta, also that its parts add up to its length) and raises `ProtocolError` naming the field, before the
+receiver changes any state::
 
     sender:   messages.encode(Tasks(...), payload)  =  protocol.encode(Kind.TASKS, body.to_meta(), payload)
     receiver: messages.parse(protocol.decode(frames, accepted))  ->  a Tasks, checked
@@ -12,7 +14,7 @@ seconds, enum values) and raises `ProtocolError` naming the field, before the re
 Receivers that answer a bad body (a worker REFUSED a batch; a client fails the tasks of a worker whose
 RESULTS it cannot read) call the kind's ``from_meta`` themselves and catch its `ProtocolError`.
 
-The JSON is what lucidity sent before these classes existed, key for key and in the same order (the enums
+A JSON meta is what lucidity sent before these classes existed, key for key and in the same order (the enums
 are str-valued, and json writes them as their strings), so peers of one release agree byte for byte. A
 field an earlier reader did without (a node's ``host``, a MODULE's ``reason``) may still be absent; one of
 the wrong type is refused.
@@ -21,8 +23,8 @@ A batch's payload layout (`protocol.pack_items`, each entry's ``"n"``) travels i
 entries but is kept apart here (`Tasks.layout`, `Results.layout`): it describes frames, not work, and a
 task sent again has the same `TaskSpec` and a new layout.
 
-Modules: `membership` (the cluster's own messages), `status` (status replies), `work` (the task path),
-`alongside` (the task path's smaller messages), `fields` (the checks of single fields), `record` (the base
+Modules: `membership` (the cluster's own messages), `status` (status replies), `work` (the task path's
+records), `batches` (TASKS and RESULTS, binary), `alongside` (the task path's smaller messages), `fields` (the checks of single fields), `record` (the base
 class of the bodies: immutable, compared by value). Deliberately not here: framing (`lucidity.protocol`),
 and what a message means to its receiver (addresses are parsed by `lucidity.addresses`; failure reports
 become exceptions in `lucidity.links`).
@@ -34,26 +36,25 @@ from typing import Any, Callable, Iterable, Union
 
 from .. import protocol
 from ..protocol import Kind
-from .fields import Meta
 from .membership import (Abandon, Bye, Drop, FailureReason, FailureReport, Heartbeat, Hello, Leave, NodeBeat, NodeEntry,
                          Nodes, Status, Watch, Welcome, WorkerEntry, Workers)
 from .status import ControlStatus, NodeStatus, RecentFailure, WorkerStatus, status_reply
 from .alongside import Cancel, Fetch, Missing, Refused, Withdraw
-from .work import (MainEntry, Module, Output, Progress, ResultEntry, Results, ResultStatus, TaskMode, Tasks,
-                   TasksPayload, TaskSpec)
+from .work import MainEntry, Module, Output, Progress, ResultEntry, ResultStatus, TaskMode, TaskSpec
+from .batches import Results, Tasks, TasksPayload
 
 __all__ = ["TaskMode", "ResultStatus", "FailureReason", "NodeEntry", "Welcome", "Heartbeat", "Leave", "Watch",
            "Nodes", "Hello", "WorkerEntry", "Workers", "FailureReport", "Abandon", "Bye", "Status", "WorkerStatus",
            "NodeStatus", "RecentFailure", "ControlStatus", "MainEntry", "Module", "TaskSpec", "Tasks", "TasksPayload",
            "ResultEntry", "Results", "Cancel", "Missing", "Fetch", "Drop", "Refused", "Output", "Progress", "Withdraw",
-           "Body", "BODIES", "parse", "encode", "NodeBeat"]
+           "Body", "BODIES", "parse", "encode", "NodeBeat", "status_reply"]
 
 Body = Union[NodeEntry, NodeBeat, Welcome, Heartbeat, Leave, Watch, Nodes, Hello, Workers, FailureReport, Abandon,
              Bye, Status, NodeStatus, ControlStatus, Tasks, Results, Cancel, Missing, Fetch, Module, Drop, Refused, Output,
              Progress, Withdraw]
 
 #: How each kind's body is read.
-BODIES: dict[Kind, Callable[[Meta], Body]] = {
+BODIES: dict[Kind, Callable[[Any], Body]] = {
     Kind.JOIN: NodeEntry.from_meta,
     Kind.WELCOME: Welcome.from_meta,
     Kind.HEARTBEAT: Heartbeat.from_meta,

@@ -14,8 +14,8 @@ from ..errors import ProtocolError
 from ..protocol import META_INT_MAX
 
 __all__ = ["Meta", "MAX_SECONDS", "refused", "shown", "text", "maybe_text", "natural", "maybe_natural",
-           "maybe_integer", "is_seconds", "maybe_seconds", "maybe_amount", "flag", "maybe_flag", "client_id", "array",
-           "texts", "task_ids", "objects", "is_layout", "maybe_counts"]
+           "maybe_integer", "maybe_amount", "flag", "maybe_flag", "client_id", "array",
+           "texts", "task_ids", "objects", "maybe_counts"]
 
 #: A message's meta, or an entry in it: a JSON object.
 Meta = dict[str, Any]
@@ -71,17 +71,6 @@ def maybe_integer(meta: Mapping[str, Any], where: str, name: str) -> Optional[in
     value = meta.get(name)
     if value is not None and type(value) is not int:
         raise refused(meta, where, name, "an integer")
-    return value
-
-
-def is_seconds(value: Any) -> bool:
-    return (type(value) is float or type(value) is int) and 0 <= value <= MAX_SECONDS  # NaN fails too
-
-
-def maybe_seconds(meta: Mapping[str, Any], where: str, name: str) -> Optional[float]:
-    value = meta.get(name)
-    if value is not None and not is_seconds(value):
-        raise refused(meta, where, name, f"a number of seconds from 0 to {MAX_SECONDS}")
     return value
 
 
@@ -144,14 +133,6 @@ def objects(meta: Mapping[str, Any], where: str, name: str) -> list[Meta]:
         if type(value) is not dict:
             raise ProtocolError(f"{where} field {name!r} holds {shown(value)}, not an object")
     return values
-
-
-def is_layout(entry: Any) -> bool:
-    """A payload layout entry of `protocol.pack_items`: a frame count, or [offset, length] in the packed frame."""
-    if type(entry) is int:
-        return 1 <= entry <= META_INT_MAX
-    return (type(entry) is list and len(entry) == 2 and type(entry[0]) is int and type(entry[1]) is int
-            and entry[0] >= 0 and entry[1] >= 0)
 
 
 def maybe_counts(meta: Mapping[str, Any], where: str, name: str) -> dict[str, int]:

@@ -1,9 +1,11 @@
-"""lucidity.messages: every kind's body round-trips (to_meta/from_meta, and encode/decode/parse), travels as
-the same JSON lucidity sent before the bodies had classes, and every malformed body is refused by its
-from_meta with ProtocolError, without touching the meta it was given.
+"""lucidity.messages: every kind's body round-trips (to_meta/from_meta, and encode/decode/parse), a JSON
+body travels as the same JSON lucidity sent before the bodies had classes, and every malformed body is
+refused by its from_meta with ProtocolError, without touching the meta it was given.
 
 The malformed cases are those of tests/test_malformed.py and tests/test_protocol_limits.py, read by the
 body classes directly, plus every field of every kind given a value of each JSON type it must not have.
+TASKS and RESULTS have a binary meta (protocol version 7): tests/unit/test_batches.py has their layout and
+its malformed cases; here, their round trips and the JSON part of a TASKS (shipped modules, main, modules).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from lucidity.messages import (Abandon, Bye, Cancel, Withdraw, ControlStatus, Dr
                                NodeStatus, RecentFailure,
                                Output, Progress, Refused, ResultEntry, Results, ResultStatus, Status, TaskMode, Tasks, TaskSpec, Watch,
                                Welcome, WorkerEntry, Workers, WorkerStatus)
+from lucidity.messages.batches import TASKS_HEAD
 from lucidity.protocol import Kind
 
 CLIENT = uuid.uuid4().hex
@@ -100,21 +103,6 @@ VALID: list[tuple[Any, list[bytes], dict[str, Any]]] = [
         "role": "control", "address": "tcp://10.0.0.1:3030", "instance": "c" * 32, "nodes": [
             {"name": "n1", "address": "tcp://10.0.0.2:4000", "processes": 2, "instance": "a" * 32, "running": 1,
              "host": "host-1"}], "watchers": 3}),
-    (TASKS, [b"helpers source", b"app source", b"function", *ITEM_FRAMES], {
-        "client": CLIENT, "functions": [DIGEST], "tasks": [
-            {"id": 1, "fn": DIGEST, "mode": "map", "n": LAYOUT[0]},
-            {"id": 2, "fn": DIGEST, "mode": "call", "init": INIT, "max": 3, "pool": "pool-1", "mem": 2 ** 20,
-             "timeout": 1.5, "cpu": 0.5, "n": LAYOUT[1]}],
-        "ship": [{"name": "helpers", "found": True, "package": False, "filename": "/app/helpers.py",
-                  "digest": "h" * 64}],
-        "main": {"argv": ["app.py", "-v"], "start": "fork", "filename": "/app/app.py", "digest": "m" * 64,
-                 "package": ""},
-        "modules": {"helpers": "h" * 64}}),
-    (Tasks(CLIENT, (), (SPECS[0],), (LAYOUT[0],), main=MainEntry(("-c",)), modules={}), [ITEM_FRAMES[0]], {
-        "client": CLIENT, "functions": [], "tasks": [{"id": 1, "fn": DIGEST, "mode": "map", "n": LAYOUT[0]}],
-        "main": {"argv": ["-c"], "start": ""}, "modules": {}}),
-    (RESULTS, ITEM_FRAMES, {"results": [{"id": 1, "status": "ok", "t": 0.000125, "n": LAYOUT[0]},
-                                        {"id": 2, "status": "error", "t": 2, "n": LAYOUT[1]}]}),
     (Cancel((1, 2, 2 ** 63 - 1)), [], {"tasks": [1, 2, 2 ** 63 - 1]}),
     (Withdraw((3, 4)), [], {"tasks": [3, 4]}),
     (Missing((1,), (DIGEST, INIT)), [], {"tasks": [1], "digests": [DIGEST, INIT]}),
@@ -132,12 +120,49 @@ VALID: list[tuple[Any, list[bytes], dict[str, Any]]] = [
 ]
 
 
-def case_id(case: tuple[Any, list[bytes], dict[str, Any]]) -> str:
+#: The bodies with a binary meta, and their payload.
+BATCHES: list[tuple[Any, list[bytes]]] = [
+    (TASKS, [b"helpers source", b"app source", b"function", *ITEM_FRAMES]),
+    (Tasks(CLIENT, (), (SPECS[0],), (LAYOUT[0],), main=MainEntry(("-c",)), modules={}), [ITEM_FRAMES[0]]),
+    (Tasks(CLIENT, (DIGEST,), (SPECS[0], SPECS[0]._replace(id=3)), (LAYOUT[0], 1)), [b"function", *ITEM_FRAMES]),
+    (RESULTS, ITEM_FRAMES),
+    (Results((), ()), []),
+]
+#: The JSON part of the fullest TASKS above, as it travels inside its binary meta.
+TASKS_EXTRAS: dict[str, Any] = {
+    "ship": [{"name": "helpers", "found": True, "package": False, "filename": "/app/helpers.py", "digest": "h" * 64}],
+    "main": {"argv": ["app.py", "-v"], "start": "fork", "filename": "/app/app.py", "digest": "m" * 64, "package": ""},
+    "modules": {"helpers": "h" * 64}}
+
+
+def case_id(case: tuple[Any, ...]) -> str:
     return f"{case[0].KIND.name}-{type(case[0]).__name__}"
 
 
 def test_every_kind_has_a_valid_body_here() -> None:
-    assert {body.KIND for body, _, _ in VALID} == set(Kind) == set(messages.BODIES)
+    assert {body.KIND for body, _, _ in VALID} | {body.KIND for body, _ in BATCHES} == set(Kind) == set(messages.BODIES)
+    assert {body.KIND for body, _ in BATCHES} == protocol.BINARY_KINDS
+
+
+def read_tasks_extras(extras: Any) -> Tasks:
+    """A TASKS whose binary meta ends with this JSON part (its shipped modules, main entry and modules)."""
+    plain = Tasks(CLIENT, (), (SPECS[0],), (LAYOUT[0],)).to_meta()
+    head = list(TASKS_HEAD.unpack_from(plain))
+    extra = json.dumps(extras).encode()
+    head[-1] = len(extra)
+    return Tasks.from_meta(TASKS_HEAD.pack(*head) + plain[TASKS_HEAD.size:] + extra)
+
+
+def read(kind: Kind, meta: Any) -> Any:
+    """The body of a JSON meta; for TASKS, `meta` is the JSON part of its binary meta."""
+    return read_tasks_extras(meta) if kind is Kind.TASKS else messages.BODIES[kind](meta)
+
+
+def test_the_json_part_of_a_batch_is_what_it_was() -> None:
+    meta = TASKS.to_meta()
+    assert meta.endswith(json.dumps(TASKS_EXTRAS, separators=(",", ":")).encode())
+    assert read_tasks_extras(TASKS_EXTRAS).replace(tasks=(), layout=(), functions=()) == TASKS.replace(
+        tasks=(), layout=(), functions=())
 
 
 @pytest.mark.parametrize("case", VALID, ids=case_id)
@@ -154,9 +179,9 @@ def test_a_body_round_trips_through_its_meta(case: tuple[Any, list[bytes], dict[
     assert messages.BODIES[body.KIND](body.to_meta()) == body
 
 
-@pytest.mark.parametrize("case", VALID, ids=case_id)
-def test_a_body_round_trips_through_the_wire(case: tuple[Any, list[bytes], dict[str, Any]]) -> None:
-    body, payload, _ = case
+@pytest.mark.parametrize("case", [(body, payload) for body, payload, _ in VALID] + BATCHES, ids=case_id)
+def test_a_body_round_trips_through_the_wire(case: tuple[Any, list[bytes]]) -> None:
+    body, payload = case
     message = protocol.decode(messages.encode(body, payload), frozenset({body.KIND}))
     assert message.kind is body.KIND
     assert messages.parse(message) == body
@@ -193,22 +218,12 @@ def test_absent_optional_fields_take_their_defaults() -> None:
     assert NodeEntry.from_meta({"name": "n", "address": "ipc:///n", "processes": 1, "instance": "i"}) == \
         NodeEntry("n", "ipc:///n", 1, "i", 0, "")
     assert Module.from_meta({"name": "m", "found": False}).reason == "the client cannot find it"
-    assert TaskSpec.from_meta({"id": 1, "fn": DIGEST, "mode": "map", "init": "", "max": None}) == SPECS[0]
     assert MainEntry.from_meta({"argv": []}) == MainEntry(())
 
 
 # -- malformed bodies ----------------------------------------------------------------------------------------
 
-def task_entry(**changes: Any) -> dict[str, Any]:
-    entry = {"id": 1, "fn": DIGEST, "mode": "call", "n": 1, **changes}
-    return {key: value for key, value in entry.items() if value is not None}
-
-
-def tasks_meta(*entries: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    return {"client": CLIENT, "functions": [], "tasks": list(entries) or [task_entry()], **changes}
-
-
-#: Each malformed body by name: the kind and its meta.
+#: Each malformed body by name: the kind and its meta (for TASKS, the JSON part of its binary meta).
 MALFORMED: dict[str, tuple[Kind, Any]] = {
     # tests/test_malformed.py: what a buggy or hostile client sends a worker
     "CANCEL holding lists": (Kind.CANCEL, {"tasks": [[1], [2]]}),
@@ -216,43 +231,20 @@ MALFORMED: dict[str, tuple[Kind, Any]] = {
     "CANCEL of a string": (Kind.CANCEL, {"tasks": "all"}),
     "WITHDRAW of a string": (Kind.WITHDRAW, {"tasks": "all"}),
     "WITHDRAW holding a float": (Kind.WITHDRAW, {"tasks": [1.5]}),
-    "a task spec without n": (Kind.TASKS, tasks_meta(task_entry(n=None))),
-    "ship entries that are not objects": (Kind.TASKS, tasks_meta(ship=[1, 2])),
-    "a task id of 2**70": (Kind.TASKS, tasks_meta(task_entry(id=2 ** 70))),
-    "a mem of 2**70": (Kind.TASKS, tasks_meta(task_entry(mem=2 ** 70))),
-    "a non-integer max": (Kind.TASKS, tasks_meta(task_entry(max="many"))),
-    "a NaN timeout": (Kind.TASKS, tasks_meta(task_entry(timeout=math.nan))),
-    "a client id that is not hex": (Kind.TASKS, tasks_meta(client="zz" * 16)),
+    "ship entries that are not objects": (Kind.TASKS, {"ship": [1, 2]}),
     "DROP of a number": (Kind.DROP, {"client": 5}),
-    "a result without status": (Kind.RESULTS, {"results": [{"id": 1, "n": 1}]}),
     # tests/test_protocol_limits.py: integers beyond 64 bits, NaN and Infinity
-    "a task id of 2**63": (Kind.TASKS, tasks_meta(task_entry(id=2 ** 63))),
-    "a negative task id": (Kind.TASKS, tasks_meta(task_entry(id=-1))),
-    "a task id of -(2**63) - 1": (Kind.TASKS, tasks_meta(task_entry(id=-(2 ** 63) - 1))),
-    "an infinite CPU limit": (Kind.TASKS, tasks_meta(task_entry(cpu=math.inf))),
-    "a negative timeout": (Kind.TASKS, tasks_meta(task_entry(timeout=-1.0))),
-    "a timeout of 10**10 s": (Kind.TASKS, tasks_meta(task_entry(timeout=1e10))),
-    "a NaN duration": (Kind.RESULTS, {"results": [{"id": 1, "status": "ok", "t": math.nan, "n": 1}]}),
     "an infinite limit": (Kind.TASK_FAILED, dict(CRASH.to_meta(), reason="cpu", limit=math.inf)),
     # what else the checks that moved here refused
-    "a mode that is no mode": (Kind.TASKS, tasks_meta(task_entry(mode="reduce"))),
-    "a status that is no status": (Kind.RESULTS, {"results": [{"id": 1, "status": "maybe", "t": 0.1, "n": 1}]}),
     "a reason that is no reason": (Kind.TASK_FAILED, dict(CRASH.to_meta(), reason="bored")),
     "a role that is no role": (Kind.STATUS_REPLY, dict(NODE_STATUS.to_meta(), role="worker")),
-    "a layout of zero frames": (Kind.TASKS, tasks_meta(task_entry(n=0))),
-    "a layout of three numbers": (Kind.RESULTS, {"results": [{"id": 1, "status": "ok", "t": 0.1, "n": [0, 1, 2]}]}),
-    "a layout at a negative offset": (Kind.TASKS, tasks_meta(task_entry(n=[-1, 1]))),
-    "a task entry that is a list": (Kind.TASKS, tasks_meta([1, DIGEST, "call"])),  # type: ignore[arg-type]
-    "a result entry that is a string": (Kind.RESULTS, {"results": ["ok"]}),
     "a client id of 31 digits": (Kind.HELLO, {"client": "0" * 31}),
     "a client id in capitals": (Kind.BYE, {"client": "A" * 32}),
     "a heartbeat of another client id": (Kind.HEARTBEAT, {"client": "not a client"}),
-    "functions that are not digests": (Kind.TASKS, tasks_meta(functions=[1])),
-    "modules that map names to numbers": (Kind.TASKS, tasks_meta(modules={"helpers": 1})),
-    "a main entry that is a list": (Kind.TASKS, tasks_meta(main=["app.py"])),
-    "an argv of numbers": (Kind.TASKS, tasks_meta(main={"argv": [1, 2]})),
-    "a shipped module without a filename": (Kind.TASKS, tasks_meta(ship=[{"name": "m", "found": True,
-                                                                          "digest": "d"}])),
+    "modules that map names to numbers": (Kind.TASKS, {"modules": {"helpers": 1}}),
+    "a main entry that is a list": (Kind.TASKS, {"main": ["app.py"]}),
+    "an argv of numbers": (Kind.TASKS, {"main": {"argv": [1, 2]}}),
+    "a shipped module without a filename": (Kind.TASKS, {"ship": [{"name": "m", "found": True, "digest": "d"}]}),
     "a module that neither was nor was not found": (Kind.MODULE, {"name": "m"}),
     "missing digests that are not strings": (Kind.MISSING, {"tasks": [1], "digests": [None]}),
     "a node entry that is a string": (Kind.NODES, {"nodes": ["n1"], "instance": "c", "seq": 1, "full": True,
@@ -273,7 +265,7 @@ def test_a_malformed_body_is_refused_and_left_untouched(name: str) -> None:
     kind, meta = MALFORMED[name]
     before = copy.deepcopy(meta)
     with pytest.raises(ProtocolError):
-        messages.BODIES[kind](meta)
+        read(kind, meta)
     assert repr(meta) == repr(before)  # repr: NaN is not equal to itself
 
 
@@ -314,13 +306,8 @@ FIELD_TYPES: dict[Kind, dict[tuple[Any, ...], set[Any]]] = {
                         ("recent_failures", 0): {dict}, ("recent_failures", 0, "time"): {int, float},
                         ("recent_failures", 0, "task"): {int}, ("recent_failures", 0, "pid"): {int},
                         ("recent_failures", 0, "reason"): {str}, ("recent_failures", 0, "message"): {str}},
-    Kind.TASKS: {("client",): {str}, ("functions",): {list}, ("functions", 0): {str}, ("tasks",): {list},
-                 ("tasks", 0): {dict}, ("tasks", 0, "id"): {int}, ("tasks", 0, "fn"): {str},
-                 ("tasks", 0, "mode"): {str}, ("tasks", 0, "n"): {int, list},
-                 ("tasks", 1, "init"): {str, None, "absent"},
-                 ("tasks", 1, "max"): {int, None, "absent"}, ("tasks", 1, "pool"): {str, None, "absent"},
-                 ("tasks", 1, "mem"): {int, None, "absent"}, ("tasks", 1, "timeout"): {int, float, None, "absent"},
-                 ("tasks", 1, "cpu"): {int, float, None, "absent"}, ("ship",): {list, "absent"},
+    # TASKS: the JSON part of its binary meta (tests/unit/test_batches.py has the rest; RESULTS has none)
+    Kind.TASKS: {("ship",): {list, "absent"},
                  ("ship", 0): {dict}, ("ship", 0, "name"): {str}, ("ship", 0, "found"): {bool},
                  ("ship", 0, "package"): {bool, None, "absent"}, ("ship", 0, "filename"): {str},
                  ("ship", 0, "digest"): {str}, ("main",): {dict, None, "absent"}, ("main", "argv"): {list},
@@ -328,9 +315,6 @@ FIELD_TYPES: dict[Kind, dict[tuple[Any, ...], set[Any]]] = {
                  ("main", "filename"): {str, None, "absent"}, ("main", "digest"): {str, None, "absent"},
                  ("main", "package"): {str, None, "absent"}, ("modules",): {dict, None, "absent"},
                  ("modules", "helpers"): {str, "absent"}},
-    Kind.RESULTS: {("results",): {list}, ("results", 0): {dict}, ("results", 0, "id"): {int},
-                   ("results", 0, "status"): {str}, ("results", 0, "t"): {int, float},
-                   ("results", 0, "n"): {int, list}},
     Kind.CANCEL: {("tasks",): {list}, ("tasks", 0): {int}},
     Kind.WITHDRAW: {("tasks",): {list}, ("tasks", 0): {int}},
     Kind.MISSING: {("tasks",): {list}, ("tasks", 0): {int}, ("digests",): {list}, ("digests", 0): {str},
@@ -346,6 +330,8 @@ SAMPLES = {None: None, bool: True, int: 7, float: 1.5, str: "text", list: [], di
 
 def valid_meta(kind: Kind) -> dict[str, Any]:
     """The fullest valid meta of the kind (the first in VALID: the one with every optional field)."""
+    if kind is Kind.TASKS:
+        return copy.deepcopy(TASKS_EXTRAS)
     return copy.deepcopy(next(wire for body, _, wire in VALID if body.KIND is kind))
 
 
@@ -397,7 +383,7 @@ def test_every_field_of_every_kind_is_named_for_the_type_checks() -> None:
 def test_a_field_of_the_wrong_type_is_refused(name: str, kind: Kind, meta: dict[str, Any]) -> None:
     before = copy.deepcopy(meta)
     with pytest.raises(ProtocolError):
-        messages.BODIES[kind](meta)
+        read(kind, meta)
     assert meta == before
 
 
@@ -406,24 +392,15 @@ def test_the_error_names_the_field(name: str, kind: Kind, meta: dict[str, Any]) 
     field = name.split()[1].split(".")
     words = [part for part in field if not part.isdigit()]
     with pytest.raises(ProtocolError, match="|".join(repr(word) for word in words[-1:])):
-        messages.BODIES[kind](meta)
+        read(kind, meta)
 
 
 def test_a_bad_body_in_a_valid_envelope_passes_decode_and_fails_parse() -> None:
     """decode checks the envelope; the body is parse's (or from_meta's) to check."""
-    frames = protocol.encode(Kind.TASKS, tasks_meta(task_entry(mode="reduce")), [b"x"])
-    message = protocol.decode(frames, frozenset({Kind.TASKS}))
-    with pytest.raises(ProtocolError, match="'mode'"):
+    frames = protocol.encode(Kind.TASK_FAILED, dict(CRASH.to_meta(), reason="bored"))
+    message = protocol.decode(frames, frozenset({Kind.TASK_FAILED}))
+    with pytest.raises(ProtocolError, match="'reason'"):
         messages.parse(message)
-
-
-def test_a_full_batch_is_read() -> None:
-    layout, _ = protocol.pack_items([[b"x"]] * 256)
-    tasks = Tasks.from_meta(tasks_meta(*[task_entry(id=i, n=layout[i]) for i in range(256)]))
-    assert [spec.id for spec in tasks.tasks] == list(range(256)) and list(tasks.layout) == layout
-    results = Results.from_meta({"results": [{"id": i, "status": "ok", "t": 0.001, "n": layout[i]}
-                                             for i in range(256)]})
-    assert [entry.id for entry in results.results] == list(range(256)) and list(results.layout) == layout
 
 
 def test_slices_are_the_envelopes_and_never_reach_a_body() -> None:

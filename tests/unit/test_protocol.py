@@ -1,5 +1,6 @@
 """lucidity.protocol through its public functions: encode/decode round trips, what decode refuses, and
-pack_items/unpack_items. Assertions are on behaviour (what comes back, which error), not on the framing."""
+pack_items/unpack_items. Assertions are on behaviour (what comes back, which error), not on the framing,
+except for the first byte of a binary meta (TASKS, RESULTS), which is the protocol's own."""
 
 from __future__ import annotations
 
@@ -10,16 +11,17 @@ from typing import Any
 import pytest
 
 from lucidity.errors import ProtocolError, VersionMismatch
-from lucidity.protocol import VERSION, Kind, Message, decode, encode, pack_items, unpack_items
+from lucidity.protocol import (BINARY_KINDS, BINARY_SLICED, MAX_FRAME_BYTES, VERSION, Kind, Message, decode, encode,
+                               pack_items, unpack_items)
 
 CLIENT = uuid.uuid4().hex
-#: A valid meta for a few kinds, with the fields each requires.
+#: A valid meta for a few JSON kinds, with the fields each requires.
 METAS: dict[Kind, dict[str, Any]] = {
     Kind.JOIN: {"name": "n1", "address": "tcp://127.0.0.1:4000", "processes": 2, "instance": "i-1"},
     Kind.HEARTBEAT: {},
     Kind.HELLO: {"client": CLIENT},
-    Kind.TASKS: {"client": CLIENT, "tasks": [{"id": 1, "fn": "ab", "mode": "call"}], "extra": "kept"},
-    Kind.RESULTS: {"results": [{"id": 1, "status": "ok", "t": 0.25}]},
+    Kind.MISSING: {"tasks": [1], "digests": ["ab"], "extra": "kept"},
+    Kind.MODULE: {"name": "m", "found": True, "package": False, "filename": "m.py", "digest": "d"},
     Kind.TASK_FAILED: {"task": 7, "reason": "crashed", "message": "worker 1 died"},
     Kind.STATUS_REPLY: {"role": "node", "nodes": [{"workers": [{"pid": 1}]}]},
 }
@@ -39,17 +41,64 @@ def test_a_message_comes_back_as_it_was_sent(kind: Kind) -> None:
 
 def test_payload_frames_are_passed_through_not_copied() -> None:
     buffer = bytearray(b"x" * 1000)
-    frames = encode(Kind.RESULTS, METAS[Kind.RESULTS], [buffer])
+    frames = encode(Kind.MODULE, METAS[Kind.MODULE], [buffer])
     assert frames[-1] is buffer
+    assert encode(Kind.RESULTS, b"\0binary", [buffer])[-1] is buffer
 
 
 def test_a_payload_frame_of_megabytes_comes_back_whole_and_writable() -> None:
     big = bytes(range(256)) * (3 * 2**20 // 256 + 7)  # a few MiB, not a multiple of any power of two
-    message = round_trip(Kind.TASKS, METAS[Kind.TASKS], [b"small", big, b"after"])
+    message = round_trip(Kind.MODULE, METAS[Kind.MODULE], [b"small", big, b"after"])
     assert [bytes(frame) for frame in message.payload] == [b"small", big, b"after"]
-    assert message.meta == METAS[Kind.TASKS]  # the protocol's own bookkeeping is not left in the meta
+    assert message.meta == METAS[Kind.MODULE]  # the protocol's own bookkeeping is not left in the meta
     view = memoryview(message.payload[1])
     assert not view.readonly
+
+
+# -- binary metas (TASKS, RESULTS) ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", sorted(BINARY_KINDS), ids=lambda kind: kind.name)
+def test_a_binary_meta_comes_back_as_it_was_sent(kind: Kind) -> None:
+    message = round_trip(kind, b"\0any body", [b"first", memoryview(b"second")])
+    assert message == Message(kind, b"\0any body", message.payload)
+    assert [bytes(frame) for frame in message.payload] == [b"first", b"second"]
+
+
+def test_a_binary_meta_with_a_large_frame_carries_its_slice_table_and_comes_back_as_sent() -> None:
+    big = bytes(range(256)) * (2 * MAX_FRAME_BYTES // 256 + 3)
+    frames = encode(Kind.TASKS, b"\0body", [b"small", big, big, b"after"])
+    assert frames[1][0] == BINARY_SLICED and len(frames) == 2 + 2 + 3 + 3
+    message = decode(frames, frozenset({Kind.TASKS}))
+    assert message.meta == b"\0body"
+    assert [bytes(frame) for frame in message.payload] == [b"small", big, big, b"after"]
+    whole = encode(Kind.TASKS, b"\0body", [big], sliced=False)
+    assert whole[1] == b"\0body" and len(whole) == 3
+
+
+@pytest.mark.parametrize("meta, says", [
+    (b"\1", "slice table"), (b"\1\1\0\0", "slice table"), (b"\1\2\0\0\0" + bytes(12), "ends inside"),
+    (b"\1\0\0\0\0\0body", "_slices"), (b"\1\1\0\0\0" + bytes(8) + b"\0body", "_slices"),
+    (b"\1\1\0\0\0\0\0\0\0\5\0\0\0\0body", "_slices"),
+], ids=["no count", "a short count", "a short table", "no slices", "a count of 0", "more slices than frames"])
+def test_a_binary_slice_table_that_does_not_add_up_is_refused(meta: bytes, says: str) -> None:
+    with pytest.raises(ProtocolError, match=says):
+        decode([bytes((VERSION, Kind.RESULTS)), meta, b"a", b"b"], frozenset({Kind.RESULTS}))
+
+
+def test_any_other_binary_meta_is_left_to_its_body_to_refuse() -> None:
+    """A receiver that reads a bad body answers it (a client fails the tasks of a worker whose RESULTS it
+    cannot read); one that decode refused could not."""
+    for meta in (b"", b"\2", b'{"results": []}'):
+        assert decode([bytes((VERSION, Kind.RESULTS)), meta], frozenset({Kind.RESULTS})).meta == meta
+
+
+def test_a_meta_of_the_wrong_form_for_its_kind_is_not_sent() -> None:
+    with pytest.raises(ValueError, match="binary"):
+        encode(Kind.TASKS, {"client": CLIENT})
+    with pytest.raises(ValueError, match="binary"):
+        encode(Kind.HELLO, b"\0")
+    with pytest.raises(ValueError, match="binary"):
+        encode(Kind.RESULTS, b"\1")  # the slice table is the protocol's to write
 
 
 def test_a_message_without_payload() -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from lucidity.messages import TaskMode, TaskSpec
 from lucidity.task import FunctionRef, IllegalTransition, Task, TaskState
 
 FUNCTION = FunctionRef("digest-of-work", b"", "work, defined in app.py:12")
@@ -91,7 +92,6 @@ def test_a_task_describes_what_it_carries(options: dict[str, Any], expected: str
 
 
 def test_the_spec_names_the_function_and_mode_and_only_the_limits_set() -> None:
-    assert make_task().spec().to_meta() == {"id": 17, "fn": "digest-of-work", "mode": "map"}
+    assert make_task().spec() == TaskSpec(17, "digest-of-work", TaskMode.MAP)
     limited = make_task(initializer=INITIALIZER, max_tasks=3, pool="p1", memory=2**20, timeout=1.5, cpu_time=0.5)
-    assert limited.spec().to_meta() == {"id": 17, "fn": "digest-of-work", "mode": "map", "init": "digest-of-setup",
-                              "max": 3, "pool": "p1", "mem": 2**20, "timeout": 1.5, "cpu": 0.5}
+    assert limited.spec() == TaskSpec(17, "digest-of-work", TaskMode.MAP, "digest-of-setup", 3, "p1", 2**20, 1.5, 0.5)
