@@ -105,6 +105,10 @@ def _parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
                       help="replace a worker whose memory after a task exceeds this size (a leak guard)")
     node.add_argument("--no-forward-output", dest="forward_output", action="store_false",
                       help="keep what tasks print in this node's log only, instead of also sending it to the caller")
+    # Embedded clusters of one node only: this daemon is the control node too, at the control address (an
+    # ipc:// socket in --runtime-dir, which it removes when it exits), which saves the cluster an interpreter.
+    node.add_argument("--serve-control", action="store_true", help=argparse.SUPPRESS)
+    node.add_argument("--runtime-dir", default=None, help=argparse.SUPPRESS)
     daemon_options(node)
 
     status = commands.add_parser("status", allow_abbrev=False,
@@ -184,7 +188,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 heartbeat_interval=args.heartbeat_interval, client_timeout=args.client_timeout,
                                 secret=_secret(args), insecure=args.insecure, advertise=args.advertise,
                                 worker_ports=worker_ports, metrics=args.metrics,
-                                log_worker_output=json_logs is not None, forward_output=args.forward_output)
+                                log_worker_output=json_logs is not None, forward_output=args.forward_output,
+                                serve_control=args.serve_control, runtime_dir=args.runtime_dir)
         except ValueError as exc:
             print(f"lucidity node: {exc}", file=sys.stderr)
             return 2

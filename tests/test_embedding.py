@@ -262,12 +262,11 @@ def test_a_sigkilled_caller_leaves_no_socket_directory_and_no_process(caller: tu
     wait_for_line(proc, b"ready", READY_TIMEOUT)
     wait_until(marker.exists, READY_TIMEOUT, "the task to start")
     descendants = psutil.Process(proc.pid).children(recursive=True)
-    controls = [p.cmdline() for p in descendants if "control" in p.cmdline()]
+    controls = [p.cmdline() for p in descendants if "--serve-control" in p.cmdline()]  # the node daemon
     assert len(controls) == 1, [p.cmdline() for p in descendants]
-    bind = controls[0][controls[0].index("--bind") + 1]
-    runtime = os.path.dirname(bind[len("ipc://"):])
-    assert bind.startswith("ipc://") and os.path.isdir(runtime)
-    assert len(descendants) == 5  # control, node, the node's worker template, two workers
+    runtime = controls[0][controls[0].index("--runtime-dir") + 1]
+    assert os.path.isdir(runtime)
+    assert len(descendants) == 4  # the node daemon (the control node too), its worker template, two workers
 
     proc.kill()
     proc.wait(READY_TIMEOUT)

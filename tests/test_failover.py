@@ -198,7 +198,7 @@ def test_a_million_items_through_imap_unordered_in_bounded_memory():
     daemon_samples = []
     with lucidity.Pool(2) as pool:
         daemons = [p for p in me.children() if "node" in p.cmdline() or "control" in p.cmdline()]
-        assert len(daemons) == 2
+        assert len(daemons) == 1  # the node daemon, the control node too
         total = 0
         for index, value in enumerate(pool.imap_unordered(identity, (i for i in range(1_000_000)))):
             total += value

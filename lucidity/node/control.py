@@ -20,6 +20,10 @@ every heartbeat was a full JOIN and the expiry scanned every node at every messa
 The control daemon of an embedded cluster (`lucidity.cluster.LocalCluster`) is also told the cluster's
 private socket directory, and removes it when it exits: its owner may have been killed with SIGKILL, and
 then no one else would. A control node started by an operator is never told one and removes nothing.
+
+The registry itself is a `Membership`, driven by whichever loop owns its socket: this daemon's, or, for the
+embedded cluster of one node that ``Pool()`` starts, the node daemon's (`HostedControl`): that cluster then
+costs one interpreter and its imports fewer (issue 13, ``Pool()`` to its first result under 100 ms).
 """
 
 from __future__ import annotations
@@ -27,23 +31,21 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import zmq
 
-from .. import addresses, messages, protocol
+from .. import addresses, messages, protocol, security, transport
 from ..errors import ProtocolError
 from ..security import Role
 from .metrics import Family, Health, counter, gauge
-from .skeleton import Daemon
+from .skeleton import MAX_MESSAGE, Daemon
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ControlDaemon"]
+__all__ = ["ControlDaemon", "Membership", "HostedControl"]
 
 #: Seconds of silence after which a node is declared lost (nodes heartbeat every second).
 NODE_TIMEOUT = 5.0
@@ -120,27 +122,107 @@ class ControlDaemon(Daemon):
                  secret: Optional[bytes] = None, insecure: bool = False, runtime_dir: Optional[str] = None,
                  on_serving: Optional[Callable[[str], Callable[[], None]]] = None,
                  metrics: Optional[str] = None) -> None:
-        if runtime_dir is not None and not _holds_socket(runtime_dir, bind):
-            # Removing a whole tree is only safe for the directory made for this cluster's sockets.
-            raise ValueError(f"--runtime-dir {runtime_dir} is not the directory of the ipc:// address {bind}")
+        check_runtime_dir(runtime_dir, bind)
         super().__init__("control", addresses.bind_endpoint(bind, default_port=addresses.CONTROL_PORT).zmq,
                          secret=secret, insecure=insecure, parent_fd=parent_fd, ready_fd=ready_fd, metrics=metrics)
         self._runtime_dir = runtime_dir
         self._on_serving = on_serving
-        self._node_timeout = node_timeout
-        self.instance = uuid.uuid4().hex
+        self.membership = Membership(self._send, node_timeout)
+        self.instance = self.membership.instance
         self.address = ""
+        # The pace of the loop: messages read since `_rate_since`, whether that was busy, and a rest's end.
+        self._rate_since = time.monotonic()
+        self._busy = False
+        self._rest_until = 0.0
+
+    def run(self) -> int:
+        """Serve until SIGINT/SIGTERM or the owner's exit. Returns the exit status."""
+        try:
+            return self._serve()
+        finally:
+            remove_runtime_dir(self._runtime_dir)
+
+    def _serve(self) -> int:
+        status = self._open()
+        if status is not None:
+            return status
+        self.address = self.membership.address = self._bound
+        logger.info("control listening at %s (instance %s)", self.address, self.instance)
+        self._announce(self.address)
+        stop_attachment = self._on_serving(self.address) if self._on_serving is not None else None
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        resting = zmq.Poller()  # all but the listening socket: what still ends a rest at once
+        for fd in [self._waker.read_fd] + ([self._parent_fd] if self._parent_fd is not None else []):
+            poller.register(fd, zmq.POLLIN)
+            resting.register(fd, zmq.POLLIN)
+        try:
+            timeout = self.membership.turn(time.monotonic())
+            while not self.stopping:
+                if self._guard_failed():
+                    return 1
+                now = time.monotonic()
+                # Whole milliseconds, rounded up: a poll of 0 ms before a deadline would spin until it passed.
+                if now < self._rest_until:
+                    events = dict(resting.poll(math.ceil(min(timeout, self._rest_until - now) * 1000)))
+                else:
+                    events = dict(poller.poll(math.ceil(timeout * 1000)))
+                if self._waker.read_fd in events:
+                    self._waker.drain()
+                if self._parent_fd is not None and self._parent_fd in events:
+                    logger.info("control: the process that owns this embedded cluster is gone")
+                    break
+                if self._router in events:
+                    self._drain_router(self.membership.receive, ACCEPTED_BY_ROLE, ACCEPTED)
+                    self._pace(time.monotonic())
+                timeout = self.membership.turn(time.monotonic())
+                self._answer_scrapes()
+        finally:
+            logger.info("control at %s stopping", self.address)
+            if stop_attachment is not None:
+                stop_attachment()
+            self._close()
+        return 0
+
+    def _pace(self, now: float) -> None:
+        """After a turn that read messages, rest for `BUSY_REST` if messages come faster than `BUSY_RATE`."""
+        if now - self._rate_since >= 1.0:
+            self._busy = self.membership.received / (now - self._rate_since) > BUSY_RATE
+            self.membership.received, self._rate_since = 0, now
+        if self._busy:
+            self._rest_until = now + BUSY_REST
+
+    def _metric_families(self) -> list[Family]:
+        return super()._metric_families() + self.membership.metric_families()
+
+    def _health(self) -> Health:
+        healthy, body = super()._health()
+        return healthy, {**body, "nodes": self.membership.node_count, "clients": self.membership.watcher_count}
+
+class Membership:
+    """The registry of nodes and the answers to nodes, watching clients and STATUS, without a socket or a loop.
+
+    The loop that owns the listening socket hands it every message (`receive`) and a turn after each poll
+    (`turn`), and sends what it answers through `send`: the control daemon's loop, or a node daemon's that is
+    its embedded cluster's control node (`HostedControl`).
+
+    Args:
+        send: sends frames to the peer with the given routing identity, without blocking.
+        node_timeout: seconds of silence after which a node is declared lost.
+    """
+
+    def __init__(self, send: Callable[[bytes, list[Any]], None], node_timeout: float = NODE_TIMEOUT) -> None:
+        self._send = send
+        self._node_timeout = node_timeout
+        self.instance = os.urandom(16).hex()  # as random as uuid4, without importing uuid (1 ms)
+        self.address = ""  # where it listens, once bound: STATUS replies name it
         self._nodes: dict[bytes, NodeRecord] = {}
         self._watchers: dict[bytes, float] = {}
         self._last_turn = time.monotonic()
         self._sweep_interval = min(SWEEP_INTERVAL, node_timeout / 10)
         self._next_sweep = 0.0
-        # The pace of the loop: messages read since `_rate_since`, whether that was busy, and a rest's end.
-        self._received = 0
-        self._rate_since = time.monotonic()
-        self._busy = False
-        self._rest_until = 0.0
-        self._node_events = dict.fromkeys(NODE_EVENTS, 0)  # for the metrics
+        self.received = 0  # messages read; the control daemon's loop reads its pace from it
+        self.node_events = dict.fromkeys(NODE_EVENTS, 0)  # for the metrics
         # The clients' view: the number of the last change sent, the names changed since (membership: sent
         # at the end of this loop turn; load: at `_next_load_send`), and what is sent often, encoded once.
         self._seq = 0
@@ -153,71 +235,27 @@ class ControlDaemon(Daemon):
         self._whole_list: list[Any] = []
         self._no_change: list[Any] = []
 
-    def run(self) -> int:
-        """Serve until SIGINT/SIGTERM or the owner's exit. Returns the exit status."""
-        try:
-            return self._serve()
-        finally:
-            if self._runtime_dir is not None:
-                # After our own socket is closed. Node daemons may still be stopping; they never need the
-                # directory again, and nothing recreates it.
-                shutil.rmtree(self._runtime_dir, ignore_errors=True)
-                logger.info("control removed the embedded cluster's directory %s", self._runtime_dir)
+    @property
+    def node_count(self) -> int:
+        return len(self._nodes)
 
-    def _serve(self) -> int:
-        status = self._open()
-        if status is not None:
-            return status
-        self.address = self._bound
-        logger.info("control listening at %s (instance %s)", self.address, self.instance)
-        self._announce(self.address)
-        stop_attachment = self._on_serving(self.address) if self._on_serving is not None else None
-        poller = zmq.Poller()
-        poller.register(self._router, zmq.POLLIN)
-        resting = zmq.Poller()  # all but the listening socket: what still ends a rest at once
-        for fd in [self._waker.read_fd] + ([self._parent_fd] if self._parent_fd is not None else []):
-            poller.register(fd, zmq.POLLIN)
-            resting.register(fd, zmq.POLLIN)
-        try:
-            while not self.stopping:
-                if self._guard_failed():
-                    return 1
-                now = time.monotonic()
-                timeout = min(self._expire(now), 1.0)
-                if self._load_changed:
-                    timeout = min(timeout, max(0.0, self._next_load_send - now))
-                # Whole milliseconds, rounded up: a poll of 0 ms before a deadline would spin until it passed.
-                if now < self._rest_until:
-                    events = dict(resting.poll(math.ceil(min(timeout, self._rest_until - now) * 1000)))
-                else:
-                    events = dict(poller.poll(math.ceil(timeout * 1000)))
-                if self._waker.read_fd in events:
-                    self._waker.drain()
-                if self._parent_fd is not None and self._parent_fd in events:
-                    logger.info("control: the process that owns this embedded cluster is gone")
-                    break
-                if self._router in events:
-                    self._drain_router(self._receive, ACCEPTED_BY_ROLE, ACCEPTED)
-                    self._pace(time.monotonic())
-                self._send_changes(time.monotonic())
-                self._answer_scrapes()
-        finally:
-            logger.info("control at %s stopping", self.address)
-            if stop_attachment is not None:
-                stop_attachment()
-            self._close()
-        return 0
+    @property
+    def watcher_count(self) -> int:
+        return len(self._watchers)
 
-    def _pace(self, now: float) -> None:
-        """After a turn that read messages, rest for `BUSY_REST` if messages come faster than `BUSY_RATE`."""
-        if now - self._rate_since >= 1.0:
-            self._busy = self._received / (now - self._rate_since) > BUSY_RATE
-            self._received, self._rate_since = 0, now
-        if self._busy:
-            self._rest_until = now + BUSY_REST
+    def turn(self, now: float) -> float:
+        """After a poll: send the changes due, drop silent nodes and watchers; return the seconds within which
+        the loop must give it its next turn."""
+        until_sweep = self._expire(now)
+        self.send_changes(now)  # the nodes just found silent too
+        timeout = min(until_sweep, 1.0)
+        if self._load_changed:
+            timeout = min(timeout, max(0.0, self._next_load_send - now))
+        return timeout
 
-    def _receive(self, identity: bytes, frames: list[Any], accepted: frozenset[protocol.Kind]) -> None:
-        self._received += 1
+    def receive(self, identity: bytes, frames: list[Any], accepted: frozenset[protocol.Kind]) -> None:
+        """One message from the peer `identity` that may send the kinds `accepted` (ProtocolError if bad)."""
+        self.received += 1
         record = self._nodes.get(identity)
         if (record is not None and len(frames) == 2 and bytes(frames[0]) == BEAT_HEADER
                 and protocol.Kind.BEAT in accepted and bytes(frames[1]) == record.beat):
@@ -244,7 +282,7 @@ class ControlDaemon(Daemon):
             record = self._nodes.pop(identity, None)
             if record is not None:
                 logger.info("node %s left", record.name)
-                self._node_events["left"] += 1
+                self.node_events["left"] += 1
                 self._changed.add(record.name)
         elif isinstance(body, messages.Watch):
             self._watchers[identity] = now
@@ -295,7 +333,7 @@ class ControlDaemon(Daemon):
                                            join.running, now, join.host)
         if listed is None or listed.instance != join.instance:
             logger.info("node %s joined from %s with %d workers", join.name, join.address, join.processes)
-            self._node_events["joined"] += 1
+            self.node_events["joined"] += 1
         if listed is None or listed.describe() != join:
             same_but_load = listed is not None and listed.describe().replace(running=join.running) == join
             (self._load_changed if same_but_load else self._changed).add(join.name)
@@ -316,7 +354,7 @@ class ControlDaemon(Daemon):
             if now - record.last_seen > self._node_timeout:
                 logger.warning("node %s lost: silent for %.1f s", record.name, now - record.last_seen)
                 del self._nodes[identity]
-                self._node_events["lost"] += 1
+                self.node_events["lost"] += 1
                 self._changed.add(record.name)
         for identity, seen in list(self._watchers.items()):
             if now - seen > WATCHER_TIMEOUT:
@@ -331,23 +369,20 @@ class ControlDaemon(Daemon):
                                now + self._sweep_interval)
         return self._next_sweep - now
 
-    def _metric_families(self) -> list[Family]:
+    def metric_families(self) -> list[Family]:
+        """The cluster's gauges and the node events counter, for /metrics."""
         nodes = list(self._nodes.values())
         busy_nodes = sum(1 for r in nodes if r.running)
         running = sum(min(r.running, r.processes) for r in nodes)
-        return super()._metric_families() + [
+        return [
             gauge("lucidity_cluster_nodes", "Nodes listed by the control node, by whether a worker ran a task at "
                   "their last heartbeat", {"idle": len(nodes) - busy_nodes, "busy": busy_nodes}, label="state"),
             gauge("lucidity_cluster_workers", "Workers of the listed nodes, by whether they ran a task at the last "
                   "heartbeat", {"idle": sum(r.processes for r in nodes) - running, "busy": running}, label="state"),
             gauge("lucidity_cluster_clients", "Clients watching the membership", len(self._watchers)),
             counter("lucidity_cluster_node_events_total", "Nodes listed (joined), that left, or that went silent "
-                    "(lost)", self._node_events, label="event"),
+                    "(lost)", self.node_events, label="event"),
         ]
-
-    def _health(self) -> Health:
-        healthy, body = super()._health()
-        return healthy, {**body, "nodes": len(self._nodes), "clients": len(self._watchers)}
 
     def _answer_watch(self, watch: messages.Watch) -> list[Any]:
         """An empty change for a client that holds the latest list; the whole list for any other."""
@@ -361,7 +396,7 @@ class ControlDaemon(Daemon):
         up_to_date = watch.seq == self._seq and watch.instance == self.instance
         return self._no_change if up_to_date else self._whole_list
 
-    def _send_changes(self, now: float) -> None:
+    def send_changes(self, now: float) -> None:
         """Number the changes made since the last and send them to every watcher: membership at once (at the
         end of the loop turn that made them), the load at most every `LOAD_INTERVAL`."""
         load_due = bool(self._load_changed) and now >= self._next_load_send
@@ -381,6 +416,82 @@ class ControlDaemon(Daemon):
         for identity in self._watchers:
             self._send(identity, frames)
 
+
+class HostedControl:
+    """The control node of an embedded cluster of one node, served by that node daemon's own loop.
+
+    Why: ``Pool()`` starts a cluster of one node on this machine, and a control daemon of its own cost that
+    start an interpreter and its imports (about 60 ms of CPU, on a machine of two cores beside the node
+    daemon's and the caller's; issue 13). The node daemon listens at the control address too, on a second
+    ROUTER socket that only its thread uses, and hands what comes there to a `Membership`; its own line to
+    the control node (`ControlLink`) dials that address like any other, so that it joins, heartbeats and
+    leaves as a node of a separate control node would, and clients, ``lucidity status`` and the tests see
+    the same membership. What the node daemon's loop does with it: `open` once listening, poll `socket`
+    and drain it into `membership`, call `turn` after each poll, `close` among its sockets, and remove
+    `runtime_dir` once every socket is closed.
+
+    Args:
+        context: the node daemon's ZeroMQ context.
+        bind: the control address (an embedded cluster's ``ipc://DIR/control``).
+        runtime_dir: the embedded cluster's private directory, removed when the daemon exits (see the module
+            docstring), or None.
+
+    Raises:
+        ValueError: `runtime_dir` is not the directory of an ipc:// `bind` address.
+    """
+
+    def __init__(self, context: zmq.Context[Any], bind: str, runtime_dir: Optional[str]) -> None:
+        check_runtime_dir(runtime_dir, bind)
+        self.bind_address = addresses.bind_endpoint(bind, default_port=addresses.CONTROL_PORT).zmq
+        self.runtime_dir = runtime_dir
+        self.socket = transport.new_socket(context, zmq.ROUTER)
+        self.membership = Membership(self._send)
+
+    def open(self, guard: security.Guard) -> str:
+        """Listen at the control address, behind the daemon's guard; return the bound address.
+
+        Raises:
+            zmq.ZMQError: the address cannot be bound.
+        """
+        guard.listen(self.socket)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        self.membership.address = transport.bind(self.socket, self.bind_address)
+        logger.info("control listening at %s (instance %s), in this node daemon", self.membership.address,
+                    self.membership.instance)
+        return self.membership.address
+
+    def turn(self, now: float) -> float:
+        """The membership's turn after a poll; the seconds until it needs the next."""
+        return self.membership.turn(now)
+
+    def _send(self, identity: bytes, frames: list[Any]) -> None:
+        try:
+            self.socket.send_multipart([identity, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            logger.debug("control could not reach a peer: %s", exc)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+def check_runtime_dir(runtime_dir: Optional[str], bind: str) -> None:
+    """Raise ValueError unless `runtime_dir` is None or the directory of the ipc:// socket at `bind`."""
+    if runtime_dir is not None and not _holds_socket(runtime_dir, bind):
+        # Removing a whole tree is only safe for the directory made for this cluster's sockets.
+        raise ValueError(f"--runtime-dir {runtime_dir} is not the directory of the ipc:// address {bind}")
+
+
+def remove_runtime_dir(runtime_dir: Optional[str]) -> None:
+    """Remove an embedded cluster's private directory (None: an operator's control node, which removes nothing).
+
+    Called after the control socket is closed. Node daemons may still be stopping; they never need the
+    directory again, and nothing recreates it.
+    """
+    if runtime_dir is not None:
+        import shutil  # here, not at the top: 1.5 ms of every daemon's start (issue 13)
+
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+        logger.info("control removed the embedded cluster's directory %s", runtime_dir)
 
 def _holds_socket(directory: str, bind: str) -> bool:
     """Whether `bind` is an ipc:// socket directly inside `directory`."""

@@ -16,18 +16,18 @@ poller; every wait is bounded by the nearest deadline.
 
 This module owns the loop, the clients' sessions and the workers' lives (spawn, ready, exit, restart). It
 leaves to others: the line to the control node (`controllink`), a worker as the daemon sees it and the
-watchdog (`supervision`), what the node counts and reports in STATUS_REPLY and /metrics (`reporting`).
+watchdog (`supervision`), what the node counts and reports in STATUS_REPLY and /metrics (`reporting`), and
+the membership it serves when it is its embedded cluster's control node too (`control.HostedControl`). It
+is past 500 lines by the few that wire that one in, which belong to this loop.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import socket
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -36,6 +36,7 @@ import zmq
 from .. import addresses, messages, protocol, security, transport
 from ..errors import describe_exit
 from ..security import Role
+from .control import ACCEPTED, ACCEPTED_BY_ROLE, HostedControl
 from .controllink import ControlLink
 from .logformat import context
 from .processes import STOP_GRACE, raise_open_file_limit, stop_adopted, stop_children
@@ -97,6 +98,8 @@ class NodeDaemon(Daemon):
         log_worker_output: log what workers write to stderr line by line (``lucidity.worker``), instead of
             passing it through as it is (JSON logs, in which every line must be an object).
         forward_output: workers send what tasks print to the tasks' clients (`lucidity.node.output`).
+        serve_control: also listen at `control_address` as the cluster's control node (`HostedControl`: an
+            embedded cluster of this one node), and remove `runtime_dir`, its private directory, at exit.
 
     Raises:
         ValueError: an address, or a limit, that cannot work (one line, for the CLI to print).
@@ -111,7 +114,8 @@ class NodeDaemon(Daemon):
                  heartbeat_interval: float = HEARTBEAT_INTERVAL, client_timeout: float = CLIENT_TIMEOUT,
                  secret: Optional[bytes] = None, insecure: bool = False, advertise: Optional[str] = None,
                  worker_ports: Optional[tuple[int, int]] = None, metrics: Optional[str] = None,
-                 log_worker_output: bool = False, forward_output: bool = True) -> None:
+                 log_worker_output: bool = False, forward_output: bool = True, serve_control: bool = False,
+                 runtime_dir: Optional[str] = None) -> None:
         self._control_endpoint = addresses.parse(control_address, what="control address")
         self._bind = addresses.bind_endpoint(bind, default_port=0)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -143,8 +147,13 @@ class NodeDaemon(Daemon):
             self.control_address = self._control_endpoint.zmq
             # The CPUs this process may use (taskset, a Slurm allocation), not all of the machine's.
             self.processes = processes or len(os.sched_getaffinity(0)) or 1
-            self.instance = uuid.uuid4().hex
-            self._runtime = transport.private_directory(transport.NODE_DIRECTORY_PREFIX)
+            self.instance = os.urandom(16).hex()  # as random as uuid4, without importing uuid (1 ms)
+            self._hosted = HostedControl(self._context, control_address, runtime_dir) if serve_control else None
+            self._hosted_due = 0.0  # when the hosted membership wants its next turn
+            # A hosted control node's directory is private to this cluster and removed with it: the slots and
+            # the workers' sockets go there, with no directory of our own to make (4 ms; issue 13).
+            self._runtime = runtime_dir if serve_control and runtime_dir else transport.private_directory(
+                transport.NODE_DIRECTORY_PREFIX)
             self._slots = SlotTable(os.path.join(self._runtime, "slots"), self.processes, create=True)
             self._workers: dict[int, WorkerProcess] = {}
             self._clients: dict[bytes, ClientRecord] = {}
@@ -171,13 +180,18 @@ class NodeDaemon(Daemon):
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM, a LEAVE, or the owner's exit; then stop every worker. Returns 0."""
-        status = self._open()
+        if self._secret:
+            self._worker_env[security.SECRET_ENV] = self._secret.decode()
+        # Workers on ipc:// need nothing of ours bound: the template forks them while we bind (issue 13).
+        early = self._bind.scheme == "ipc"
+        if early:
+            self._start_workers()
+        status = self._listen()
         if status is not None:
+            stop_children([w.child for w in self._workers.values()], STOP_GRACE)
             return status
         guard = self._guard
         assert guard is not None
-        if self._secret:
-            self._worker_env[security.SECRET_ENV] = self._secret.decode()
         bound = addresses.parse(self._bound, allow_port_zero=True)
         advertised = addresses.advertised_host(bound, self._control_endpoint, self._advertise)
         self.address = bound.with_host(advertised).zmq
@@ -185,8 +199,8 @@ class NodeDaemon(Daemon):
         self._worker_host = bound.host
         logger.info("node %s listening at %s, joining %s with %d workers", self.name, self.address,
                     self.control_address, self.processes)
-        for index in range(self.processes):
-            self._start_worker(index)
+        if not early:
+            self._start_workers()
         started = time.monotonic()
         next_heartbeat = 0.0
         try:
@@ -206,6 +220,8 @@ class NodeDaemon(Daemon):
                     self._expire_clients(now)
                 self._restart_due(now)
                 deadlines = [next_heartbeat if self._joined else now + 1.0, *self._restart_at.values()]
+                if self._hosted is not None:
+                    deadlines.append(self._hosted_due)
                 if self._limited_running:
                     self._limited_running = self._enforce_limits(now)
                     if self._limited_running:
@@ -216,9 +232,22 @@ class NodeDaemon(Daemon):
             self._shutdown()
         return 0
 
+    def _listen(self) -> Optional[int]:
+        """`Daemon._open`, then the hosted control node's socket; None once listening, else the exit status."""
+        status = self._open()
+        if status is None and self._hosted is not None and self._guard is not None:
+            try:
+                self._hosted.open(self._guard)
+            except zmq.ZMQError as exc:
+                logger.error("node %s cannot bind the control address %s: %s", self.name, self.control_address, exc)
+                self._close()
+                return 2
+        return status
+
     def _shutdown(self) -> None:
         logger.info("node %s stopping: leaving the cluster and stopping %d workers", self.name, len(self._workers))
-        self._link.leave()
+        if self._hosted is None:  # a hosted control node goes with us: no one to tell
+            self._link.leave()
         workers = list(self._workers.values())
         stop_children([w.child for w in workers], STOP_GRACE)
         for worker in workers:
@@ -228,10 +257,14 @@ class NodeDaemon(Daemon):
 
     def _close(self, *others: zmq.Socket[Any], linger: float = 0.0) -> None:
         self._link.close_watch()
+        if self._hosted is not None:
+            self._hosted.close()
         super()._close(self._link.socket, *others, linger=0.1)  # time for the LEAVE to go out
         self._slots.close()
         self._starter.close()
-        shutil.rmtree(self._runtime, ignore_errors=True)
+        import shutil  # here, not at the top: 1.5 ms of every node daemon's start (issue 13)
+
+        shutil.rmtree(self._runtime, ignore_errors=True)  # a hosted control node's: the embedded cluster's
 
     # -- the loop ----------------------------------------------------------------------------------------
 
@@ -246,6 +279,8 @@ class NodeDaemon(Daemon):
             handlers[self._parent_fd] = self._on_parent_gone
         if self._link.watch is not None:
             poller.register(self._link.watch.fd_socket, zmq.POLLIN)
+        if self._hosted is not None:
+            poller.register(self._hosted.socket, zmq.POLLIN)
         for worker in list(self._workers.values()):
             if worker.child.pidfd is not None:
                 poller.register(worker.child.pidfd, zmq.POLLIN)
@@ -262,6 +297,10 @@ class NodeDaemon(Daemon):
             self._waker.drain()
         if self._router in events:
             self._drain_router(self._on_client_message, CLIENT_KINDS_BY_ROLE, CLIENT_KINDS)
+        if self._hosted is not None:
+            if self._hosted.socket in events:
+                self._drain_router(self._hosted.membership.receive, ACCEPTED_BY_ROLE, ACCEPTED, self._hosted.socket)
+            self._hosted_due = time.monotonic() + self._hosted.turn(time.monotonic())
         if self._link.socket in events:
             self._drain(self._link.socket, self._on_control_message)
         if self._link.watch is not None and self._link.watch.fd_socket in events:
@@ -363,6 +402,10 @@ class NodeDaemon(Daemon):
             return addresses.Endpoint("tcp", self._worker_host, 0).zmq
         self._generation += 1
         return f"ipc://{self._runtime}/w{index}-{self._generation}"
+
+    def _start_workers(self) -> None:
+        for index in range(self.processes):
+            self._start_worker(index)
 
     def _start_worker(self, index: int) -> None:
         """Start the worker at `index`; when the system refuses (out of descriptors, processes or memory,

@@ -177,8 +177,10 @@ class Daemon:
     # -- messages ----------------------------------------------------------------------------------------
 
     def _drain_router(self, handle: Callable[[bytes, list[Any], frozenset[protocol.Kind]], None],
-                      by_role: Accepted, accepted: frozenset[protocol.Kind]) -> None:
-        """Hand every waiting message of the listening socket to ``handle(identity, frames, kinds)``."""
+                      by_role: Accepted, accepted: frozenset[protocol.Kind],
+                      router: Optional[zmq.Socket[Any]] = None) -> None:
+        """Hand every waiting message of the listening socket (or of `router`, another ROUTER socket behind
+        the same guard) to ``handle(identity, frames, kinds)``."""
         assert self._guard is not None
         guard = self._guard
 
@@ -187,7 +189,7 @@ class Daemon:
                 raise ProtocolError(f"message has {len(frames) - 1} frame(s) after the routing identity")
             handle(frames[0].bytes, frames[1:], guard.accepted(frames[0], by_role, accepted))
 
-        self._drain(self._router, routed)
+        self._drain(self._router if router is None else router, routed)
 
     def _drain(self, sock: zmq.Socket[Any], handle: Callable[[list[Any]], None]) -> None:
         """Hand every waiting message of `sock` to `handle`; a message that fails drops itself."""
