@@ -420,7 +420,10 @@ def pack_items(items: Sequence[Sequence[Payload]]) -> tuple[list[Any], list[Payl
     An item made of one small frame is packed with the others like it into a single leading frame and named
     by ``[offset, length]`` in the layout; any other item keeps its frames (out-of-band buffers travel
     untouched) and is named by their count. Batches of tiny tasks then cost a few frames, not one per task.
+    A lone item (an apply's task, its result) keeps its frames: a pack of one would only copy it.
     """
+    if len(items) == 1:
+        return [len(items[0])], list(items[0])
     packed = bytearray()
     layout: list[Any] = []
     separate: list[Payload] = []
@@ -436,8 +439,8 @@ def pack_items(items: Sequence[Sequence[Payload]]) -> tuple[list[Any], list[Payl
 
 def unpack_items(layout: Sequence[Any], frames: Sequence[Frame]) -> list[list[Any]]:
     """The buffers of each item laid out by `pack_items` (views, no copies); `ProtocolError` if they don't add up."""
-    has_pack = any(type(entry) is list for entry in layout)
-    packed = _frame_view(frames[0]) if has_pack and frames else memoryview(b"")
+    has_pack = list in map(type, layout)  # any entry [offset, length], in C
+    packed = _frame_view(frames[0]) if has_pack and frames else _NO_PACK
     position = 1 if has_pack else 0
     items: list[list[Any]] = []
     packed_size = len(packed)
@@ -453,13 +456,19 @@ def unpack_items(layout: Sequence[Any], frames: Sequence[Frame]) -> list[list[An
         elif type(entry) is int and entry >= 1:
             if position + entry > len(frames):
                 raise ProtocolError("message announces more frames than it carries")
-            items.append([_frame_view(f) for f in frames[position:position + entry]])
+            if entry == 1:  # a lone item's one frame (see pack_items)
+                items.append([_frame_view(frames[position])])
+            else:
+                items.append([_frame_view(f) for f in frames[position:position + entry]])
             position += entry
         else:
             raise ProtocolError(f"bad item layout entry {str(entry)[:40]}")
     if position != len(frames):
         raise ProtocolError(f"message carries {len(frames) - position} frame(s) more than announced")
     return items
+
+
+_NO_PACK = memoryview(b"")
 
 
 def _frame_view(frame: Frame) -> memoryview:

@@ -49,6 +49,8 @@ PLAIN_TASK = struct.Struct("<qIBqq")
 FULL_TASK = struct.Struct("<qIBqqIqIqdd")
 RESULTS_HEAD = struct.Struct("<BI")
 RESULT = struct.Struct("<qBdqq")
+# RESULTS_HEAD and one RESULT: an apply's answer, written in one call.
+_ONE_RESULT = struct.Struct("<BIqBdqq")
 #: The string index of an absent initializer.
 NO_STRING = 2 ** 32 - 1
 
@@ -240,6 +242,11 @@ class Results(Record):
 
     def to_meta(self) -> bytes:
         """The binary meta (see the module docstring)."""
+        if len(self.results) == 1:
+            (task_id, status, seconds), = self.results
+            layout = self.layout[0]
+            offset, length = (-1, layout) if type(layout) is int else layout
+            return _ONE_RESULT.pack(_PLAIN, 1, task_id, _STATUS_NUMBERS[status], seconds, offset, length)
         rows = [RESULTS_HEAD.pack(_PLAIN, len(self.results))]
         pack = RESULT.pack
         numbers = _STATUS_NUMBERS

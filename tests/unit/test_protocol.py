@@ -172,6 +172,13 @@ def test_many_tiny_items_travel_in_one_frame() -> None:
     assert unpacked(items) == items
 
 
+def test_a_lone_item_keeps_its_frames_uncopied() -> None:
+    frame = bytearray(b"an apply's one task")
+    layout, frames = pack_items([[frame]])
+    assert frames[0] is frame
+    assert unpacked([[b"tiny"]]) == [[b"tiny"]] and unpacked([[b"a", b"b"]]) == [[b"a", b"b"]]
+
+
 def test_no_items() -> None:
     assert pack_items([]) == ([], [])
     assert unpack_items([], []) == []
