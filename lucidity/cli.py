@@ -37,13 +37,37 @@ def _size(text: str) -> int:
     return int(size)  # type: ignore[arg-type]
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, as wide as the terminal by `_terminal_columns`: argparse makes one for every
+    option added, and its own reads the width through shutil, whose import (with bz2 and lzma) was 1.5 ms of
+    every daemon's start (issue 13)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: Optional[int] = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, _terminal_columns() - 2 if width is None else width)
+
+
+def _terminal_columns() -> int:
+    """What ``shutil.get_terminal_size().columns`` says: $COLUMNS if positive, else stdout's terminal, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
 def _parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
     """The CLI's parser; for a command line `argv` that does not hold the word "fly", without the options of
     ``lucidity fly``, whose modules cost every daemon's start-up about 4 ms (issue 13). Subcommands are
     never abbreviated, so such a command line cannot mean ``fly``; its help still lists the command."""
     # No abbreviations: a recipe that says --worker-port must fail, not quietly mean --worker-ports.
     parser = argparse.ArgumentParser(prog="lucidity", description="Run Python functions on node daemons.",
-                                     allow_abbrev=False)
+                                     allow_abbrev=False, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"lucidity {__version__}")
     levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
     parser.add_argument("--log-level", dest="global_log_level", default=None, type=str.upper, choices=levels,
@@ -64,7 +88,7 @@ def _parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
         sub.add_argument("--log-format", default="text", choices=["text", "json"],
                          help="json: one JSON object per log line (default: text)")
 
-    control = commands.add_parser("control", allow_abbrev=False,
+    control = commands.add_parser("control", allow_abbrev=False, formatter_class=_Formatter,
                                   help="run the control node (the cluster's membership)")
     control.add_argument("--bind", default=DEFAULT_CONTROL,
                          help=f"listening address, e.g. tcp://[::]:3030 or 0.0.0.0 (default {DEFAULT_CONTROL})")
@@ -77,7 +101,8 @@ def _parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
     control.add_argument("--runtime-dir", default=None, help=argparse.SUPPRESS)
     daemon_options(control)
 
-    node = commands.add_parser("node", allow_abbrev=False, help="run a node daemon that joins a control node")
+    node = commands.add_parser("node", allow_abbrev=False, formatter_class=_Formatter,
+                               help="run a node daemon that joins a control node")
     node.add_argument("control_address",
                       help="the control node: tcp://HOST:PORT, HOST:PORT, [IPv6]:PORT, or HOST (port 3030); "
                            "a host name is resolved again whenever the control node stops answering")
@@ -111,9 +136,9 @@ def _parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
     node.add_argument("--runtime-dir", default=None, help=argparse.SUPPRESS)
     daemon_options(node)
 
-    status = commands.add_parser("status", allow_abbrev=False,
+    status = commands.add_parser("status", allow_abbrev=False, formatter_class=_Formatter,
                                  help="print the nodes, their workers and task counts")
-    top = commands.add_parser("top", allow_abbrev=False,
+    top = commands.add_parser("top", allow_abbrev=False, formatter_class=_Formatter,
                               help="watch the nodes, workers, memory and tasks per second (as status --watch)")
     for sub in (status, top):
         sub.add_argument("address", nargs="?", default=None,
@@ -124,16 +149,16 @@ def _parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument("--watch", action="store_true", help="redraw a live view every second until q or Ctrl-C")
 
-    secret = commands.add_parser("secret", allow_abbrev=False,
+    secret = commands.add_parser("secret", allow_abbrev=False, formatter_class=_Formatter,
                                  help="write a new random cluster secret to a file (mode 0600)")
     secret.add_argument("path", help="where to write it; an existing file is never overwritten")
 
-    demo = commands.add_parser("demo", allow_abbrev=False,
+    demo = commands.add_parser("demo", allow_abbrev=False, formatter_class=_Formatter,
                                help="run the pythagorean example on an embedded cluster")
     demo.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
 
     if argv is not None and "fly" not in argv:
-        commands.add_parser("fly", allow_abbrev=False, help=FLY_HELP)
+        commands.add_parser("fly", allow_abbrev=False, formatter_class=_Formatter, help=FLY_HELP)
     else:
         from .fly.cli import add_command
 

@@ -14,8 +14,9 @@ first result under 100 ms). The daemons are separate processes in their own sess
 - they hold the read end of a pipe whose write end only this process holds; when this process exits for
   any reason, SIGKILL included, the pipe closes and the daemons stop, taking their workers with them;
 - the control daemon (or the node daemon hosting the control node) is told the private directory and
-  removes it when it exits, so that a caller killed with SIGKILL leaves no sockets behind (nothing recreates the directory, so removing it while node
-  daemons are still stopping is harmless: their sockets there are already bound, or fail to bind);
+  removes it when it exits, so that a caller killed with SIGKILL leaves no sockets behind (nothing
+  recreates the directory, so removing it while node daemons are still stopping is harmless: their
+  sockets there are already bound, or fail to bind);
 - `LocalCluster.close` (also run by a finalizer at interpreter exit) stops them with the bounded,
   escalating shutdown of `lucidity.node.processes`, then removes the directory if it is still there, and
   the private directories of node daemons that were killed before they could remove their own.

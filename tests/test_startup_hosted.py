@@ -27,6 +27,7 @@ from lucidity.node.control import NODE_TIMEOUT
 from lucidity.status import query_status
 
 from helpers import WAIT, stop_process, wait_until
+from test_startup_imports import daemon_code, imported_after
 
 #: A few heartbeats (one a second) past the control node's timeout for a silent node, in seconds.
 PAST_NODE_TIMEOUT = NODE_TIMEOUT + 2.5
@@ -118,6 +119,17 @@ def test_the_node_command_refuses_a_runtime_dir_that_does_not_hold_the_control_s
         stop_process(proc, signal.SIGKILL)
     assert proc.returncode == 2 and "is not the directory of the ipc:// address" in stderr, stderr
     assert elsewhere.is_dir()
+
+
+def test_the_hosted_node_daemon_imports_no_shutil_or_uuid_to_start() -> None:
+    # argparse reads the terminal's width through shutil (with bz2 and lzma) unless lucidity.cli's formatter
+    # does; the daemons removed their directories and made their instance ids with shutil and uuid.
+    argv = ["--log-level", "WARNING", "node", "ipc:///nowhere/control", "--bind", "ipc:///nowhere/node-1",
+            "--processes", "2", "--name", "local", "--no-forward-output", "--serve-control", "--runtime-dir",
+            "/nowhere"]
+    modules = imported_after(daemon_code(argv, "lucidity.node.daemon"))
+    assert "lucidity.node.control" in modules
+    assert not modules & {"shutil", "uuid", "tempfile"}, sorted(modules & {"shutil", "uuid", "tempfile"})
 
 
 def _listed(address: str) -> dict | None:
