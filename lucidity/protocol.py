@@ -119,6 +119,7 @@ class Kind(enum.IntEnum):
 
 
 _KINDS = {kind.value: kind for kind in Kind}
+_new_message = tuple.__new__
 #: The kinds whose meta is binary (bytes beginning with `BINARY_PLAIN`), not JSON: every task makes one of each.
 BINARY_KINDS = frozenset({Kind.TASKS, Kind.RESULTS})
 
@@ -241,9 +242,8 @@ def _frame_bytes(frame: Frame) -> bytes:
 
 
 def _frame_size(frame: Frame) -> int:
-    if isinstance(frame, (bytes, bytearray, memoryview)):
-        return len(frame)
-    return len(frame.buffer)
+    # The len of bytes, a bytearray or a received zmq.Frame is its size (a Frame's .buffer makes a memoryview).
+    return frame.nbytes if isinstance(frame, memoryview) else len(frame)
 
 
 def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
@@ -283,7 +283,7 @@ def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
         if raw[:1] == _SLICED_MARK:
             raw, slices = _binary_slices(raw, kind)
             return Message(kind, raw, _joined(frames[2:], slices, kind))
-        return Message(kind, raw, frames[2:])
+        return _new_message(Message, (kind, raw, frames[2:]))  # a NamedTuple's __new__ is Python code
     meta = parse_json(_frame_bytes(frames[1]), f"{kind.name} meta")
     payload = frames[2:]
     slices = meta.pop(SLICES_FIELD, None)

@@ -53,6 +53,8 @@ RESULT = struct.Struct("<qBdqq")
 _ONE_RESULT = struct.Struct("<BIqBdqq")
 #: The string index of an absent initializer.
 NO_STRING = 2 ** 32 - 1
+_TASKS_HEAD_SIZE = TASKS_HEAD.size
+_RESULTS_HEAD_SIZE = RESULTS_HEAD.size
 
 _PLAIN = protocol.BINARY_PLAIN
 # Numbers on the wire, in a tuple by number for reading and a dict by member for writing.
@@ -61,9 +63,8 @@ _MODE_NUMBERS = {mode: number for number, mode in enumerate(_MODES)}
 _STATUSES = tuple(ResultStatus)
 _STATUS_NUMBERS = {status: number for number, status in enumerate(_STATUSES)}
 _MAX_ID = protocol.META_INT_MAX
-# As in `lucidity.messages.work`: a NamedTuple made in C, and a record's fields set past its __setattr__.
+# As in `lucidity.messages.work`: a NamedTuple made in C.
 _new_tuple = tuple.__new__
-_set = object.__setattr__
 
 
 class TasksPayload(NamedTuple):
@@ -98,14 +99,15 @@ class Tasks(Record):
     def __init__(self, client: str, functions: tuple[str, ...], tasks: tuple[TaskSpec, ...], layout: tuple[Any, ...],
                  ship: tuple[Module, ...] = (), main: Optional[MainEntry] = None,
                  modules: Optional[Mapping[str, str]] = None) -> None:
-        # Field by field rather than `_assign`'s loop, here and in `Results`: one of each per batch of tasks.
-        _set(self, "client", client)
-        _set(self, "functions", functions)
-        _set(self, "tasks", tasks)
-        _set(self, "layout", layout)
-        _set(self, "ship", ship)
-        _set(self, "main", main)
-        _set(self, "modules", modules)
+        # Each field by its slot's own setter (see below the class), here and in `Results`: one of each is made
+        # per batch on each side, and object.__setattr__, which finds the slot by name, cost twice as much.
+        _set_client(self, client)
+        _set_functions(self, functions)
+        _set_tasks(self, tasks)
+        _set_layout(self, layout)
+        _set_ship(self, ship)
+        _set_main(self, main)
+        _set_modules(self, modules)
 
     def to_meta(self) -> bytes:
         """The binary meta (see the module docstring). ValueError or struct.error for a field that does not
@@ -158,13 +160,14 @@ class Tasks(Record):
     def from_meta(cls, meta: bytes) -> Tasks:
         """The batch a binary meta holds, every field checked; `ProtocolError` naming what is wrong."""
         where = "TASKS meta"
-        _check_form(meta, where, TASKS_HEAD.size)
+        if type(meta) is not bytes or meta[:1] != b"\0" or len(meta) < _TASKS_HEAD_SIZE:
+            raise _not_binary(meta, where, _TASKS_HEAD_SIZE)
         _, client, full, string_count, function_count, task_count, text_size, extra_size = TASKS_HEAD.unpack_from(
             meta, 0)
         if full > 1:
             raise ProtocolError(f"{where} has an entry form of {full}; 0 (plain) or 1 (with options) is required")
         row = FULL_TASK if full else PLAIN_TASK
-        text_start = TASKS_HEAD.size
+        text_start = _TASKS_HEAD_SIZE
         rows_start = text_start + text_size
         extra_start = rows_start + task_count * row.size
         if extra_start + extra_size != len(meta):
@@ -218,8 +221,12 @@ class Tasks(Record):
             raise ProtocolError(f"TASKS announces {first_item} module, script and function frames; "
                                 f"it carries {len(payload)} frames in all")
         items = protocol.unpack_items(self.layout, payload[first_item:])
-        return TasksPayload(payload[:shipped], payload[shipped] if main_frames else None,
-                            payload[shipped + main_frames:first_item], items)
+        return _new_tuple(TasksPayload, (payload[:shipped], payload[shipped] if main_frames else None,
+                                         payload[shipped + main_frames:first_item], items))
+
+
+_set_client, _set_functions, _set_tasks, _set_layout, _set_ship, _set_main, _set_modules = (
+    Tasks.__dict__[name].__set__ for name in Tasks.__slots__)
 
 
 class Results(Record):
@@ -237,8 +244,8 @@ class Results(Record):
     layout: tuple[Any, ...]
 
     def __init__(self, results: tuple[ResultEntry, ...], layout: tuple[Any, ...]) -> None:
-        _set(self, "results", results)
-        _set(self, "layout", layout)
+        _set_results(self, results)
+        _set_results_layout(self, layout)
 
     def to_meta(self) -> bytes:
         """The binary meta (see the module docstring)."""
@@ -261,7 +268,8 @@ class Results(Record):
     def from_meta(cls, meta: bytes) -> Results:
         """The results a binary meta holds, every field checked; `ProtocolError` naming what is wrong."""
         where = "RESULTS meta"
-        _check_form(meta, where, RESULTS_HEAD.size)
+        if type(meta) is not bytes or meta[:1] != b"\0" or len(meta) < _RESULTS_HEAD_SIZE:
+            raise _not_binary(meta, where, _RESULTS_HEAD_SIZE)
         count = RESULTS_HEAD.unpack_from(meta, 0)[1]
         if RESULTS_HEAD.size + count * RESULT.size != len(meta):
             raise ProtocolError(f"{where} is {len(meta)} bytes; its header announces "
@@ -286,14 +294,16 @@ class Results(Record):
         return protocol.unpack_items(self.layout, payload)
 
 
-def _check_form(meta: Any, where: str, head_size: int) -> None:
+_set_results, _set_results_layout = (Results.__dict__[name].__set__ for name in Results.__slots__)
+
+
+def _not_binary(meta: Any, where: str, head_size: int) -> ProtocolError:
     if type(meta) is not bytes:
-        raise ProtocolError(f"{where} is a {type(meta).__name__}, not a binary meta")
+        return ProtocolError(f"{where} is a {type(meta).__name__}, not a binary meta")
     if meta[:1] != b"\0":
-        raise ProtocolError(f"{where} is not a binary meta of protocol version {protocol.VERSION}: it begins "
-                            f"{shown(meta[:8])}")
-    if len(meta) < head_size:
-        raise ProtocolError(f"{where} is {len(meta)} bytes, shorter than its header of {head_size}")
+        return ProtocolError(f"{where} is not a binary meta of protocol version {protocol.VERSION}: it begins "
+                             f"{shown(meta[:8])}")
+    return ProtocolError(f"{where} is {len(meta)} bytes, shorter than its header of {head_size}")
 
 
 def _strings(text: bytes, where: str, count: int) -> list[str]:
