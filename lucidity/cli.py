@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import socket
 import sys
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -21,7 +20,6 @@ from .status import STATUS_TIMEOUT, format_status, query_status
 
 if TYPE_CHECKING:
     from .node.logformat import JsonFormatter
-    from .node.template import WorkerStarter
 
 __all__ = ["main"]
 
@@ -198,6 +196,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             if dashboard is not None:
                 dashboard.stop()
     if args.command == "node":
+        from .node.daemon import NodeDaemon
+
         for option, value in (("--processes", args.processes), ("--max-tasks-per-worker", args.max_tasks_per_worker)):
             if value is not None and value < 1:
                 print(f"lucidity node: {option} must be at least 1", file=sys.stderr)
@@ -207,27 +207,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             worker_ports = None if args.worker_ports is None else addresses.parse_port_range(args.worker_ports)
             if worker_ports is not None and worker_ports[1] - worker_ports[0] + 1 < (args.processes or 1):
                 raise ValueError(f"--worker-ports {args.worker_ports} has fewer ports than --processes")
-        except ValueError as exc:
-            print(f"lucidity node: {exc}", file=sys.stderr)
-            return 2
-        secret = _secret(args)
-        name = args.name or f"{socket.gethostname()}-{os.getpid()}"
-        starter = _worker_starter(name)
-        try:
-            from .node.daemon import NodeDaemon
-
-            daemon = NodeDaemon(args.control_address, bind, args.processes, name, parent_fd=args.parent_fd,
+            daemon = NodeDaemon(args.control_address, bind, args.processes, args.name, parent_fd=args.parent_fd,
                                 ready_fd=args.ready_fd, memory_limit=args.memory_limit,
                                 max_tasks_per_worker=args.max_tasks_per_worker, recycle_memory=args.recycle_memory,
                                 heartbeat_interval=args.heartbeat_interval, client_timeout=args.client_timeout,
-                                secret=secret, insecure=args.insecure, advertise=args.advertise,
+                                secret=_secret(args), insecure=args.insecure, advertise=args.advertise,
                                 worker_ports=worker_ports, metrics=args.metrics,
                                 log_worker_output=json_logs is not None, forward_output=args.forward_output,
-                                serve_control=args.serve_control, runtime_dir=args.runtime_dir, starter=starter)
-        except BaseException as exc:
-            starter.close()  # a daemon owns it once it exists
-            if not isinstance(exc, ValueError):
-                raise
+                                serve_control=args.serve_control, runtime_dir=args.runtime_dir)
+        except ValueError as exc:
             print(f"lucidity node: {exc}", file=sys.stderr)
             return 2
         if json_logs is not None:
@@ -270,20 +258,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         demo.run(args.processes)
         return 0
     return 2
-
-
-def _worker_starter(name: str) -> "WorkerStarter":
-    """The node's worker template, forked before the node daemon's modules are imported, as `NodeDaemon` would
-    fork it (a subreaper with a raised open-file limit, and no ZeroMQ context yet): the template imports the
-    worker's modules while the daemon imports its own, on the other core, instead of after them (issue 13:
-    12 ms on the way to the first workers without cached bytecode, 1-2 ms with)."""
-    from .node.limits import become_subreaper
-    from .node.processes import raise_open_file_limit
-    from .node.template import WorkerStarter
-
-    become_subreaper()
-    raise_open_file_limit()
-    return WorkerStarter(name)
 
 
 def _watch(args: argparse.Namespace) -> int:
