@@ -81,9 +81,12 @@ class Peer:
     node_pids: Sequence[int] = field(default_factory=list)
 
     def apply(self, pool: Any, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> Any:
+        """One blocking call: ``submit(fn).result()`` of an executor, ``Pool.apply`` of a pool (as users
+        write it; lucidity carries it on the caller's thread, which ``apply_async().get()`` cannot). The
+        harness's own timeout (`benchmarks.__main__`) bounds a pool that hangs; `timeout` bounds a future."""
         if self.is_executor:
             return pool.submit(fn, *args).result(timeout)
-        return pool.apply_async(fn, args).get(timeout)
+        return pool.apply(fn, args)
 
     def map(self, pool: Any, fn: Callable[[Any], Any], items: Sequence[Any], chunksize: Optional[int],
             timeout: float) -> list[Any]:

@@ -8,6 +8,7 @@ connected to every node daemon and worker it uses, each named by a routing id of
     I/O thread --WATCH--> control --NODES--> I/O thread            (where the nodes are)
     I/O thread --HELLO/HEARTBEAT--> node daemon --WORKERS/TASK_FAILED--> I/O thread
     I/O thread --TASKS--> worker --RESULTS--> I/O thread --on_done--> the faces
+    caller thread --TASKS--> worker's door --RESULTS--> caller thread   (`call`: lucidity.directcall)
 
 Tasks go straight to workers (one hop each way). Each worker gets a window of tasks in flight: small for
 slow tasks, so that work spreads evenly, and larger for tiny ones, so that they travel in batches; the
@@ -21,8 +22,10 @@ What is decided here is only what needs a socket: the decisions live in pure mod
 consults, each tested without one: `lucidity.tasktable` (which task goes to which worker, resends, retries,
 cancellation), `lucidity.roster` (what the control node's lists and the nodes' reports mean) and
 `lucidity.packing` (what each worker lacks). What stays is one thread's sockets, its loop, and the
-caller-facing methods that hand it work; they share every field with it, which is why they are one module
-(about 640 lines) rather than two that would pass the same state back and forth.
+caller-facing methods that hand it work (`call` among them, a lone blocking call its caller's thread
+carries to a worker's door on this machine, with the task in the same table); they share every field with
+it, which is why they are one module (about 730 lines) rather than two that would pass the same state back
+and forth.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import zmq
 
-from . import addresses, mainscript, messages, protocol, reports, security, serialization, shipping, transport, waiting
+from . import (addresses, directcall, mainscript, messages, protocol, reports, security, serialization, shipping,
+               streams, transport, waiting)
 from .errors import (AuthenticationError, ClusterUnavailable, NodeLost, ProtocolError, SerializationError,
                      VersionMismatch)
 from .links import NodeInfo, NodeLink, WorkerLink, failure_error
@@ -71,6 +75,8 @@ CONTROL_KINDS = frozenset({protocol.Kind.NODES})
 NODE_KINDS = frozenset({protocol.Kind.WORKERS, protocol.Kind.TASK_FAILED, protocol.Kind.HEARTBEAT})
 WORKER_KINDS = frozenset({protocol.Kind.RESULTS, protocol.Kind.MISSING, protocol.Kind.FETCH,
                           protocol.Kind.REFUSED}) | reports.KINDS
+#: What a worker's door sends back (lucidity.directcall); all else comes over ZeroMQ.
+DOOR_KINDS = frozenset({protocol.Kind.RESULTS})
 #: What the peers socket's monitor reports: a worker may take tasks from its handshake until it disconnects.
 PEER_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
@@ -123,6 +129,13 @@ class Client:
         # id(function) -> (a way back to the function, its serialized form); weak where possible
         self._functions = FunctionCache(self._main)
         self._packer = Packer(self._main, self._modules, self._ship, sliced=self._keys is not None)
+        # Lone calls carried by their callers' threads to workers' doors (lucidity.directcall): on clusters
+        # reached over ipc:// without a secret. Workers with a door, by key (under the lock); streams whose
+        # caller was interrupted, for the I/O thread to read (under the lock until it takes them).
+        self._doors = directcall.Doors() if self._keys is None else None
+        self._door_of: dict[str, WorkerLink] = {}
+        self._adopted = directcall.Adopted()
+        self._routing_prefix = b"L" + uuid.UUID(self.id).bytes  # our routing ids on workers' sockets
         self._closing = False
         self._abandon = False
         self._wake_pending = False
@@ -179,6 +192,39 @@ class Client:
         if wake:
             self._waker.wake()
 
+    def call(self, task: Task) -> bool:
+        """Carry a lone blocking call on this thread to an idle worker's door on this machine and wait until
+        its outcome is delivered (lucidity.directcall). False, with nothing done, if no such worker is ready:
+        submit it then. Raises only what interrupts the wait (KeyboardInterrupt); the task then goes on as
+        if it had been submitted."""
+        doors = self._doors
+        if doors is None or not self._door_of or self._closing or waiting.serves_queued_tasks():
+            return False
+        caller = doors.caller()
+        ready_for, door_of = self._packer.ready_for, self._door_of
+        call = directcall.Call(task, caller.waker)  # before the task is in the table: any outcome wakes us
+        with self._lock:
+            lane = None if self._closing else self._table.place(
+                task, lambda lane: lane.key in door_of and ready_for(door_of[lane.key], task), caller.streams)
+            if lane is None:
+                call.cancel()
+                return False
+            link = door_of[lane.key]
+        stream = doors.send(caller, link.key, link.door or "", link.routing_id, self._packer.lone(link.session, task))
+        if stream is None:  # no door after all (gone, or a worker without one): the usual way, then
+            with self._lock:
+                link.door = None
+                door_of.pop(link.key, None)
+                self._table.unsend(lane, [task])
+            self._waker.wake()
+        try:
+            doors.wait(caller, call, link.key, stream, lambda frames: self._on_door_message(link, frames),
+                       lambda: self._door_ended(task, link), interrupted=lambda stream: self._adopt(stream, link, task))
+        finally:
+            if self._closing:
+                doors.close(caller)
+        return True
+
     def nodes(self) -> tuple["NodeInfo", ...]:
         """The nodes this client knows, with their workers and load, for placement decisions.
 
@@ -208,6 +254,8 @@ class Client:
             self._closing = True
             self._abandon = self._abandon or cancel
         self._waker.wake()
+        if self._doors is not None:
+            self._doors.close()  # every stream not in a call (those close when their call returns)
         if threading.current_thread() is not self._thread:
             self._thread.join(transport.LINGER + 5.0)
 
@@ -254,6 +302,8 @@ class Client:
                     self._heartbeat()
                     next_heartbeat = now + HEARTBEAT_INTERVAL
                 self._dispatch()
+                if self._adopted:
+                    self._adopted.watch(self._poller)
                 self._check_starved(now)
                 wake_at = next_heartbeat
                 if self._first_answer and not self._ready.is_set():
@@ -274,6 +324,8 @@ class Client:
         """
         peer = b"%x" % next(self._peer_ids)
         self._peers.setsockopt(zmq.CONNECT_ROUTING_ID, peer)
+        # Ours on the peer's socket, of our choosing too: a worker's door learns from a caller which it is.
+        self._peers.setsockopt(zmq.ROUTING_ID, self._routing_prefix + peer)
         self._peers.connect(address)
         self._by_peer[peer] = handler
         return peer
@@ -292,6 +344,9 @@ class Client:
                 self._drain_peers()
             elif sock == self._waker.read_fd:
                 self._waker.drain()
+            elif sock in self._adopted:
+                self._adopted.read(sock, self._poller, lambda frames, link, _: self._on_door_message(link, frames),
+                                   lambda link, task: self._door_ended(task, link))
             elif sock is self._peer_monitor:
                 self._on_peer_events()
             elif self._handshake is not None and sock is self._handshake.fd_socket:
@@ -437,6 +492,12 @@ class Client:
             link = WorkerLink(lane, entry.id, entry.pid, b"", address)
             self._by_endpoint[address] = link  # before connect: its handshake may come at once
             link.peer = self._connect(address, lambda f, w=link: self._on_worker(w, f))  # type: ignore[misc]
+            link.routing_id, link.session = self._routing_prefix + link.peer, node.session
+            if self._doors is not None:
+                link.door = streams.door_path(address)
+                if link.door is not None:
+                    with self._lock:
+                        self._door_of[link.key] = link
             self._roster.add_worker(node, link)
         self._update_ready()
 
@@ -473,13 +534,12 @@ class Client:
             del self._by_endpoint[link.address]
         self._disconnect(link.peer, link.address)
         with self._lock:
+            self._door_of.pop(link.key, None)
             requeued, out_of_retries = self._table.remove_worker(link.key, lost=lost)
         if requeued:
             logger.info("lucidity client: worker %s gone; resending %d unfinished task(s)", link.key, len(requeued))
         for task in out_of_retries:
-            self._finish(task, False, NodeLost(
-                f"{task.description} was on node {link.node}, which was lost, and has no retries left",
-                node=link.node, task=task.id, items=task.items))
+            self._finish(task, False, _node_lost(task, link))
         self._update_ready()
 
     def _check_starved(self, now: float) -> None:
@@ -566,6 +626,35 @@ class Client:
             else:
                 self._finish(task, False, serialization.loads_exception(frames_of_task))
 
+    # -- lone calls at workers' doors (lucidity.directcall) --------------------------------------------------
+
+    def _on_door_message(self, link: WorkerLink, frames: list[Any]) -> None:
+        """A worker's door answered a call (on the caller's thread, or the I/O thread's for an adopted stream)."""
+        try:
+            self._on_results(link, protocol.decode(frames, DOOR_KINDS))
+        except ProtocolError as exc:
+            logger.warning("lucidity client: worker %s sent a bad answer at its door: %s", link.key, exc)
+            self._fail_link(link, ProtocolError(f"worker {link.pid} on node {link.node} sent a malformed "
+                                                f"answer to a call: {exc}"))
+        with self._lock:
+            more = self._table.waiting()
+        if more:
+            self._waker.wake()  # the worker is free for what waits
+
+    def _adopt(self, stream: streams.MessageStream, link: WorkerLink, task: Task) -> None:
+        """A caller was interrupted while it waited: its call's result may still come, for the I/O thread."""
+        self._adopted.add(stream, (link, task))
+        self._waker.wake()
+
+    def _door_ended(self, task: Task, link: WorkerLink) -> None:
+        """The door's stream a call went by ended without its result: the task is the I/O thread's now."""
+        with self._lock:
+            outcome = self._table.door_ended(task)
+        if outcome is True:
+            self._waker.wake()
+        elif outcome is False:
+            self._finish(task, False, _node_lost(task, link))
+
     def _fail_link(self, link: WorkerLink, error: Exception) -> None:
         """Fail every task in flight on a worker whose messages cannot be trusted to answer them."""
         with self._lock:
@@ -621,6 +710,7 @@ class Client:
                 self._send_to(node.peer, messages.encode(messages.Abandon(node.session)))
         for node in self._roster.nodes.values():
             self._send_to(node.peer, messages.encode(messages.Bye(node.session)))
+        self._adopted.close(self._poller)
         linger = int(transport.LINGER * 1000)
         if self._handshake is not None:
             self._handshake.close()
@@ -636,6 +726,11 @@ class Client:
             error = RuntimeError("the pool was terminated before this task finished")
             for task in unfinished:
                 self._finish(task, False, error)
+
+
+def _node_lost(task: Task, link: WorkerLink) -> NodeLost:
+    return NodeLost(f"{task.description} was on node {link.node}, which was lost, and has no retries left",
+                    node=link.node, task=task.id, items=task.items)
 
 
 def _ignore(frames: list[Any]) -> None:

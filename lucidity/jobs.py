@@ -131,11 +131,13 @@ class JobFunction(Generic[T]):
 
     def local(self, *args: Any, **kwargs: Any) -> T:
         """Run in a worker process on this machine and block for the result."""
-        return self.local_async(*args, **kwargs).await_get()
+        client = default_client()
+        return self._submit(client, [(args, kwargs)], [self._local_node(client)], "local", here=True)[0].await_get()
 
     def remote(self, *args: Any, **kwargs: Any) -> T:
         """Run on a node chosen by the fanout scheme and block for the result."""
-        return self.remote_async(*args, **kwargs).await_get()
+        client = default_client()
+        return self._submit(client, [(args, kwargs)], self._place(client, 1), "remote", here=True)[0].await_get()
 
     def local_async(self, *args: Any, **kwargs: Any) -> "Job[T]":
         """Start in a worker process on this machine; returns a `Job` at once."""
@@ -192,8 +194,10 @@ class JobFunction(Generic[T]):
 
     def _submit(self, client: Client, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
                 nodes: Sequence[Optional[str]], made_by: str, fanned: bool = False,
-                tracker: Optional[Tracker] = None) -> list["Job[T]"]:
-        """Submit one task per call; `made_by` and, for a fanout, each call's position name it in errors."""
+                tracker: Optional[Tracker] = None, here: bool = False) -> list["Job[T]"]:
+        """Submit one task per call; `made_by` and, for a fanout, each call's position name it in errors.
+        With `here` (one blocking call), the caller's thread may carry it to a worker on this machine itself
+        and return with its outcome (`Client.call`)."""
         function = client.function(self)
         jobs: list[Job[T]] = []
         for index, ((args, kwargs), node) in enumerate(zip(calls, nodes)):
@@ -205,7 +209,8 @@ class JobFunction(Generic[T]):
                 client.reports.silence(one.task.id)
             if tracker is not None:
                 observe(tracker, one, 1)
-        client.submit([one.task for one in jobs])
+        if not (here and client.call(jobs[0].task)):
+            client.submit([one.task for one in jobs])
         return jobs
 
 

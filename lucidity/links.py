@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Optional
 from .errors import CpuLimitExceeded, JobTimeout, LucidityError, MemoryLimitExceeded, WorkerCrashed
 from .messages import FailureReason, FailureReport
 from .task import Task
@@ -38,6 +39,11 @@ class WorkerLink:
         self.modules: set[str] = set()  # names of modules shipped to this worker
         self.has_shipped = False  # the packages every worker gets went with a batch
         self.has_main = False  # it knows how to give this client's tasks the caller's __main__
+        # Its door for this machine's callers (lucidity.directcall), if it has one; the session its node
+        # link had when it was listed; the routing id the client's socket has on the worker's.
+        self.door: Optional[str] = None
+        self.session = ""
+        self.routing_id = b""
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,18 @@ class Packer:
                               main, modules)
         return Packed(messages.encode(body, payload, sliced=self._sliced), digests_sent, shipping_now, main_now)
 
+    def ready_for(self, link: WorkerLink, task: Task) -> bool:
+        """The worker has all a task needs, so that a TASKS of it alone need carry nothing else (`lone`)."""
+        return (link.has_main and (link.has_shipped or not self._ship) and not link.modules
+                and task.function.digest in link.functions
+                and (task.initializer is None or task.initializer.digest in link.functions))
+
+    def lone(self, session: str, task: Task) -> list[Any]:
+        """The TASKS message of one task for a worker `ready_for` it; changes no link (any thread may call)."""
+        layout, frames = protocol.pack_items([task.frames])
+        body = messages.Tasks(session, (), (task.spec(),), tuple(layout), (), None, None)
+        return messages.encode(body, frames, sliced=self._sliced)
+
     def module(self, link: WorkerLink, name: str) -> list[Any]:
         """The reply to a worker's FETCH: the module's source, or why it cannot have it."""
         source, reason = self._modules.lookup(name)

@@ -163,9 +163,13 @@ class Pool:
         """What the chunks of one map share."""
         return MapCall(self._client, self._options, function, mode, made_by, tracker)
 
-    def _submit(self, tasks: list[Task], result: ApplyResult[Any]) -> None:
-        """Submit the tasks of `result`, counting it in ``_cache`` until it is ready."""
+    def _submit(self, tasks: list[Task], result: ApplyResult[Any], here: bool = False) -> None:
+        """Submit the tasks of `result`, counting it in ``_cache`` until it is ready. With `here`, a lone
+        blocking call, the caller's thread may carry it to a worker on this machine itself and return with
+        its outcome (`Client.call`)."""
         self._cache.add(result)
+        if here and self._client.call(tasks[0]):
+            return
         try:
             self._client.submit(tasks)
         except BaseException:
@@ -174,7 +178,7 @@ class Pool:
 
     def apply(self, func: Callable[..., T], args: Sequence[Any] = (), kwds: Mapping[str, Any] = {}) -> T:
         """Call ``func(*args, **kwds)`` on a worker and return its result."""
-        return self._apply_async(func, args, kwds, None, None, "apply").get()
+        return self._apply_async(func, args, kwds, None, None, "apply", here=True).get()
 
     def apply_async(self, func: Callable[..., T], args: Sequence[Any] = (), kwds: Mapping[str, Any] = {},
                     callback: Optional[Callable[[T], object]] = None,
@@ -184,7 +188,8 @@ class Pool:
 
     def _apply_async(self, func: Callable[..., T], args: Sequence[Any], kwds: Mapping[str, Any],
                      callback: Optional[Callable[[T], object]],
-                     error_callback: Optional[Callable[[BaseException], object]], made_by: str) -> ApplyResult[T]:
+                     error_callback: Optional[Callable[[BaseException], object]], made_by: str,
+                     here: bool = False) -> ApplyResult[T]:
         self._check_running()
         function = self._client.function(func)
         frames = self._client.dumps((tuple(args), dict(kwds)), f"arguments of {function.description}")
@@ -192,7 +197,7 @@ class Pool:
         task = self._options.new_task(self._client, function, TaskMode.CALL, frames,
                                       lambda ok, value: result._set(0, ok, value), made_by=made_by)
         result._task, result._client = task, self._client
-        self._submit([task], result)
+        self._submit([task], result, here)
         return result
 
     def map(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: Optional[int] = None, *,

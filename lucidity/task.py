@@ -96,6 +96,10 @@ class Task:
     worker: Optional[str] = None
     sends: int = 0
     history: list[TaskState] = field(default_factory=list)
+    # Sent by its caller's own thread to a worker's door (lucidity.directcall), which reads the result; and,
+    # if that worker went away meanwhile, whether it was lost (the table left the task to its caller).
+    direct: bool = False
+    orphaned: Optional[bool] = None
 
     def move(self, new: TaskState) -> None:
         if new not in TRANSITIONS[self.state]:

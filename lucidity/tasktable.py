@@ -4,6 +4,7 @@ worker goes away. Pure: no sockets, no threads; its clock is an argument (see be
 The client's I/O thread feeds it events and carries out what it answers::
 
     add / cancel          (caller threads)      a task joins or leaves the queues
+    place / door_ended    (caller threads)      a lone call its caller sends to a worker's door itself
     add_worker / connected / remove_worker      the workers the client can send to
     dispatch()       -> [(lane, batch)]         what to send to which worker now
     steal()          -> [(lane, task ids)]      what to take back from a worker for others that ran out
@@ -192,6 +193,9 @@ class TaskTable:
         unfinished = [t for t in lane.inflight.values() if t.state is TaskState.SENT and t.worker == key]
         requeued, out_of_retries = [], []
         for task in sorted(unfinished, key=lambda t: t.id, reverse=True):
+            if task.direct:
+                task.orphaned = lost  # its caller may still read its result: it decides (`door_ended`)
+                continue
             if lost:
                 task.lost_retries -= 1
                 if task.lost_retries < 0:
@@ -200,6 +204,56 @@ class TaskTable:
             self._requeue(task)
             requeued.append(task)
         return requeued, out_of_retries
+
+    def place(self, task: Task, usable: Callable[[Lane], bool], prefer: Iterable[str] = ()) -> Optional[Lane]:
+        """A lone task whose caller sends it to a worker's door itself (lucidity.directcall): added and put on
+        an idle worker that `usable` accepts (one of `prefer` if it can; on its node if it is placed), as
+        `dispatch` would put it. None, with nothing done, while other tasks wait (they come first), or if no
+        such worker is idle."""
+        if self._pending or self._pending_for:
+            return None
+        if task.node is not None:
+            if task.node not in self._nodes:
+                return None
+            chosen_by = usable
+            usable = lambda lane: lane.node == task.node and chosen_by(lane)  # noqa: E731
+        if self.max_running and sum(1 for lane in self.lanes.values() if lane.inflight) >= self.max_running:
+            return None
+        chosen = None
+        for key in prefer:
+            lane = self.lanes.get(key)
+            if lane is not None and lane.connected and not lane.inflight and not lane.busy and usable(lane):
+                chosen = lane
+                break
+        if chosen is None:
+            chosen = next((lane for lane in self.lanes.values()
+                           if lane.connected and not lane.inflight and not lane.busy and usable(lane)), None)
+            if chosen is None:
+                return None
+            self.lanes[chosen.key] = self.lanes.pop(chosen.key)  # round robin, as `dispatch`
+        self.tasks[task.id] = task
+        task.move(TaskState.SENT)
+        task.worker, task.direct = chosen.key, True
+        chosen.inflight[task.id] = task
+        chosen.head_since, chosen.head_sent_idle = self._clock(), True
+        return chosen
+
+    def door_ended(self, task: Task) -> Optional[bool]:
+        """The door's stream a task went by ended without its result: from now on the task is dispatch's,
+        as if it had been sent the usual way. If its worker went away meanwhile, what `remove_worker` would
+        have done is done now. Returns None (nothing more to do), True (queued again) or False (out of
+        retries: the caller fails it with `NodeLost`)."""
+        if task.is_final or not task.direct:
+            return None
+        task.direct = False
+        if task.orphaned is None:
+            return None  # its worker is still listed: its failure report, MISSING or exit will come
+        if task.orphaned:
+            task.lost_retries -= 1
+            if task.lost_retries < 0:
+                return False
+        self._requeue(task)
+        return True
 
     def load_of(self, node: str) -> int:
         """This client's tasks in flight on a node's workers."""
@@ -341,6 +395,7 @@ class TaskTable:
         """A sent task that never ran goes back to the head of its queue."""
         task.move(TaskState.PENDING)
         task.worker = None
+        task.direct, task.orphaned = False, None
         self._queue_of(task).appendleft(task)
 
     def _dispatch_queue(self, queue: collections.deque[Task], node: Optional[str],

@@ -5,7 +5,12 @@ pipe. Clients connect to it directly, so a task costs one hop each way::
 
     client --TASKS--> worker          (batches of tasks, functions by digest)
     client <--RESULTS-- worker        (batches of results)
+    caller thread --TASKS--> door --RESULTS--> caller thread   (a lone blocking call, this machine only)
     daemon ...reads the worker's slot (current task) and supervises its pid...
+
+On a cluster reached over ipc:// without a secret, the worker also has a door (`lucidity.node.door`): a
+Unix socket where a caller's own thread brings one task and reads its result. Such a task is its
+client's like any other (same queue, same namespace); only its result goes back by the door.
 
 The loop is single-threaded: it drains whatever has arrived (tasks, cancellations), runs one task, and
 sends results in batches when no more work is waiting, so a lone apply is answered at once and a flood of
@@ -16,10 +21,10 @@ by outcome, a histogram of their durations, and the bytes it received and sent, 
 exports as metrics without a message per task. `lucidity.node.workerprocess` owns the rest of being a
 process: its arguments, dying with its daemon, its name, killing what tasks leave behind.
 
-About 520 lines, past the 500 we aim for: what remains is one class whose loop, message handling and
+About 590 lines, past the 500 we aim for: what remains is one class whose loop, message handling and
 giving back of queued tasks (to the shedder, a WITHDRAW, a retiring worker's last arrivals) all read and
-write the same queue, socket and lock; the decisions that need none of them live in `shedding`, `output`,
-`slots` and `workerprocess`.
+write the same queue, sockets and lock; the decisions that need none of them live in `shedding`, `output`,
+`slots`, `door` and `workerprocess`.
 """
 
 from __future__ import annotations
@@ -36,9 +41,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 import zmq
 
 from .. import messages, protocol, serialization, shipping, transport, waiting
+from ..streams import MessageStream, door_path
 from ..errors import MemoryLimitExceeded, ProtocolError
 from ..messages import ResultEntry, ResultStatus, TaskMode, TaskSpec
 from . import limits
+from .door import Door
 from .namespaces import MainNamespaces
 from .output import Reports, forwarding_enabled
 from .shedding import Shedder
@@ -80,23 +87,26 @@ _OK, _ERROR, _MEMORY, _DROPPED, _RECEIVED, _SENT = range(len(TALLY_FIELDS))
 
 
 class _Task:
-    __slots__ = ("identity", "client", "spec", "frames", "modules")
+    __slots__ = ("identity", "client", "spec", "frames", "modules", "reply")
 
     def __init__(self, identity: bytes, client: bytes, spec: TaskSpec, frames: Sequence[Any],
-                 modules: Mapping[str, str]) -> None:
+                 modules: Mapping[str, str], reply: Optional[MessageStream]) -> None:
         self.identity = identity
         self.client = client
         self.spec = spec
         self.frames = frames
         self.modules = modules  # digests of the modules this client shipped here, as of this batch
+        self.reply = reply  # the door's stream it came by (its result goes back there), or None: ZeroMQ
 
 
 class Worker:
     """Runs tasks from any client that connects, one at a time."""
 
     def __init__(self, sock: zmq.Socket[Any], slots: SlotTable, index: int,
-                 options: WorkerOptions = WorkerOptions(), guard: Optional["Guard"] = None) -> None:
+                 options: WorkerOptions = WorkerOptions(), guard: Optional["Guard"] = None,
+                 door: Optional[Door] = None) -> None:
         self._guard = guard
+        self._door = door  # callers on this machine (lucidity.node.door), if it has one
         self._accepted_by_role = {}
         if guard is not None:
             from ..security import Role
@@ -129,6 +139,8 @@ class Worker:
         self._lock = threading.RLock()
         self._shedder = Shedder(self._lock, self._give_back_queued, lambda: self._receive(block=False))
         waiting.install(self._serve_while_waiting, self._waker.wake)
+        if door is not None:
+            door.poller.register(self._waker.read_fd, zmq.POLLIN)  # a nested wait's result came (see below)
         # What tasks print and how far they are, for their clients (lucidity.node.output).
         self._reports = Reports(self._lock, self._send, forwarding_enabled())
         self._reports.install()
@@ -145,8 +157,11 @@ class Worker:
                 self._receive(block=False)  # cancellations and more work, before the next task
             else:
                 self._flush()
-                self._reports.wait_for_work(self._sock)
-                self._receive(block=True)
+                if self._door is None:
+                    self._reports.wait_for_work(self._sock)
+                    self._receive(block=True)
+                else:
+                    self._receive_any(None)
                 if not self._queue:
                     continue
             task = self._queue.popleft()
@@ -169,6 +184,8 @@ class Worker:
 
         All of them before the next task runs: the shedder gives back only what is queued when a long one starts.
         """
+        if self._door is not None and not block:
+            self._read_door(self._door.ready_now())
         received = 0
         sock = self._sock
         recv = sock.recv
@@ -197,6 +214,35 @@ class Worker:
         if received:
             self._counters[_RECEIVED] += received
 
+    def _receive_any(self, timeout_ms: Optional[int]) -> None:
+        """Wait (at most `timeout_ms`) for a message on the ZeroMQ socket or at the door; take in all that came."""
+        assert self._door is not None
+        zmq_ready, ready = self._door.wait(timeout_ms)
+        if self._waker.read_fd in ready:
+            self._waker.drain()
+            ready.remove(self._waker.read_fd)
+        self._read_door(ready)
+        if zmq_ready:
+            self._receive(block=False)
+
+    def _read_door(self, fds: list[int]) -> None:
+        if not fds:
+            return
+        door = self._door
+        assert door is not None
+        received = door.received
+        for identity, message, stream in door.read(fds, self._refuse):
+            try:
+                self._accept_tasks(identity, message, stream)
+            except ProtocolError:
+                door.drop(stream)  # refused, as over ZeroMQ
+        self._counters[_RECEIVED] += door.received - received
+
+    def _refuse(self, identity: bytes, reason: str) -> None:
+        """Tell the sender of tasks this worker could not read, which would otherwise wait for their results."""
+        print(f"lucidity worker {os.getpid()}: refused a message: {reason}", file=sys.stderr)
+        self._send(identity, messages.encode(messages.Refused(reason)))
+
     def _accept(self, frames: list[Any]) -> None:
         if len(frames) < 2:
             raise ProtocolError("message without routing identity")
@@ -204,7 +250,7 @@ class Worker:
         accepted = ACCEPTED if self._guard is None else self._guard.accepted(frames[0], self._accepted_by_role, ACCEPTED)
         message = protocol.decode(frames[1:], accepted)
         if message.kind is protocol.Kind.TASKS:
-            self._accept_tasks(identity, message)
+            self._accept_tasks(identity, message, None)
             return
         body = messages.parse(message)
         if isinstance(body, (messages.Cancel, messages.Withdraw)):
@@ -225,13 +271,12 @@ class Worker:
                 raise ProtocolError("a module arrived from a client this worker did not ask")
             self._module_replies[body.name] = body.source(message.payload)
 
-    def _accept_tasks(self, identity: bytes, message: protocol.Message) -> None:
+    def _accept_tasks(self, identity: bytes, message: protocol.Message, reply: Optional[MessageStream]) -> None:
         try:
             body = messages.Tasks.from_meta(message.meta)
             payload = body.split(message.payload)
         except ProtocolError as exc:
-            # Tell the sender, whose tasks would otherwise wait for results that never come.
-            self._send(identity, messages.encode(messages.Refused(str(exc))))
+            self._refuse(identity, str(exc))
             raise
         if body.ship:  # most batches carry tasks alone: modules, the main entry and functions come first
             received = [entry.source([frame])[0] for entry, frame in zip(body.ship, payload.modules)]
@@ -248,7 +293,7 @@ class Worker:
         client = bytes.fromhex(body.client)
         modules = body.modules or _NO_MODULES
         for spec, frames in zip(body.tasks, payload.items):
-            self._queue.append(_Task(identity, client, spec, frames, modules))
+            self._queue.append(_Task(identity, client, spec, frames, modules, reply))
 
     def _fetch_module(self, name: str) -> tuple[Optional[shipping.ModuleSource], str]:
         """Ask the current task's client for a module's source (called by the import hook)."""
@@ -271,7 +316,7 @@ class Worker:
             return None
         if entry[1] is None or entry[2] != self._identity:
             # Loaded for this connection: names of the caller's __main__ resolve in its own namespace.
-            entry[1] = serialization.loads_function(entry[0].buffer)
+            entry[1] = serialization.loads_function(getattr(entry[0], "buffer", entry[0]))
             entry[2] = self._identity
         self._functions.move_to_end(name)
         return entry[1]  # type: ignore[no-any-return]
@@ -338,6 +383,13 @@ class Worker:
         if task_limits.memory:
             limits.set_task_memory_cap(None)
         self._after_task()
+        if task.reply is not None:
+            assert self._door is not None
+            flush_output()  # what the task printed is written before its result leaves
+            sent = self._door.answer(task.reply, ResultEntry(spec.id, status, elapsed), frames)
+            if sent:
+                self._counters[_SENT] += sent
+                return  # else it goes the ZeroMQ way, with the others
         waiting = self._outbox.get(task.identity)
         if waiting is None:
             waiting = self._outbox[task.identity] = ([], [])
@@ -386,6 +438,7 @@ class Worker:
             poller = zmq.Poller()
             poller.register(self._sock, zmq.POLLIN)
             poller.register(self._waker.read_fd, zmq.POLLIN)
+            timeout_ms: Optional[int] = None
             identity, client = self._identity, self._finder.client
             while not event.is_set():
                 if self._queue:
@@ -399,7 +452,11 @@ class Worker:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
-                events = dict(poller.poll(None if remaining is None else int(remaining * 1000)))
+                timeout_ms = None if remaining is None else int(remaining * 1000)
+                if self._door is not None:
+                    self._receive_any(timeout_ms)  # callers at the door too
+                    continue
+                events = dict(poller.poll(timeout_ms))
                 if self._waker.read_fd in events:
                     self._waker.drain()
                 if self._sock in events:
@@ -503,18 +560,26 @@ def main(argv: Optional[list[str]] = None) -> None:
     sock = transport.new_socket(context, zmq.ROUTER)
     if guard is not None:
         guard.listen(sock)
+    door = None
     if args.ports:
         from ..addresses import parse, parse_port_range
 
         address = transport.bind_in_range(sock, parse(args.bind, allow_port_zero=True), parse_port_range(args.ports))
     else:
         address = transport.bind(sock, args.bind)
+    path = door_path(address)
+    if path is not None and guard is None and not forwarding_enabled():
+        # Callers on this machine may bring a lone call to the door (lucidity.node.door); a cluster with a
+        # secret has none, and forwarded output travels with results only over ZeroMQ.
+        door = Door(path, sock)
     os.write(args.ready_fd, f"{address}\n".encode())
     # The pipe stays open: a byte on it tells the daemon a limited task started.
     options = WorkerOptions(args.memory_limit, args.max_tasks, args.recycle_memory, args.ready_fd)
     try:
-        Worker(sock, slots, args.slot_index, options, guard).run()
+        Worker(sock, slots, args.slot_index, options, guard, door).run()
     finally:
+        if door is not None:
+            door.close()
         if guard is not None:
             guard.close()
         sock.close(linger=int(transport.LINGER * 1000))
