@@ -113,33 +113,40 @@ class Tasks(Record):
         """The binary meta (see the module docstring). ValueError or struct.error for a field that does not
         fit its layout: a client id that is not hex, an id or size outside 0..2**63 - 1."""
         strings = list(self.functions)
-        index = {name: number for number, name in enumerate(strings)}
+        index = {name: number for number, name in enumerate(strings)} if strings else {}
         full = False
         for spec in self.tasks:
             if spec.initializer is not None or spec.max_tasks or spec.memory or spec.timeout or spec.cpu_time:
                 full = True
                 break
-        rows = []
-        for spec, layout in zip(self.tasks, self.layout):
-            function = index.get(spec.function)
-            if function is None:
-                function = index[spec.function] = len(strings)
-                strings.append(spec.function)
-            offset, length = (-1, layout) if type(layout) is int else layout
-            if not full:
-                rows.append(PLAIN_TASK.pack(spec.id, function, _MODE_NUMBERS[spec.mode], offset, length))
-                continue
-            initializer = NO_STRING
-            if spec.initializer is not None:
-                initializer = index.setdefault(spec.initializer, len(strings))
-                if initializer == len(strings):
-                    strings.append(spec.initializer)
-            pool_name = spec.pool if spec.max_tasks else ""  # a pool's name counts its tasks: only with max_tasks
-            pool = index.setdefault(pool_name, len(strings))
-            if pool == len(strings):
-                strings.append(pool_name)
-            rows.append(FULL_TASK.pack(spec.id, function, _MODE_NUMBERS[spec.mode], offset, length, initializer,
-                                       spec.max_tasks, pool, spec.memory, spec.timeout, spec.cpu_time))
+        if full:
+            rows = _full_rows(self.tasks, self.layout, strings, index)
+        else:  # the usual batch, every task without options: a plain loop (it runs for every task)
+            rows = []
+            pack = PLAIN_TASK.pack
+            modes = _MODE_NUMBERS
+            for spec, layout in zip(self.tasks, self.layout):
+                function = index.get(spec.function)
+                if function is None:
+                    function = index[spec.function] = len(strings)
+                    strings.append(spec.function)
+                if type(layout) is int:
+                    rows.append(pack(spec.id, function, modes[spec.mode], -1, layout))
+                else:
+                    rows.append(pack(spec.id, function, modes[spec.mode], layout[0], layout[1]))
+        extra = b""
+        if self.ship or self.main is not None or self.modules is not None:
+            extra = protocol.write_json(self._extras())
+        joined = "\0".join(strings)
+        if strings and joined.count("\0") != len(strings) - 1:
+            raise ValueError(f"a string of a TASKS message holds a NUL: {strings}")
+        text = joined.encode()
+        head = TASKS_HEAD.pack(_PLAIN, bytes.fromhex(self.client), full, len(strings), len(self.functions),
+                               len(rows), len(text), len(extra))
+        return b"".join((head, text, *rows, extra))
+
+    def _extras(self) -> Meta:
+        """The rare parts, which travel as a JSON object at the end of the meta."""
         extras: Meta = {}
         if self.ship:
             extras["ship"] = [module.to_meta() for module in self.ship]
@@ -147,14 +154,7 @@ class Tasks(Record):
             extras["main"] = self.main.to_meta()
         if self.modules is not None:
             extras["modules"] = dict(self.modules)
-        extra = protocol.write_json(extras) if extras else b""
-        joined = "\0".join(strings)
-        if joined.count("\0") != len(strings) - 1 and strings:
-            raise ValueError(f"a string of a TASKS message holds a NUL: {strings}")
-        text = joined.encode()
-        head = TASKS_HEAD.pack(_PLAIN, bytes.fromhex(self.client), full, len(strings), len(self.functions),
-                               len(rows), len(text), len(extra))
-        return b"".join((head, text, *rows, extra))
+        return extras
 
     @classmethod
     def from_meta(cls, meta: bytes) -> Tasks:
@@ -295,6 +295,25 @@ class Results(Record):
 
 
 _set_results, _set_results_layout = (Results.__dict__[name].__set__ for name in Results.__slots__)
+
+
+def _full_rows(specs: Sequence[TaskSpec], layouts: Sequence[Any], strings: list[str], index: dict[str, int]
+               ) -> list[bytes]:
+    """The entries of a batch in which some task has options (FULL_TASK), adding their strings to `strings`."""
+    def number(name: str) -> int:
+        found = index.setdefault(name, len(strings))
+        if found == len(strings):
+            strings.append(name)
+        return found
+
+    rows = []
+    for spec, layout in zip(specs, layouts):
+        offset, length = (-1, layout) if type(layout) is int else layout
+        initializer = NO_STRING if spec.initializer is None else number(spec.initializer)
+        pool = number(spec.pool if spec.max_tasks else "")  # a pool's name counts its tasks: only with max_tasks
+        rows.append(FULL_TASK.pack(spec.id, number(spec.function), _MODE_NUMBERS[spec.mode], offset, length,
+                                   initializer, spec.max_tasks, pool, spec.memory, spec.timeout, spec.cpu_time))
+    return rows
 
 
 def _not_binary(meta: Any, where: str, head_size: int) -> ProtocolError:
