@@ -54,7 +54,7 @@ from .messages import FailureReason, FailureReport, ResultStatus, TaskMode, Work
 from .packing import FunctionCache, Packer
 from .roster import HEARTBEAT_INTERVAL, Roster
 from .task import FunctionRef, Task
-from .tasktable import TaskTable
+from .tasktable import Lane, TaskTable
 
 logger = logging.getLogger(__name__)
 
@@ -210,16 +210,31 @@ class Client:
                 call.cancel()
                 return False
             link = door_of[lane.key]
-        stream = doors.send(caller, link.key, link.door or "", link.routing_id, self._packer.lone(link.session, task))
-        if stream is None:  # no door after all (gone, or a worker without one): the usual way, then
-            with self._lock:
-                link.door = None
-                door_of.pop(link.key, None)
-                self._table.unsend(lane, [task])
-            self._waker.wake()
+        stream = None
         try:
+            stream = doors.send(caller, link.key, link.door or "", link.routing_id,
+                                self._packer.lone(link.session, task))
+            call.sent = stream is not None
+            if stream is None:  # no door after all (gone, or a worker without one): the usual way, then
+                with self._lock:
+                    link.door = None
+                    door_of.pop(link.key, None)
+                self._unsend(lane, task)
             doors.wait(caller, call, link.key, stream, lambda frames: self._on_door_message(link, frames),
-                       lambda: self._door_ended(task, link), interrupted=lambda stream: self._adopt(stream, link, task))
+                       lambda: self._door_ended(task, link), lambda stream: self._adopt(stream, link, task),
+                       lambda: self._abandon_call(lane, task))
+        except BaseException:
+            # A Ctrl-C before the wait took charge (`Doors.wait` handles its own): the task must still end.
+            if not call.done and not call.handled:
+                if call.sent and stream is not None and doors.forget(caller, link.key):
+                    self._adopt(stream, link, task)  # its result may still come
+                else:
+                    # Cut inside the send: whether the worker has the task is unknown. It goes the ZeroMQ
+                    # way; had the worker read it whole, it runs twice (its result at the door, which we
+                    # close, goes the ZeroMQ way too, and the first to come counts). Never a wait forever.
+                    doors.discard(caller, link.key)
+                    self._unsend(lane, task)
+            raise
         finally:
             if self._closing:
                 doors.close(caller)
@@ -640,6 +655,19 @@ class Client:
             more = self._table.waiting()
         if more:
             self._waker.wake()  # the worker is free for what waits
+
+    def _unsend(self, lane: Lane, task: Task) -> None:
+        """A call that never reached its worker's door goes the ZeroMQ way."""
+        with self._lock:
+            self._table.unsend(lane, [task])
+        self._waker.wake()
+
+    def _abandon_call(self, lane: Lane, task: Task) -> None:
+        """A Ctrl-C cut short the delivery of a call's result, which is lost: the task ends (its caller no
+        longer waits for it), and its worker counts as free."""
+        with self._lock:
+            lane.inflight.pop(task.id, None)
+        self._finish(task, False, RuntimeError(f"{task.description} was interrupted while its result was read"))
 
     def _adopt(self, stream: streams.MessageStream, link: WorkerLink, task: Task) -> None:
         """A caller was interrupted while it waited: its call's result may still come, for the I/O thread."""

@@ -39,11 +39,13 @@ class Call:
     """One call in flight: wraps its task's ``on_done`` so that an outcome the I/O thread delivers wakes the
     caller's wait (an outcome the caller delivers itself needs no wake-up)."""
 
-    __slots__ = ("task", "done", "_on_done", "_waker", "_thread")
+    __slots__ = ("task", "done", "sent", "handled", "_on_done", "_waker", "_thread")
 
     def __init__(self, task: Task, waker: transport.Waker) -> None:
         self.task = task
         self.done = False
+        self.sent = False  # its TASKS went whole on the stream
+        self.handled = False  # an interruption was dealt with by `Doors.wait`
         self._on_done = task.on_done
         self._waker = waker
         self._thread = threading.get_ident()
@@ -123,22 +125,33 @@ class Doors:
             return None
         return stream
 
-    def forget(self, caller: Caller, key: str) -> None:
-        """The stream to a worker is done with (it broke, or went to the I/O thread)."""
-        caller.streams.pop(key, None)
+    def discard(self, caller: Caller, key: str) -> None:
+        """Close this thread's stream to a worker, whatever state a cut-short send left it in."""
+        stream = caller.streams.pop(key, None)
+        if stream is not None:
+            stream.close()
+
+    def forget(self, caller: Caller, key: str) -> bool:
+        """The stream to a worker is done with (it broke, or went to the I/O thread); False if it already was."""
+        return caller.streams.pop(key, None) is not None
 
     def wait(self, caller: Caller, call: Call, key: str, stream: Optional[streams.MessageStream],
              on_message: Callable[[list[Any]], None], on_end: Callable[[], None],
-             interrupted: Callable[[streams.MessageStream], None]) -> None:
+             adopt: Callable[[streams.MessageStream], None], abandon: Callable[[], None]) -> None:
         """Until the call's outcome is delivered: read its result from `stream` (`on_message`), or learn that
         the stream ended without one (`on_end`: the task is the I/O thread's from then on), or be woken by
-        the I/O thread having delivered it. Raises only what interrupts the wait (KeyboardInterrupt), after
-        handing the stream, whose result may still come, to `interrupted` (for the I/O thread: `Adopted`)."""
+        the I/O thread having delivered it.
+
+        Raises only what interrupts the wait (KeyboardInterrupt), after making sure the task still ends: a
+        stream whose result may still come goes to `adopt` (for the I/O thread: `Adopted`); a result already
+        read is delivered; if the interruption cut its delivery short, the task is ended by `abandon` (its
+        caller, interrupted, no longer waits for it; the pool must not either)."""
         poll = caller.poll
         fd = stream.fileno() if stream is not None else -1
         if fd >= 0:
             poll.register(fd, select.POLLIN)
         caller.busy = True
+        frames: Optional[list[Any]] = None  # a message read and not yet delivered
         try:
             while not call.done:
                 for ready, _ in poll.poll():
@@ -156,14 +169,22 @@ class Doors:
                             on_end()
                         else:
                             on_message(frames)
+                            frames = None
                     else:
                         caller.waker.drain()
         except BaseException:
-            if fd >= 0 and stream is not None:
+            call.handled = True
+            if frames is not None and not call.done:
+                try:
+                    on_message(frames)
+                finally:
+                    if not call.done:
+                        abandon()
+            elif fd >= 0 and stream is not None and not call.done:
                 poll.unregister(fd)
                 fd = -1
                 self.forget(caller, key)
-                interrupted(stream)
+                adopt(stream)
             raise
         finally:
             if fd >= 0:

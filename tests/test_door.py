@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -49,6 +50,12 @@ def release_twice(rendezvous):
     for _ in range(2):
         rendezvous.started(1)
         rendezvous.release()
+
+
+def main_thread_waits_at_the_door():
+    """The main thread is in `Doors.wait` (not still writing its task: a Ctrl-C there is another case)."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    return frame is not None and frame.f_code.co_name == "wait" and frame.f_code.co_filename.endswith("directcall.py")
 
 
 def door_connections(pid):
@@ -106,6 +113,7 @@ def test_ctrl_c_while_a_call_waits_leaves_the_pool_whole():
 
         def interrupt():
             rendezvous.started(1)
+            wait_until(main_thread_waits_at_the_door, 30, "the caller to wait for its result")
             os.kill(os.getpid(), signal.SIGINT)
 
         interrupter = threading.Thread(target=interrupt)

@@ -372,6 +372,12 @@ class Worker:
             frames = serialization.dumps_exception(self._finder.explain(exc), skip_frames_of=__file__)
             status = ResultStatus.ERROR
         elapsed = (time.perf_counter_ns() - started) / 1e9
+        sent = 0
+        if task.reply is not None:  # its caller waits on the stream: answered first, the bookkeeping after
+            assert self._door is not None
+            reap_children()  # what the task left behind is gone before its result arrives, as below
+            flush_output()  # and what it printed is written
+            sent = self._door.answer(task.reply, ResultEntry(spec.id, status, elapsed), frames)
         self._reports.task_ended()
         self._mean_task_time = 0.8 * self._mean_task_time + 0.2 * elapsed
         self._shedder.task_ended(elapsed)
@@ -383,13 +389,9 @@ class Worker:
         if task_limits.memory:
             limits.set_task_memory_cap(None)
         self._after_task()
-        if task.reply is not None:
-            assert self._door is not None
-            flush_output()  # what the task printed is written before its result leaves
-            sent = self._door.answer(task.reply, ResultEntry(spec.id, status, elapsed), frames)
-            if sent:
-                self._counters[_SENT] += sent
-                return  # else it goes the ZeroMQ way, with the others
+        if sent:
+            self._counters[_SENT] += sent
+            return  # else (no stream, or it broke) the result goes the ZeroMQ way, with the others
         waiting = self._outbox.get(task.identity)
         if waiting is None:
             waiting = self._outbox[task.identity] = ([], [])
