@@ -18,7 +18,6 @@ import os
 import select
 import socket
 import struct
-import time
 from typing import Any, Callable, Iterator, Optional
 
 import zmq
@@ -33,8 +32,6 @@ __all__ = ["Door", "IO_TIMEOUT"]
 #: way instead, and the connection is closed; a message begun and not finished within it is dropped, with
 #: its connection. A stalled caller never holds a worker other clients share.
 IO_TIMEOUT = 5.0
-#: While the worker has tasks queued, it looks at the door between them at most this often, in seconds.
-LOOK_INTERVAL = 0.001
 #: What a caller sends at the door: tasks alone; anything else goes over ZeroMQ.
 ACCEPTS = frozenset({protocol.Kind.TASKS})
 
@@ -62,7 +59,6 @@ class Door:
         self._ready = select.poll()  # the same fds, for a look that does not block
         self._ready.register(self._listener_fd, select.POLLIN)
         self.received = 0  # bytes of messages read, for the worker's tally
-        self._next_look = 0.0  # see ready_now
 
     def wait(self, timeout_ms: Optional[int] = None) -> tuple[bool, list[int]]:
         """Block until something arrives: (ZeroMQ has input, the door's fds that are ready)."""
@@ -77,12 +73,7 @@ class Door:
         return zmq_ready, ready
 
     def ready_now(self) -> list[int]:
-        """The door's fds with input now, looked at no more often than every `LOOK_INTERVAL` (the worker asks
-        before each task: a poll call per task of a map of tiny ones would cost more than the look is worth)."""
-        now = time.monotonic()
-        if now < self._next_look:
-            return []
-        self._next_look = now + LOOK_INTERVAL
+        """The door's fds with input now (one poll call)."""
         return [fd for fd, _ in self._ready.poll(0)]
 
     def read(self, fds: list[int], refuse: Callable[[bytes, str], None]

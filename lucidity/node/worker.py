@@ -74,6 +74,10 @@ RETIRE_LINGER = 0.2
 RESULT_BATCH_MAX = 256
 #: ... or once the oldest unsent result has waited this long, in seconds.
 RESULT_BATCH_DELAY = 0.002
+#: While tasks are queued, the worker looks for new messages between them at most this often, in seconds:
+#: a look per task cost a map of tiny tasks a system call or two each. (A long task's arrivals are read by
+#: the shedder; an idle worker reads at once.)
+LOOK_INTERVAL = 0.001
 #: Results are batched only in a burst: this many tasks queued, each taking less than this (seconds).
 BURST_QUEUE = 8
 BURST_TASK_TIME = 0.0002
@@ -128,6 +132,7 @@ class Worker:
         self._outbox_count = 0
         self._outbox_since = 0.0
         self._tasks_done = 0
+        self._next_look = 0.0  # when to look for messages between queued tasks next (LOOK_INTERVAL)
         self._mean_task_time = 0.0
         self._pool_counts: collections.Counter[str] = collections.Counter()
         # Views of this worker's slot: counting is a store into memory its daemon reads for the metrics.
@@ -154,7 +159,10 @@ class Worker:
         self._lock.acquire()
         while True:
             if self._queue:
-                self._receive(block=False)  # cancellations and more work, before the next task
+                now = time.monotonic()
+                if now >= self._next_look:  # cancellations and more work, between tasks
+                    self._next_look = now + LOOK_INTERVAL
+                    self._receive(block=False)
             else:
                 self._flush()
                 if self._door is None:
