@@ -544,6 +544,8 @@ class Client:
         # What it sent before it went counts: a worker that retires flushes its last results and exits, and
         # its node's word that it is gone can be read first, with those results waiting on its socket.
         self._drain_peers()
+        if self._roster.workers.get(link.key) is not link:
+            return  # a message the drain read (its node's next list) dropped it already
         self._roster.remove_worker(link)
         if self._by_endpoint.get(link.address) is link:
             del self._by_endpoint[link.address]
