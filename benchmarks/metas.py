@@ -37,8 +37,9 @@ def _received(frames: list[Any]) -> list[Any]:
 
     context = zmq.Context.instance()
     sender, receiver = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
-    sender.bind("inproc://benchmarks-metas")
-    receiver.connect("inproc://benchmarks-metas")
+    address = f"inproc://benchmarks-metas-{uuid.uuid4().hex}"  # a socket closed may hold its name a while
+    sender.bind(address)
+    receiver.connect(address)
     sender.send_multipart(frames)
     received = receiver.recv_multipart(copy=False)
     sender.close(0)

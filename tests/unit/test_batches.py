@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
 import random
 import struct
 import uuid
@@ -280,3 +281,13 @@ def test_a_batch_with_a_large_frame_travels_sliced_and_comes_back_whole() -> Non
     assert message.meta == batch.to_meta() and messages.parse(message) == batch
     items = batch.split(message.payload).items
     assert [[bytes(buffer) for buffer in item] for item in items] == [[b"small"], [big]]
+
+
+def test_the_benchmark_of_these_metas_runs_each_of_its_operations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/metas.py measures through the public API; this fails if that API moves under it."""
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[2]))
+    from benchmarks import metas
+
+    assert len(metas.OPERATIONS) == 8
+    for name in metas.OPERATIONS:
+        metas.operation(name)()
