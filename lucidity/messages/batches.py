@@ -25,8 +25,8 @@ table)::
 A layout entry of `protocol.pack_items` travels as (offset, length) in the packed frame, or as (-1, count)
 for an item of its own frames. Ids and sizes are signed 64-bit fields that must not be negative (so 2**63
 and beyond cannot pass), seconds are doubles from 0 to `MAX_SECONDS` (NaN fails). A batch names a function
-by its string's index, and a function shared by its tasks is written once. Errors name the field as the JSON
-did ("a TASKS task entry field 'mode'"), so logs read the same.
+by its string's index, and a function shared by its tasks is written once. Errors name the entry and the
+field as the JSON did ("a TASKS task entry (3) field 'mode'"), so logs read the same.
 """
 
 from __future__ import annotations
@@ -57,12 +57,12 @@ _TASKS_HEAD_SIZE = TASKS_HEAD.size
 _RESULTS_HEAD_SIZE = RESULTS_HEAD.size
 
 _PLAIN = protocol.BINARY_PLAIN
-# Numbers on the wire, in a tuple by number for reading and a dict by member for writing.
-_MODES = tuple(TaskMode)
+# The enums' numbers on the wire, written out (not the enums' order, which may change): a tuple by number for
+# reading, a dict by member for writing.
+_MODES = (TaskMode.CALL, TaskMode.MAP, TaskMode.STARMAP)
 _MODE_NUMBERS = {mode: number for number, mode in enumerate(_MODES)}
-_STATUSES = tuple(ResultStatus)
+_STATUSES = (ResultStatus.OK, ResultStatus.ERROR)
 _STATUS_NUMBERS = {status: number for number, status in enumerate(_STATUSES)}
-_MAX_ID = protocol.META_INT_MAX
 # As in `lucidity.messages.work`: a NamedTuple made in C.
 _new_tuple = tuple.__new__
 
@@ -182,7 +182,7 @@ class Tasks(Record):
         modes = _MODES
         if not full:
             for task_id, function, mode, offset, length in PLAIN_TASK.iter_unpack(meta[rows_start:extra_start]):
-                if task_id < 0 or function >= string_count or mode > 2:
+                if task_id < 0 or function >= string_count or mode >= len(modes):
                     raise _bad_task(len(specs), task_id, function, mode, string_count)
                 if offset >= 0 and length >= 0:
                     layout.append([offset, length])
@@ -195,7 +195,7 @@ class Tasks(Record):
         else:
             for (task_id, function, mode, offset, length, initializer, max_tasks, pool, memory, timeout,
                  cpu_time) in FULL_TASK.iter_unpack(meta[rows_start:extra_start]):
-                if task_id < 0 or function >= string_count or mode > 2:
+                if task_id < 0 or function >= string_count or mode >= len(modes):
                     raise _bad_task(len(specs), task_id, function, mode, string_count)
                 if not (offset >= 0 and length >= 0) and not (offset == -1 and length >= 1):
                     raise _bad_layout(f"a TASKS task entry ({len(specs)})", offset, length)
@@ -271,14 +271,14 @@ class Results(Record):
         if type(meta) is not bytes or meta[:1] != b"\0" or len(meta) < _RESULTS_HEAD_SIZE:
             raise _not_binary(meta, where, _RESULTS_HEAD_SIZE)
         count = RESULTS_HEAD.unpack_from(meta, 0)[1]
-        if RESULTS_HEAD.size + count * RESULT.size != len(meta):
+        if _RESULTS_HEAD_SIZE + count * RESULT.size != len(meta):
             raise ProtocolError(f"{where} is {len(meta)} bytes; its header announces "
-                                f"{RESULTS_HEAD.size + count * RESULT.size} ({count} results)")
+                                f"{_RESULTS_HEAD_SIZE + count * RESULT.size} ({count} results)")
         results: list[ResultEntry] = []
         layout: list[Any] = []
         statuses = _STATUSES
-        for task_id, status, seconds, offset, length in RESULT.iter_unpack(meta[RESULTS_HEAD.size:]):
-            if task_id < 0 or status > 1 or not 0.0 <= seconds <= MAX_SECONDS:  # NaN fails the last
+        for task_id, status, seconds, offset, length in RESULT.iter_unpack(meta[_RESULTS_HEAD_SIZE:]):
+            if task_id < 0 or status >= len(statuses) or not 0.0 <= seconds <= MAX_SECONDS:  # NaN fails the last
                 raise _bad_result(len(results), task_id, status, seconds)
             if offset >= 0 and length >= 0:
                 layout.append([offset, length])
@@ -342,7 +342,7 @@ def _bad_task(index: int, task_id: int, function: int, mode: int, string_count: 
         return _refused(where, "id", "a task id (0 to 2**63 - 1)", task_id)
     if function >= string_count:
         return _refused(where, "fn", f"a function digest (a string's index, under {string_count})", function)
-    return _refused(where, "mode", f"one of {', '.join(mode.value for mode in _MODES)}", mode)
+    return _refused(where, "mode", _numbered(_MODES), mode)
 
 
 def _check_options(index: int, initializer: int, max_tasks: int, pool: int, memory: int, timeout: float,
@@ -365,14 +365,18 @@ def _bad_result(index: int, task_id: int, status: int, seconds: float) -> Protoc
     where = f"a RESULTS entry ({index})"
     if task_id < 0:
         return _refused(where, "id", "a task id (0 to 2**63 - 1)", task_id)
-    if status > 1:
-        return _refused(where, "status", f"one of {', '.join(status.value for status in _STATUSES)}", status)
+    if status >= len(_STATUSES):
+        return _refused(where, "status", _numbered(_STATUSES), status)
     return _refused(where, "t", f"a number of seconds from 0 to {MAX_SECONDS}", seconds)
 
 
 def _bad_layout(where: str, offset: int, length: int) -> ProtocolError:
     return ProtocolError(f"{where} field 'n' is not a payload layout entry: offset {offset}, length {length} "
                          "(an offset of 0 or more and a length of 0 or more, or -1 and a count of 1 or more)")
+
+
+def _numbered(members: Sequence[Any]) -> str:
+    return "one of " + ", ".join(f"{number} ({member.value})" for number, member in enumerate(members))
 
 
 def _refused(where: str, name: str, wanted: str, value: Any) -> ProtocolError:
