@@ -121,6 +121,18 @@ def test_the_node_command_refuses_a_runtime_dir_that_does_not_hold_the_control_s
     assert elsewhere.is_dir()
 
 
+def test_a_node_that_cannot_bind_the_control_address_exits_2(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "lucidity", "--log-level", "WARNING", "node",
+                             f"ipc://{tmp_path}/missing/control", "--bind", f"ipc://{tmp_path}/node-1",
+                             "--processes", "1", "--serve-control"],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=WAIT)
+    finally:
+        stop_process(proc, signal.SIGKILL)
+    assert proc.returncode == 2 and "cannot bind the control address" in stderr, stderr
+
+
 def test_the_hosted_node_daemon_imports_no_shutil_or_uuid_to_start() -> None:
     # argparse reads the terminal's width through shutil (with bz2 and lzma) unless lucidity.cli's formatter
     # does; the daemons removed their directories and made their instance ids with shutil and uuid.

@@ -447,18 +447,19 @@ class HostedControl:
         self.socket = transport.new_socket(context, zmq.ROUTER)
         self.membership = Membership(self._send)
 
-    def open(self, guard: security.Guard) -> str:
-        """Listen at the control address, behind the daemon's guard; return the bound address.
-
-        Raises:
-            zmq.ZMQError: the address cannot be bound.
-        """
+    def open(self, guard: Optional[security.Guard], who: str) -> bool:
+        """Listen at the control address, behind the daemon's guard; False (logged) if it cannot be bound."""
+        assert guard is not None  # the daemon listens, behind its guard, before it opens this
         guard.listen(self.socket)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
-        self.membership.address = transport.bind(self.socket, self.bind_address)
-        logger.info("control listening at %s (instance %s), in this node daemon", self.membership.address,
-                    self.membership.instance)
-        return self.membership.address
+        try:
+            self.membership.address = transport.bind(self.socket, self.bind_address)
+        except zmq.ZMQError as exc:
+            logger.error("%s cannot bind the control address %s: %s", who, self.bind_address, exc)
+            return False
+        logger.info("control listening at %s (instance %s), in %s", self.membership.address,
+                    self.membership.instance, who)
+        return True
 
     def turn(self, now: float) -> float:
         """The membership's turn after a poll; the seconds until it needs the next."""

@@ -180,18 +180,16 @@ class NodeDaemon(Daemon):
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM, a LEAVE, or the owner's exit; then stop every worker. Returns 0."""
-        if self._secret:
-            self._worker_env[security.SECRET_ENV] = self._secret.decode()
-        # Workers on ipc:// need nothing of ours bound: the template forks them while we bind (issue 13).
-        early = self._bind.scheme == "ipc"
-        if early:
-            self._start_workers()
-        status = self._listen()
+        status = self._open()
+        if status is None and self._hosted is not None and not self._hosted.open(self._guard, self.who):
+            self._close()
+            status = 2  # the control address cannot be bound: the operator's to fix, as the node's own
         if status is not None:
-            stop_children([w.child for w in self._workers.values()], STOP_GRACE)
             return status
         guard = self._guard
         assert guard is not None
+        if self._secret:
+            self._worker_env[security.SECRET_ENV] = self._secret.decode()
         bound = addresses.parse(self._bound, allow_port_zero=True)
         advertised = addresses.advertised_host(bound, self._control_endpoint, self._advertise)
         self.address = bound.with_host(advertised).zmq
@@ -199,8 +197,8 @@ class NodeDaemon(Daemon):
         self._worker_host = bound.host
         logger.info("node %s listening at %s, joining %s with %d workers", self.name, self.address,
                     self.control_address, self.processes)
-        if not early:
-            self._start_workers()
+        for index in range(self.processes):
+            self._start_worker(index)
         started = time.monotonic()
         next_heartbeat = 0.0
         try:
@@ -231,18 +229,6 @@ class NodeDaemon(Daemon):
         finally:
             self._shutdown()
         return 0
-
-    def _listen(self) -> Optional[int]:
-        """`Daemon._open`, then the hosted control node's socket; None once listening, else the exit status."""
-        status = self._open()
-        if status is None and self._hosted is not None and self._guard is not None:
-            try:
-                self._hosted.open(self._guard)
-            except zmq.ZMQError as exc:
-                logger.error("node %s cannot bind the control address %s: %s", self.name, self.control_address, exc)
-                self._close()
-                return 2
-        return status
 
     def _shutdown(self) -> None:
         logger.info("node %s stopping: leaving the cluster and stopping %d workers", self.name, len(self._workers))
@@ -402,10 +388,6 @@ class NodeDaemon(Daemon):
             return addresses.Endpoint("tcp", self._worker_host, 0).zmq
         self._generation += 1
         return f"ipc://{self._runtime}/w{index}-{self._generation}"
-
-    def _start_workers(self) -> None:
-        for index in range(self.processes):
-            self._start_worker(index)
 
     def _start_worker(self, index: int) -> None:
         """Start the worker at `index`; when the system refuses (out of descriptors, processes or memory,
