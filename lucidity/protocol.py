@@ -118,12 +118,13 @@ class Kind(enum.IntEnum):
     WITHDRAW = 50
 
 
-_KINDS = {kind.value: kind for kind in Kind}
 _new_message = tuple.__new__
-#: The header frame of each kind, made once.
+#: The header frame of each kind, made once, and the kind of each header (one look-up checks both bytes).
 _HEADERS = {kind: bytes((VERSION, kind)) for kind in Kind}
+_KIND_OF_HEADER = {header: kind for kind, header in _HEADERS.items()}
 #: The kinds whose meta is binary (bytes beginning with `BINARY_PLAIN`), not JSON: every task makes one of each.
 BINARY_KINDS = frozenset({Kind.TASKS, Kind.RESULTS})
+
 
 class Message(NamedTuple):
     """A decoded message: its kind, its meta, and its payload frames as received (sliced ones joined).
@@ -264,15 +265,9 @@ def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
     if len(frames) - 2 > MAX_PAYLOAD_FRAMES:
         raise ProtocolError(f"message has {len(frames) - 2} payload frames; at most {MAX_PAYLOAD_FRAMES}")
     header = _frame_bytes(frames[0])
-    if len(header) != 2:
-        raise ProtocolError(f"header frame is {len(header)} bytes; 2 are required")
-    version, kind_number = header[0], header[1]
-    if version != VERSION:
-        raise VersionMismatch(f"protocol version {version} is not supported (this is version {VERSION})",
-                              version=version)
-    kind = _KINDS.get(kind_number)
+    kind = _KIND_OF_HEADER.get(header)
     if kind is None:
-        raise ProtocolError(f"unknown message kind {kind_number}")
+        raise _bad_header(header)
     if kind not in accept:
         raise ProtocolError(f"message kind {kind.name} is not accepted here")
     if _frame_size(frames[1]) > MAX_META_BYTES:
@@ -295,6 +290,16 @@ def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
 
 
 _SLICED_MARK = bytes((BINARY_SLICED,))
+
+
+def _bad_header(header: bytes) -> ProtocolError:
+    """What is wrong with a header frame that names no kind of this version."""
+    if len(header) != 2:
+        return ProtocolError(f"header frame is {len(header)} bytes; 2 are required")
+    if header[0] != VERSION:
+        return VersionMismatch(f"protocol version {header[0]} is not supported (this is version {VERSION})",
+                               version=header[0])
+    return ProtocolError(f"unknown message kind {header[1]}")
 
 
 def _binary_slices(raw: bytes, kind: Kind) -> tuple[bytes, list[list[int]]]:
