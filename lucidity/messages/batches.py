@@ -326,9 +326,13 @@ def _not_binary(meta: Any, where: str, head_size: int) -> ProtocolError:
 
 
 def _strings(text: bytes, where: str, count: int) -> list[str]:
-    """The string table: UTF-8 text, the strings separated by NUL."""
+    """The string table: UTF-8 text, the strings separated by NUL (no string is no text, one empty string too)."""
+    if not count:
+        if text:
+            raise ProtocolError(f"{where} announces no strings; it has {len(text)} bytes of their text")
+        return []
     try:
-        strings = text.decode().split("\0") if count else [] if not text else [""]
+        strings = text.decode().split("\0")
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"{where}'s strings are not UTF-8: {exc}") from None
     if len(strings) != count:

@@ -108,6 +108,12 @@ def test_a_batch_round_trips(batch: Tasks) -> None:
     assert Tasks.from_meta(meta).tasks[1].mode is batch.tasks[1].mode
 
 
+def test_a_batch_of_nothing_round_trips() -> None:
+    empty = Tasks(CLIENT, (), (), ())
+    assert empty.to_meta() == TASKS_HEAD.pack(0, bytes.fromhex(CLIENT), 0, 0, 0, 0, 0, 0)
+    assert Tasks.from_meta(empty.to_meta()) == empty
+
+
 def test_strings_of_any_characters_round_trip() -> None:
     spec = TaskSpec(1, "digest-é", TaskMode.CALL, "init-😀", 2, "pool-ü", 0, 0.0, 0.0)
     batch = Tasks(CLIENT, ("digest-é",), (spec,), (1,))
