@@ -118,6 +118,7 @@ class Kind(enum.IntEnum):
     WITHDRAW = 50
 
 
+# How decode makes a Message in C (a NamedTuple's own __new__ is Python code).
 _new_message = tuple.__new__
 #: The header frame of each kind, made once, and the kind of each header (one look-up checks both bytes).
 _HEADERS = {kind: bytes((VERSION, kind)) for kind in Kind}
@@ -280,7 +281,7 @@ def decode(frames: Sequence[Frame], accept: frozenset[Kind]) -> Message:
         if raw[:1] == _SLICED_MARK:
             raw, slices = _binary_slices(raw, kind)
             return Message(kind, raw, _joined(frames[2:], slices, kind))
-        return _new_message(Message, (kind, raw, frames[2:]))  # a NamedTuple's __new__ is Python code
+        return _new_message(Message, (kind, raw, frames[2:]))
     meta = parse_json(_frame_bytes(frames[1]), f"{kind.name} meta")
     payload = frames[2:]
     slices = meta.pop(SLICES_FIELD, None)

@@ -24,10 +24,10 @@ entries but is kept apart here (`Tasks.layout`, `Results.layout`): it describes 
 task sent again has the same `TaskSpec` and a new layout.
 
 Modules: `membership` (the cluster's own messages), `status` (status replies), `work` (the task path's
-records), `batches` (TASKS and RESULTS, binary), `alongside` (the task path's smaller messages), `fields` (the checks of single fields), `record` (the base
-class of the bodies: immutable, compared by value). Deliberately not here: framing (`lucidity.protocol`),
-and what a message means to its receiver (addresses are parsed by `lucidity.addresses`; failure reports
-become exceptions in `lucidity.links`).
+records), `batches` (TASKS and RESULTS, binary), `alongside` (the task path's smaller messages), `fields`
+(the checks of single fields), `record` (the base class of the bodies: immutable, compared by value).
+Deliberately not here: framing (`lucidity.protocol`), and what a message means to its receiver (addresses
+are parsed by `lucidity.addresses`; failure reports become exceptions in `lucidity.links`).
 """
 
 from __future__ import annotations
