@@ -1,10 +1,10 @@
 """LocalCluster, the embedded default cluster, and address resolution.
 
-``Pool()`` with no address starts a `LocalCluster`: a control daemon and node daemons on this machine,
-reached over ipc:// sockets in a directory only this user can open (the filesystem does the
-authentication, at no cost per message). What ``Pool()``, ``Executor()`` and the default cluster of jobs
-start is a cluster of one node whose node daemon is the control node too (``hosted_control``): one
-interpreter and its imports fewer, about a third of the CPU such a start costs (issue 13: ``Pool()`` to its
+``Pool()`` with no address starts a `LocalCluster` on this machine, reached over ipc:// sockets in a
+directory only this user can open (the filesystem does the authentication, at no cost per message). A
+`LocalCluster` is a control daemon and node daemons; the one that ``Pool()``, ``Executor()`` and the
+default cluster of jobs start is a single node daemon that is the control node too (``hosted_control``):
+one interpreter and its imports fewer, a third of the CPU such a start costs (issue 13: ``Pool()`` to its
 first result under 100 ms). The daemons are separate processes in their own sessions:
 
 - they inherit this process's working directory, environment and ``sys.path`` (through
@@ -104,7 +104,7 @@ class LocalCluster:
         secret: a cluster secret for its daemons (not needed: its sockets are in a directory only this user
             can open). Clients of it must then use the same secret.
         hosted_control: the node daemon is the control node too, instead of a control daemon of its own:
-            what ``Pool()`` starts, one process and about 60 ms of CPU fewer. Only with one node; ``pids``
+            what ``Pool()`` starts, one process and a third of the start's CPU fewer. Only with one node; ``pids``
             then holds that daemon alone, and stopping it stops the control node with it.
 
     Use as a context manager, or call `close`. ``address`` is the control node's address, to pass to
