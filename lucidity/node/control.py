@@ -199,6 +199,7 @@ class ControlDaemon(Daemon):
         healthy, body = super()._health()
         return healthy, {**body, "nodes": self.membership.node_count, "clients": self.membership.watcher_count}
 
+
 class Membership:
     """The registry of nodes and the answers to nodes, watching clients and STATUS, without a socket or a loop.
 
@@ -493,6 +494,7 @@ def remove_runtime_dir(runtime_dir: Optional[str]) -> None:
 
         shutil.rmtree(runtime_dir, ignore_errors=True)
         logger.info("control removed the embedded cluster's directory %s", runtime_dir)
+
 
 def _holds_socket(directory: str, bind: str) -> bool:
     """Whether `bind` is an ipc:// socket directly inside `directory`."""
