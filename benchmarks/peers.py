@@ -39,7 +39,7 @@ LUCIDITY_PEERS = (LUCIDITY, LUCIDITY_CLI, LUCIDITY_EXECUTOR)
 
 #: What each column is, for the report.
 DESCRIPTIONS = {
-    LUCIDITY: "lucidity.Pool(2): the embedded cluster (control + 1 node daemon with 2 workers, ipc://)",
+    LUCIDITY: "lucidity.Pool(2): the embedded cluster (1 node daemon, its own control node, with 2 workers, ipc://)",
     LUCIDITY_CLI: "lucidity.Pool(2, address=...): a CLI cluster of 2 node daemons x 1 worker, tcp://127.0.0.1",
     LUCIDITY_EXECUTOR: "lucidity.Executor(2): the embedded cluster, through the Executor face",
     MP_FORK: 'multiprocessing.get_context("fork").Pool(2)',
