@@ -194,18 +194,19 @@ class Doors:
         # drains it (one turn of its loop), rather than every call paying a read for it.
 
     def close(self, caller: Optional[Caller] = None) -> None:
-        """Close a thread's streams (its own, when the client shut down), or every idle thread's."""
-        with self._lock:
-            if caller is not None:
-                targets = [caller] if not caller.busy else []
-            else:
-                targets = [c for c in self._callers if not c.busy]
-            for target in targets:
-                self._callers.discard(target)
-        for target in targets:
-            target.close()
-        if caller is not None and targets:
+        """The client shut down: close this thread's `caller` (streams and waker), or the streams of every
+        thread not in a call (their wakers close with their threads: one may be about to poll it)."""
+        if caller is not None:
+            with self._lock:
+                self._callers.discard(caller)
+            caller.close()
             self._local.caller = None
+            return
+        with self._lock:
+            idle = [c for c in self._callers if not c.busy]
+        for other in idle:
+            for stream in list(other.streams.values()):
+                stream.close()
 
 
 class Adopted:
