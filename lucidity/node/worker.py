@@ -21,7 +21,7 @@ by outcome, a histogram of their durations, and the bytes it received and sent, 
 exports as metrics without a message per task. `lucidity.node.workerprocess` owns the rest of being a
 process: its arguments, dying with its daemon, its name, killing what tasks leave behind.
 
-About 590 lines, past the 500 we aim for: what remains is one class whose loop, message handling and
+About 600 lines, past the 500 we aim for: what remains is one class whose loop, message handling and
 giving back of queued tasks (to the shedder, a WITHDRAW, a retiring worker's last arrivals) all read and
 write the same queue, sockets and lock; the decisions that need none of them live in `shedding`, `output`,
 `slots`, `door` and `workerprocess`.
