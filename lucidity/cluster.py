@@ -54,6 +54,8 @@ __all__ = ["LocalCluster", "resolve_address", "resolve_secret", "current_node", 
 
 #: How long a LocalCluster may take to start, in seconds.
 START_TIMEOUT = 60.0
+#: The prefix of a LocalCluster's private directory (its sockets; a hosted control node's slots too).
+_DIRECTORY_PREFIX = "lucidity-"
 #: Environment variable naming a running cluster's control address.
 ADDRESS_VARIABLE = "LUCIDITY_ADDRESS"
 
@@ -127,7 +129,7 @@ class LocalCluster:
         if self.memory_limit is not None and self.memory_limit < MIN_WORKER_MEMORY:
             raise ValueError(f"a memory limit of {format_size(self.memory_limit)} is too small to start a worker; "
                              f"a worker needs at least {format_size(MIN_WORKER_MEMORY)}")
-        self._runtime = private_directory("lucidity-")
+        self._runtime = private_directory(_DIRECTORY_PREFIX, remove_stale=False)  # removed below, once started
         self.address = f"ipc://{self._runtime}/control"
         parent_read, self._parent_write = os.pipe()
         env = dict(os.environ, LUCIDITY_SYS_PATH=os.pathsep.join(p for p in sys.path if p))
@@ -162,6 +164,9 @@ class LocalCluster:
                     os.close(ready_write)
                 children.append(child)
                 ready[ready_read] = child
+            # While the daemons start (they import for tens of milliseconds, a core of two is free): the
+            # directories of killed callers are looked for now, not on the way to the first result (issue 13).
+            remove_stale_directories(_DIRECTORY_PREFIX, os.path.dirname(self._runtime))
             _load_pickler()
             _wait_ready(ready, start_timeout)
         except BaseException:
