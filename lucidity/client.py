@@ -192,19 +192,21 @@ class Client:
         if wake:
             self._waker.wake()
 
-    def call(self, task: Task) -> bool:
+    def call(self, task: Task, *, submitted: bool = False, timeout: Optional[float] = None) -> bool:
         """Carry a lone blocking call on this thread to an idle worker's door on this machine and wait until
         its outcome is delivered (lucidity.directcall). False, with nothing done, if no such worker is ready:
-        submit it then. Raises only what interrupts the wait (KeyboardInterrupt); the task then goes on as
-        if it had been submitted."""
+        submit it then. With `submitted`, the task was submitted and its caller now waits for it: it is
+        taken only if it still waits to be sent, alone. Past `timeout` the wait ends, the task going on as
+        if submitted, as it does when the wait is interrupted (KeyboardInterrupt, which is raised)."""
         doors = self._doors
-        if doors is None or not self._door_of or self._closing or waiting.serves_queued_tasks():
+        if (doors is None or not self._door_of or self._closing or waiting.serves_queued_tasks()
+                or threading.current_thread() is self._thread):  # the I/O thread must stay free to fail it
             return False
         caller = doors.caller()
         ready_for, door_of = self._packer.ready_for, self._door_of
         call = directcall.Call(task, caller.waker)  # before the task is in the table: any outcome wakes us
         with self._lock:
-            lane = None if self._closing else self._table.place(
+            lane = None if self._closing else (self._table.claim if submitted else self._table.place)(
                 task, lambda lane: lane.key in door_of and ready_for(door_of[lane.key], task), caller.streams)
             if lane is None:
                 call.cancel()
@@ -222,7 +224,7 @@ class Client:
                 self._unsend(lane, task)
             doors.wait(caller, call, link.key, stream, lambda frames: self._on_door_message(link, frames),
                        lambda: self._door_ended(task, link), lambda stream: self._adopt(stream, link, task),
-                       lambda: self._abandon_call(lane, task))
+                       lambda: self._abandon_call(lane, task), timeout)
         except BaseException:
             # A Ctrl-C before the wait took charge (`Doors.wait` handles its own): the task must still end.
             if not call.done and not call.handled:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import select
 import threading
+import time
 import weakref
 from typing import Any, Callable, Optional
 
@@ -137,10 +138,12 @@ class Doors:
 
     def wait(self, caller: Caller, call: Call, key: str, stream: Optional[streams.MessageStream],
              on_message: Callable[[list[Any]], None], on_end: Callable[[], None],
-             adopt: Callable[[streams.MessageStream], None], abandon: Callable[[], None]) -> None:
+             adopt: Callable[[streams.MessageStream], None], abandon: Callable[[], None],
+             timeout: Optional[float] = None) -> None:
         """Until the call's outcome is delivered: read its result from `stream` (`on_message`), or learn that
         the stream ended without one (`on_end`: the task is the I/O thread's from then on), or be woken by
-        the I/O thread having delivered it.
+        the I/O thread having delivered it; or until `timeout` seconds have passed, when the stream goes to
+        `adopt` (for the I/O thread: `Adopted`) and the task on as if it had been submitted.
 
         Raises only what interrupts the wait (KeyboardInterrupt), after making sure the task still ends: a
         stream whose result may still come goes to `adopt` (for the I/O thread: `Adopted`); a result already
@@ -152,9 +155,20 @@ class Doors:
             poll.register(fd, select.POLLIN)
         caller.busy = True
         frames: Optional[list[Any]] = None  # a message read and not yet delivered
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wait_ms: Optional[float] = None
         try:
             while not call.done:
-                for ready, _ in poll.poll():
+                if deadline is not None:
+                    wait_ms = max(0.0, deadline - time.monotonic()) * 1000
+                    if not wait_ms:
+                        if fd >= 0 and stream is not None:
+                            poll.unregister(fd)
+                            fd = -1
+                            self.forget(caller, key)
+                            adopt(stream)
+                        break
+                for ready, _ in poll.poll(wait_ms):
                     if ready == fd:
                         try:
                             frames = stream.recv() if stream is not None else None

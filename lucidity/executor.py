@@ -161,6 +161,8 @@ class TaskFuture(concurrent.futures.Future[T]):
         if waiting.serves_queued_tasks():
             self._wait_serving(timeout)
             timeout = 0
+        else:
+            timeout = self._carry(timeout)
         return super().result(timeout)
 
     def wait_settled(self, timeout: Optional[float] = None) -> bool:
@@ -175,7 +177,19 @@ class TaskFuture(concurrent.futures.Future[T]):
         if waiting.serves_queued_tasks():
             self._wait_serving(timeout)
             timeout = 0
+        else:
+            timeout = self._carry(timeout)
         return super().exception(timeout)
+
+    def _carry(self, timeout: Optional[float]) -> Optional[float]:
+        """Waited for before it left: this thread may carry the task to a worker's door itself (`Client.call`,
+        lucidity.directcall); the time left to wait."""
+        if self._task.state is not TaskState.PENDING:
+            return timeout
+        started = time.monotonic()
+        if self._client.call(self._task, submitted=True, timeout=timeout) and timeout is not None:
+            return max(0.0, timeout - (time.monotonic() - started))
+        return timeout
 
     def _wait_serving(self, timeout: Optional[float]) -> bool:
         """Wait through `lucidity.waiting`, which runs the worker's queued tasks meanwhile; False on timeout."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar, Uni
 from . import waiting
 from .feed import Feed
 from .progressbar import Tracker
+from .task import TaskState
 
 if TYPE_CHECKING:
     from .client import Client
@@ -93,6 +94,12 @@ class ApplyResult(Generic[T]):
         return self._success
 
     def wait(self, timeout: Optional[float] = None) -> None:
+        task = self._task
+        if task is not None and task.state is TaskState.PENDING and self._client is not None:
+            # Waited for before it left: this thread may carry it to a worker's door itself (Client.call).
+            started = time.monotonic()
+            if self._client.call(task, submitted=True, timeout=timeout) and timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - started))
         waiting.wait(self._event, timeout)
 
     def get(self, timeout: Optional[float] = None) -> T:

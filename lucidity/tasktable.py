@@ -4,7 +4,7 @@ worker goes away. Pure: no sockets, no threads; its clock is an argument (see be
 The client's I/O thread feeds it events and carries out what it answers::
 
     add / cancel          (caller threads)      a task joins or leaves the queues
-    place / door_ended    (caller threads)      a lone call its caller sends to a worker's door itself
+    place / claim / door_ended  (callers)       a lone call its caller sends to a worker's door itself
     add_worker / connected / remove_worker      the workers the client can send to
     dispatch()       -> [(lane, batch)]         what to send to which worker now
     steal()          -> [(lane, task ids)]      what to take back from a worker for others that ran out
@@ -237,6 +237,21 @@ class TaskTable:
         chosen.inflight[task.id] = task
         chosen.head_since, chosen.head_sent_idle = self._clock(), True
         return chosen
+
+    def claim(self, task: Task, usable: Callable[[Lane], bool], prefer: Iterable[str] = ()) -> Optional[Lane]:
+        """A task its caller now waits for (``Future.result``, ``AsyncResult.get`` just after submitting it):
+        if it is the one task waiting to be sent, it leaves the queue and is placed as `place` places a new
+        one. None, with nothing done, otherwise (dispatch sends it, or has)."""
+        if (task.state is not TaskState.PENDING or task.node is not None or self._pending_for
+                or len(self._pending) != 1 or self._pending[0] is not task):
+            return None
+        self._pending.popleft()
+        del self.tasks[task.id]
+        lane = self.place(task, usable, prefer)
+        if lane is None:
+            self.tasks[task.id] = task
+            self._pending.appendleft(task)
+        return lane
 
     def door_ended(self, task: Task) -> Optional[bool]:
         """The door's stream a task went by ended without its result: from now on the task is dispatch's,

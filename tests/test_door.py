@@ -8,6 +8,7 @@ checks that the call under test went by it, so that none of them passes by takin
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sys
@@ -225,3 +226,40 @@ def test_a_jobs_blocking_calls_go_by_the_door_and_its_crash_is_named():
         with pytest.raises(lucidity.WorkerCrashed, match=r"remote\(job_pid"):
             job_pid.remote(5)
         assert job_pid.remote() != pid
+
+
+def test_apply_async_get_and_an_executors_result_go_by_the_door_when_waited_for_at_once():
+    """Taken from the queue if the I/O thread has not sent it yet (a race it often wins: so, of 50)."""
+    with lucidity.Pool(1) as pool:
+        pid = warm(pool, pid_or_exit)
+        waited = []
+        for _ in range(50):
+            result = pool.apply_async(pid_or_exit)
+            assert result.get() == pid
+            waited.append(result._task.direct)
+        assert any(waited) and door_connections(pid) == 1
+    with lucidity.Executor(1) as executor:
+        pid = executor.submit(pid_or_exit).result()
+        futures = [executor.submit(pid_or_exit) for _ in range(50)]  # all submitted first: none is taken
+        assert [f.result(timeout=30) for f in futures] == [pid] * 50 and not any(f.task.direct for f in futures)
+        waited = []
+        for _ in range(50):
+            future = executor.submit(pid_or_exit)
+            assert future.result(timeout=30) == pid and future.exception() is None
+            waited.append(future.task.direct)
+        assert any(waited) and door_connections(pid) == 1
+
+
+def test_a_wait_that_times_out_leaves_the_call_running_and_its_result_arrives():
+    with Rendezvous() as rendezvous, lucidity.Pool(1) as pool:
+        warmer = threading.Thread(target=release_twice, args=(rendezvous,))
+        warmer.start()
+        warm(pool, hold, rendezvous.address, "warm")
+        warmer.join()
+        result = pool.apply_async(hold, (rendezvous.address, "late"))
+        with pytest.raises(multiprocessing.TimeoutError):
+            result.get(timeout=0.2)
+        assert rendezvous.started(1) == ["late"]
+        rendezvous.release()
+        assert result.get(timeout=30) == "late"
+        assert pool.apply(abs, (-1,)) == 1

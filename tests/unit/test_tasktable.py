@@ -471,3 +471,48 @@ def test_an_illegal_move_is_a_bug_that_names_the_history() -> None:
     table.finish(task, True)
     with pytest.raises(IllegalTransition, match="history pending -> sent -> done"):
         task.move(TaskState.SENT)
+
+
+# -- lone calls at a worker's door (lucidity.directcall) ------------------------------------------------------
+
+def test_a_lone_call_is_placed_on_an_idle_worker_its_caller_prefers_and_never_ahead_of_waiting_tasks() -> None:
+    table = table_with("n1/w1", "n1/w2")
+    [call] = tasks(1)
+    lane = table.place(call, lambda lane: True, prefer=["n1/w2"])
+    assert lane is not None and lane.key == "n1/w2" and call.state is TaskState.SENT and call.direct
+    assert table.place(tasks(2)[0], lambda lane: lane.key == "n1/w2") is None, "its one worker is busy"
+    table.add(tasks(3))
+    assert table.place(tasks(4)[0], lambda lane: True) is None, "a task waits to be sent: it goes first"
+    assert table.take(lane, 1, 0.001) is call and table.finish(call, True) and 1 not in table.tasks
+
+
+def test_a_submitted_task_is_claimed_only_while_it_waits_alone() -> None:
+    table = table_with("n1/w1")
+    first, second = tasks(1, 2)
+    table.add([first, second])
+    assert table.claim(second, lambda lane: True) is None, "another waits before it"
+    assert table.claim(first, lambda lane: False) is None, "no worker its caller can reach"
+    assert sent(table.dispatch()) == {"n1/w1": [1, 2]}, "left in line, they are sent as usual"
+    [alone] = tasks(3)
+    other = table_with("n1/w1")
+    other.add([alone])
+    lane = other.claim(alone, lambda lane: True)
+    assert lane is not None and alone.direct and alone.state is TaskState.SENT and not other.waiting()
+    assert other.dispatch() == [], "it is not sent twice"
+
+
+def test_a_call_whose_stream_ended_goes_to_dispatch_or_is_resent_if_its_worker_went_meanwhile() -> None:
+    table = table_with("n1/w1", "n1/w2")
+    [call] = tasks(1)
+    table.place(call, lambda lane: lane.key == "n1/w1")
+    assert table.door_ended(call) is None and not call.direct, "its worker is listed: its reports will come"
+    [orphan] = tasks(2, lost_retries=0)
+    table.place(orphan, lambda lane: lane.key == "n1/w2")
+    assert table.remove_worker("n1/w2", lost=False) == ([], []), "left to its caller, who may read its result"
+    assert orphan.orphaned is False and orphan.state is TaskState.SENT
+    assert table.door_ended(orphan) is True and orphan.state is TaskState.PENDING and table.waiting()
+    [lost] = tasks(3, lost_retries=0)
+    other = table_with("n2/w1")
+    assert other.place(lost, lambda lane: True) is not None
+    other.remove_worker("n2/w1", lost=True)
+    assert other.door_ended(lost) is False, "lost with its node and out of retries: its caller fails it"
