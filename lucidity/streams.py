@@ -24,9 +24,10 @@ __all__ = ["MessageStream", "door_path", "connect", "MAX_FRAMES"]
 #: A message has at most this many frames (a bound on what a header can make a reader allocate).
 MAX_FRAMES = 1 << 16
 #: A frame at least this large is received into its own buffer (an array, used in place), not copied.
-LARGE_FRAME = 64 * 1024
-#: Bytes asked of the socket per read for small frames: most messages arrive in one read.
-READ_SIZE = 256 * 1024
+LARGE_FRAME = 16 * 1024
+#: The area small frames are read into, per stream: most messages arrive whole in one read. Small, since a
+#: worker keeps one per caller's thread connected to it, inside its memory cap.
+READ_SIZE = 32 * 1024
 #: Buffers per sendmsg (Linux's IOV_MAX is 1024).
 IOV_MAX = 1000
 #: The first message a caller sends on a new connection: this, and its routing id on the worker's socket.
