@@ -42,6 +42,7 @@ no template: its workers start as fresh interpreters, as they do with ``LUCIDITY
 from __future__ import annotations
 
 import atexit
+import errno
 import importlib
 import json
 import logging
@@ -75,10 +76,11 @@ _PR_GET_TID_ADDRESS = 40
 _CLONE_PARENT = 0x00008000
 _CLONE_CHILD_CLEARTID = 0x00200000
 _CLONE_CHILD_SETTID = 0x01000000
-#: Per machine: clone's syscall number, the position of its child-tid argument (after flags, stack and
-#: parent tid on x86_64; after the tls on the generic table's CLONE_BACKWARDS order), get_robust_list's and
-#: set_robust_list's numbers.
+#: Per machine: clone's syscall number, the position of its child-tid argument (x86_64: after flags, stack,
+#: parent tid; aarch64: after the tls too), and get_robust_list's and set_robust_list's numbers.
 _CLONE_SYSCALLS = {"x86_64": (56, 3, 274, 273), "aarch64": (220, 4, 100, 99)}
+#: What a clone refused by policy (a seccomp filter, an old kernel) fails with: fork through an intermediate.
+_CLONE_REFUSED = (errno.EINVAL, errno.EPERM, errno.ENOSYS)
 _M_ARENA_MAX = -8  # glibc's mallopt parameter for MALLOC_ARENA_MAX
 
 
@@ -296,10 +298,15 @@ def _fork_worker(args: list[str], env: dict[str, str], fds: list[int], daemon: i
     if len(fds) != 2:
         raise ValueError(f"a worker needs two descriptors, got {len(fds)}")
     if sibling_fork is not None:
-        worker = sibling_fork()
-        if worker == 0:
-            _become_worker(args, env, fds, None, daemon)
-        return worker
+        try:
+            worker = sibling_fork()
+        except OSError as exc:
+            if exc.errno not in _CLONE_REFUSED:
+                raise  # out of processes or memory: the daemon retries later
+        else:
+            if worker == 0:
+                _become_worker(args, env, fds, None, daemon)
+            return worker
     go_read, go_write = os.pipe()
     report_read, report_write = os.pipe()
     try:
@@ -384,18 +391,14 @@ def _become_worker(args: list[str], env: dict[str, str], fds: list[int], go_read
 
 def _sibling_forker() -> Optional[Callable[[], int]]:
     """A fork whose child is the daemon's, not the template's (clone(2) with CLONE_PARENT), or None where
-    this cannot be done as os.fork does it (another architecture, no PR_GET_TID_ADDRESS).
+    it cannot be made as os.fork makes a child (another architecture, no PR_GET_TID_ADDRESS).
 
-    Why: through an intermediate, a worker costs the template two forks, an exit and a reap before the
-    daemon has its pid, 2 ms on an idle machine and 5-8 ms while the node's first workers start beside it
-    (issue 13); this is one fork. What os.fork does around fork(2) is done here too, in the same order:
-    Python's own before and after hooks (the import lock, the GIL, ``os.register_at_fork`` callbacks), and
-    what glibc's fork asks of the kernel: the child's thread id written where glibc keeps it
-    (CLONE_CHILD_SETTID at the address the kernel returns for PR_GET_TID_ADDRESS, which glibc registered at
-    start) and cleared there at exit, and the robust-futex list registered again in the child. What glibc's
-    fork would do besides is for other threads and pthread_atfork handlers, and the template has neither:
-    it is single-threaded (`can_fork`) and has loaded no library that registers one (ZeroMQ makes no
-    context before a worker's main).
+    Why: through an intermediate, the daemon waited for two forks, an exit and a reap per worker (issue 13).
+    As os.fork: Python's before and after hooks (import lock, GIL, ``os.register_at_fork``), and what glibc's
+    fork asks of the kernel: the child's thread id written where glibc keeps it (CLONE_CHILD_SETTID at the
+    PR_GET_TID_ADDRESS address) and cleared at exit, and the robust-futex list registered again. The rest of
+    glibc's fork is for other threads and pthread_atfork handlers: the template is single-threaded
+    (`can_fork`), and none of its libraries registers one.
     """
     import ctypes
 
@@ -416,6 +419,8 @@ def _sibling_forker() -> Optional[Callable[[], int]]:
     clone_args[child_tid_position] = ctypes.c_long(tid_address.value)            # int as a C int (32 bits)
     before, in_parent, in_child = (ctypes.pythonapi.PyOS_BeforeFork, ctypes.pythonapi.PyOS_AfterFork_Parent,
                                    ctypes.pythonapi.PyOS_AfterFork_Child)
+    for hook in (before, in_parent, in_child):
+        hook.restype = None
 
     def sibling_fork() -> int:
         before()
@@ -454,7 +459,6 @@ def _finish(code: int) -> int:
     atexit._run_exitfuncs()
     flush_output()
     return code
-
 
 
 def _set_command_line(argv: list[str]) -> None:
