@@ -195,7 +195,7 @@ class Pool:
         frames = self._client.dumps((tuple(args), dict(kwds)), f"arguments of {function.description}")
         result: ApplyResult[T] = ApplyResult(callback, error_callback, self._cache)
         task = self._options.new_task(self._client, function, TaskMode.CALL, frames,
-                                      lambda ok, value: result._set(0, ok, value), made_by=made_by)
+                                      result._set_one, made_by=made_by)
         result._task, result._client = task, self._client
         self._submit([task], result, here)
         return result

@@ -80,7 +80,9 @@ class ApplyResult(Generic[T]):
         self._tracker: Optional[Tracker] = None  # the bar of a map_async(progress=...)
         self._task: Optional[Task] = None  # for lucidity.progress: an apply's task reports its own progress
         self._client: Optional[Client] = None
-        self._observers: list[tuple[Callable[[int], object], Callable[[], object]]] = []
+        # (made by the first observer: most results have none, and an empty list is one more object for the
+        # cyclic garbage collector to track per result)
+        self._observers: Optional[list[tuple[Callable[[int], object], Callable[[], object]]]] = None
 
     #: Items this result stands for, for `lucidity.progress`.
     _progress_items = 1
@@ -114,6 +116,10 @@ class ApplyResult(Generic[T]):
             return self._value  # type: ignore[no-any-return]
         raise self._value
 
+    def _set_one(self, succeeded: bool, value: Any) -> None:
+        """The outcome of an apply's one task (a bound method: one object, where a lambda makes two)."""
+        self._set(0, succeeded, value)
+
     def _set(self, index: int, succeeded: bool, value: Any) -> None:
         self._success, self._value = succeeded, value
         self._count(1)
@@ -130,8 +136,8 @@ class ApplyResult(Generic[T]):
             self._cache.discard(self._job)
         with _observing:
             self._event.set()
-            observers, self._observers = self._observers, []
-        for _, on_ready in observers:
+            observers, self._observers = self._observers, None
+        for _, on_ready in observers or ():
             on_ready()
 
     def _count(self, items: int) -> None:
@@ -148,6 +154,8 @@ class ApplyResult(Generic[T]):
         with _observing:
             ready = self._event.is_set()
             if not ready:
+                if self._observers is None:
+                    self._observers = []
                 self._observers.append((on_items, on_ready))
                 finished = self._items_finished()
         if ready:

@@ -14,7 +14,7 @@ race shows up as an error instead of a lost or doubled result.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from .messages import TaskMode, TaskSpec
@@ -91,11 +91,13 @@ class Task:
     cpu_time: Optional[float] = None
     made_by: str = ""
     items: Optional[range] = None
-    failures: list[str] = field(default_factory=list)  # what each crashed attempt said
+    # What each crashed attempt said, and the states it was in: tuples of strings, which the cyclic garbage
+    # collector does not track (a client with 10,000 tasks outstanding pays for every tracked object).
+    failures: tuple[str, ...] = ()
     state: TaskState = TaskState.PENDING
     worker: Optional[str] = None
     sends: int = 0
-    history: list[TaskState] = field(default_factory=list)
+    history: tuple[str, ...] = ()
     # Sent by its caller's own thread to a worker's door (lucidity.directcall), which reads the result; and,
     # if that worker went away meanwhile, whether it was lost (the table left the task to its caller).
     direct: bool = False
@@ -103,9 +105,9 @@ class Task:
 
     def move(self, new: TaskState) -> None:
         if new not in TRANSITIONS[self.state]:
-            trail = " -> ".join(s.value for s in [*self.history, self.state])
+            trail = " -> ".join([*self.history, self.state.value])
             raise IllegalTransition(f"task {self.id}: illegal move {self.state.value} -> {new.value} (history {trail})")
-        self.history.append(self.state)
+        self.history += (self.state.value,)
         self.state = new
         if new is TaskState.SENT:
             self.sends += 1

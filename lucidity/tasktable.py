@@ -378,7 +378,7 @@ class TaskTable:
         if task is None or task.worker != worker_key or task.is_final:
             return None
         if crashed:
-            task.failures.append(message)
+            task.failures += (message,)
             if task.retries > 0:
                 task.retries -= 1
                 self._requeue(task)

@@ -431,7 +431,7 @@ def test_a_crash_is_retried_while_retries_last_then_failed() -> None:
     assert task.state is TaskState.PENDING and task.retries == 0
     table.dispatch()
     assert table.failed("n1/a", 1, crashed=True, message="died again") == (task, False)
-    assert task.failures == ["died", "died again"]
+    assert task.failures == ("died", "died again")
 
 
 def test_a_limit_breach_is_never_retried() -> None:
@@ -440,7 +440,7 @@ def test_a_limit_breach_is_never_retried() -> None:
     table.add([task])
     table.dispatch()
     assert table.failed("n1/a", 1, crashed=False, message="over its memory cap") == (task, False)
-    assert task.failures == [] and task.retries == 3
+    assert task.failures == () and task.retries == 3
 
 
 def test_a_stale_failure_report_changes_nothing() -> None:
