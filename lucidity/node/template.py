@@ -11,18 +11,15 @@ imports the worker's own modules and then waits on a Unix socket; for each worke
 worker's arguments and environment with two descriptors (the worker's stderr pipe and its readiness pipe),
 and the template answers with the worker's pid::
 
-    daemon --(argv, env) + [stderr, ready]--> template --clone(CLONE_PARENT)--> worker, the daemon's child
-    daemon <--pid------------------------------ template   (at once)
+    daemon --(argv, env) + [stderr, ready]--> template --fork--> intermediate --fork--> worker
+    daemon <--pid------------------------------ template   (once the intermediate has exited and been reaped)
 
-The worker is the daemon's child, as a Popen one was, so the daemon reaps it, reads its exit status and
-watches it by pidfd (`AdoptedProcess`). The template forks it as the daemon's child directly
-(`_sibling_forker`: one fork, where the daemon's wait for each pid was two forks, an exit and a reap, 5-8 ms
-a worker while the first workers start; issue 13). Where that clone cannot be made as os.fork makes a
-child (another architecture than x86_64 and aarch64), the template forks an intermediate that forks the
-worker and exits: the worker is orphaned and the kernel gives it to the daemon, a subreaper
-(`limits.become_subreaper`), and the worker waits for a byte from the template, sent once the intermediate
-is reaped (so once the worker has its new parent), before it asks to die with its parent (PR_SET_PDEATHSIG
-fires when the parent of the moment exits, intermediate included).
+The intermediate exits at once, so the worker is orphaned and the kernel gives it to the daemon, a
+subreaper (`limits.become_subreaper`): the worker is the daemon's child, as a Popen one was, so the daemon
+reaps it, reads its exit status and watches it by pidfd (`AdoptedProcess`). The worker waits for a byte
+from the template, sent once the intermediate is reaped (so once the worker has its new parent), before it
+asks to die with its parent (PR_SET_PDEATHSIG fires when the parent of the moment exits, intermediate
+included).
 
 What the worker gets that a fresh interpreter would have given it: its own session and process group,
 stdin from /dev/null, stderr to the daemon's pipe, no other descriptor than its readiness pipe, the
@@ -42,7 +39,6 @@ no template: its workers start as fresh interpreters, as they do with ``LUCIDITY
 from __future__ import annotations
 
 import atexit
-import errno
 import importlib
 import json
 import logging
@@ -52,7 +48,7 @@ import signal
 import socket
 import sys
 import time
-from typing import IO, Callable, NoReturn, Optional
+from typing import IO, NoReturn, Optional
 
 from .processes import Child
 from .workerprocess import flush_output
@@ -72,15 +68,6 @@ MAX_REQUEST = 1024 * 1024
 TEMPLATE_TIMEOUT = 10.0
 
 _PR_SET_PDEATHSIG = 1
-_PR_GET_TID_ADDRESS = 40
-_CLONE_PARENT = 0x00008000
-_CLONE_CHILD_CLEARTID = 0x00200000
-_CLONE_CHILD_SETTID = 0x01000000
-#: Per machine: clone's syscall number, the position of its child-tid argument (x86_64: after flags, stack,
-#: parent tid; aarch64: after the tls too), and get_robust_list's and set_robust_list's numbers.
-_CLONE_SYSCALLS = {"x86_64": (56, 3, 274, 273), "aarch64": (220, 4, 100, 99)}
-#: What a clone refused by policy (a seccomp filter, an old kernel) fails with: fork through an intermediate.
-_CLONE_REFUSED = (errno.EINVAL, errno.EPERM, errno.ENOSYS)
 _M_ARENA_MAX = -8  # glibc's mallopt parameter for MALLOC_ARENA_MAX
 
 
@@ -265,10 +252,6 @@ def _run_template(sock: socket.socket, daemon: int, node: str) -> NoReturn:
         # A worker names itself as multiprocessing's on its first task (workerprocess.name_process): importing
         # multiprocessing then cost each worker 3 ms of CPU, 64 workers' first map 100 ms of 2 cores (issue 13).
         importlib.import_module("multiprocessing")
-        try:
-            sibling_fork = _sibling_forker()
-        except (OSError, AttributeError):  # no libc or Python C API to reach through ctypes: fork twice
-            sibling_fork = None
 
         while True:
             message, fds, _, _ = socket.recv_fds(sock, MAX_REQUEST, 2)
@@ -277,7 +260,7 @@ def _run_template(sock: socket.socket, daemon: int, node: str) -> NoReturn:
                 break  # the daemon closed its end: it is stopping
             try:
                 request = json.loads(message)
-                reply = str(_fork_worker(request["args"], request["env"], fds, daemon, sibling_fork))
+                reply = str(_fork_worker(request["args"], request["env"], fds, daemon))
             except (OSError, ValueError, KeyError) as exc:
                 reply = f"{type(exc).__name__}: {exc}"
             finally:
@@ -291,22 +274,11 @@ def _run_template(sock: socket.socket, daemon: int, node: str) -> NoReturn:
     os._exit(code)
 
 
-def _fork_worker(args: list[str], env: dict[str, str], fds: list[int], daemon: int,
-                 sibling_fork: Optional[Callable[[], int]]) -> int:
-    """Fork the worker as the daemon's child and return its pid: at once with `sibling_fork`, else through
-    an intermediate, which forks the worker and exits, once the worker is the daemon's child."""
+def _fork_worker(args: list[str], env: dict[str, str], fds: list[int], daemon: int) -> int:
+    """Fork the intermediate, which forks the worker and exits; return the worker's pid once it is the
+    daemon's child, and let it go on."""
     if len(fds) != 2:
         raise ValueError(f"a worker needs two descriptors, got {len(fds)}")
-    if sibling_fork is not None:
-        try:
-            worker = sibling_fork()
-        except OSError as exc:
-            if exc.errno not in _CLONE_REFUSED:
-                raise  # out of processes or memory: the daemon retries later
-        else:
-            if worker == 0:
-                _become_worker(args, env, fds, None, daemon)
-            return worker
     go_read, go_write = os.pipe()
     report_read, report_write = os.pipe()
     try:
@@ -347,15 +319,12 @@ def _fork_worker(args: list[str], env: dict[str, str], fds: list[int], daemon: i
         os.close(go_write)
 
 
-def _become_worker(args: list[str], env: dict[str, str], fds: list[int], go_read: Optional[int],
-                   daemon: int) -> NoReturn:
-    """In the new worker: wait to be the daemon's (`go_read`, if it was forked through an intermediate),
-    become a fresh-looking process, run the worker's main."""
+def _become_worker(args: list[str], env: dict[str, str], fds: list[int], go_read: int, daemon: int) -> NoReturn:
+    """In the new worker: wait to be the daemon's, become a fresh-looking process, run the worker's main."""
     code = 1
     try:
         os.setsid()  # its own session and process group, as Popen's start_new_session gave it
-        if go_read is not None:
-            os.read(go_read, 1)  # reparented (or, on EOF, the template died: main checks the parent)
+        os.read(go_read, 1)  # reparented to the daemon (or, on EOF, the template died: main checks the parent)
         stderr_write, ready_write = fds
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -389,55 +358,6 @@ def _become_worker(args: list[str], env: dict[str, str], fds: list[int], go_read
     os._exit(code)
 
 
-def _sibling_forker() -> Optional[Callable[[], int]]:
-    """A fork whose child is the daemon's, not the template's (clone(2) with CLONE_PARENT), or None where
-    it cannot be made as os.fork makes a child (another architecture, no PR_GET_TID_ADDRESS).
-
-    Why: through an intermediate, the daemon waited for two forks, an exit and a reap per worker (issue 13).
-    As os.fork: Python's before and after hooks (import lock, GIL, ``os.register_at_fork``), and what glibc's
-    fork asks of the kernel: the child's thread id written where glibc keeps it (CLONE_CHILD_SETTID at the
-    PR_GET_TID_ADDRESS address) and cleared at exit, and the robust-futex list registered again. The rest of
-    glibc's fork is for other threads and pthread_atfork handlers: the template is single-threaded
-    (`can_fork`), and none of its libraries registers one.
-    """
-    import ctypes
-
-    numbers = _CLONE_SYSCALLS.get(os.uname().machine)
-    if numbers is None:
-        return None
-    clone, child_tid_position, get_robust_list, set_robust_list = numbers
-    libc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL stays held through the call, as in os.fork
-    tid_address = ctypes.c_void_p()
-    robust_head, robust_length = ctypes.c_void_p(), ctypes.c_size_t()
-    syscall = libc.syscall
-    syscall.restype = ctypes.c_long
-    if (libc.prctl(_PR_GET_TID_ADDRESS, ctypes.byref(tid_address), 0, 0, 0) != 0 or not tid_address.value
-            or syscall(get_robust_list, 0, ctypes.byref(robust_head), ctypes.byref(robust_length)) != 0):
-        return None
-    flags = _CLONE_PARENT | _CLONE_CHILD_SETTID | _CLONE_CHILD_CLEARTID | signal.SIGCHLD
-    clone_args = [ctypes.c_long(flags), *(ctypes.c_long(0) for _ in range(4))]  # as longs: ctypes passes an
-    clone_args[child_tid_position] = ctypes.c_long(tid_address.value)            # int as a C int (32 bits)
-    before, in_parent, in_child = (ctypes.pythonapi.PyOS_BeforeFork, ctypes.pythonapi.PyOS_AfterFork_Parent,
-                                   ctypes.pythonapi.PyOS_AfterFork_Child)
-    for hook in (before, in_parent, in_child):
-        hook.restype = None
-
-    def sibling_fork() -> int:
-        before()
-        pid = int(syscall(clone, *clone_args))
-        if pid == 0:
-            syscall(set_robust_list, robust_head, robust_length)
-            in_child()
-            return 0
-        error = ctypes.get_errno()
-        in_parent()
-        if pid < 0:
-            raise OSError(error, f"clone: {os.strerror(error)}")
-        return pid
-
-    return sibling_fork
-
-
 def _exit_code(exc: SystemExit) -> int:
     """The status the interpreter would exit with for this SystemExit."""
     if exc.code is None:
@@ -459,6 +379,7 @@ def _finish(code: int) -> int:
     atexit._run_exitfuncs()
     flush_output()
     return code
+
 
 
 def _set_command_line(argv: list[str]) -> None:
