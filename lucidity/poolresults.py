@@ -70,7 +70,10 @@ class ApplyResult(Generic[T]):
     def __init__(self, callback: Optional[Callable[[T], object]] = None,
                  error_callback: Optional[Callable[[BaseException], object]] = None,
                  cache: Optional[_ResultCache] = None) -> None:
-        self._event = threading.Event()
+        # An Event only for a wait that begins before the result is ready (`wait`): a result waited for late,
+        # or never, costs the cyclic garbage collector no Event, Condition and deque.
+        self._ready = False
+        self._event: Optional[threading.Event] = None
         self._callback = callback
         self._error_callback = error_callback
         self._success = False
@@ -88,7 +91,7 @@ class ApplyResult(Generic[T]):
     _progress_items = 1
 
     def ready(self) -> bool:
-        return self._event.is_set()
+        return self._ready
 
     def successful(self) -> bool:
         if not self.ready():
@@ -102,7 +105,15 @@ class ApplyResult(Generic[T]):
             started = time.monotonic()
             if self._client.call(task, submitted=True, timeout=timeout) and timeout is not None:
                 timeout = max(0.0, timeout - (time.monotonic() - started))
-        waiting.wait(self._event, timeout)
+        if self._ready:
+            return
+        with _observing:
+            if self._ready:
+                return
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        waiting.wait(event, timeout)
 
     def get(self, timeout: Optional[float] = None) -> T:
         """The result; re-raises the task's exception; ``multiprocessing.TimeoutError`` if not ready in time.
@@ -135,7 +146,9 @@ class ApplyResult(Generic[T]):
         if self._cache is not None:
             self._cache.discard(self._job)
         with _observing:
-            self._event.set()
+            self._ready = True
+            if self._event is not None:
+                self._event.set()
             observers, self._observers = self._observers, None
         for _, on_ready in observers or ():
             on_ready()
@@ -152,7 +165,7 @@ class ApplyResult(Generic[T]):
     def _observe(self, on_items: Callable[[int], object], on_ready: Callable[[], object]) -> None:
         """Call `on_items(n)` as items finish (those finished already at once) and `on_ready()` once ready."""
         with _observing:
-            ready = self._event.is_set()
+            ready = self._ready
             if not ready:
                 if self._observers is None:
                     self._observers = []
@@ -190,7 +203,7 @@ class MapResult(ApplyResult[list[T]]):
         self._lock = threading.Lock()
         if chunksize <= 0:
             self._number_left = 0
-            self._event.set()
+            self._ready = True
         else:
             self._number_left = length // chunksize + bool(length % chunksize)
 
