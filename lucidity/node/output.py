@@ -196,6 +196,12 @@ class Reports:
                 self._wake()
         return iterator
 
+    @property
+    def task_reported(self) -> bool:
+        """The running task reported its own progress (`record`): its reports travel over ZeroMQ, and so must
+        its result, after them (a worker's door would let the result overtake the last report)."""
+        return self._own is not None
+
     def task_ended(self) -> None:
         """The task returned or raised (under the worker's lock): a task it waited in, if any, is current again."""
         self._chunk = None

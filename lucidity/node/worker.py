@@ -381,7 +381,8 @@ class Worker:
             status = ResultStatus.ERROR
         elapsed = (time.perf_counter_ns() - started) / 1e9
         sent = 0
-        if task.reply is not None:  # its caller waits on the stream: answered first, the bookkeeping after
+        if task.reply is not None and not self._reports.task_reported:
+            # Its caller waits on the stream: answered first, the bookkeeping after.
             assert self._door is not None
             reap_children()  # what the task left behind is gone before its result arrives, as below
             flush_output()  # and what it printed is written
