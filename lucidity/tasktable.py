@@ -337,7 +337,12 @@ class TaskTable:
     def take(self, lane: Lane, task_id: int, seconds: float) -> Optional[Task]:
         """A worker answered a task in `seconds`: the task, or None for a late duplicate of one that ended."""
         now = self._clock()
-        if lane.head_sent_idle and lane.inflight and next(iter(lane.inflight)) == task_id:
+        # Not from a worker's first answer: that one also timed its cold start (loading the function,
+        # importing its module, and, with many workers starting on few cores, waiting for one), which is
+        # not the transport's and does not recur. Taken for the round trip, it held every window of a first
+        # map open a task or two wider than needed, and a map's last tasks queued behind other last ones.
+        if (lane.head_sent_idle and lane.mean_time > 0 and lane.inflight
+                and next(iter(lane.inflight)) == task_id):
             sample = max(0.0, now - lane.head_since - seconds)
             lane.round_trip = sample if lane.round_trip <= 0 else 0.8 * lane.round_trip + 0.2 * sample
         task = lane.inflight.pop(task_id, None)

@@ -197,6 +197,25 @@ def test_the_window_holds_more_than_a_round_trip_of_tasks() -> None:
     assert lane.round_trip == pytest.approx(0.02)
 
 
+def test_a_workers_first_answer_does_not_time_the_round_trip() -> None:
+    """A worker's first answer also timed its cold start (its function loaded, its module imported, a core
+    waited for among many starting workers), which does not recur: taken for the round trip, it held the
+    window of a first map of 20 ms tasks two tasks wider than needed, so that its last tasks queued behind
+    one worker's while others had run dry."""
+    clock = Clock()
+    table = table_with("n1/a", pace=0.0, clock=clock)
+    lane = table.lanes["n1/a"]
+    table.add(tasks(*range(1, 20)))
+    assert sent(table.dispatch()) == {"n1/a": [1]}
+    clock.now += 0.060  # 20 ms of work, answered 60 ms after it was sent
+    table.take(lane, 1, 0.02)
+    assert lane.round_trip == 0.0
+    assert sent(table.dispatch()) == {"n1/a": [2, 3]}  # the least window, not 1 + 40 ms / 20 ms tasks
+    clock.now += 0.0205
+    table.take(lane, 2, 0.02)  # queued behind nothing: sent to it idle, after its first answer
+    assert lane.round_trip == pytest.approx(0.0005)
+
+
 # -- dispatch -----------------------------------------------------------------------------------------------
 
 def test_waiting_tasks_spread_over_the_workers_a_fair_share_each() -> None:
