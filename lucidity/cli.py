@@ -134,6 +134,8 @@ def _parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
     # ipc:// socket in --runtime-dir, which it removes when it exits), which saves the cluster an interpreter.
     node.add_argument("--serve-control", action="store_true", help=argparse.SUPPRESS)
     node.add_argument("--runtime-dir", default=None, help=argparse.SUPPRESS)
+    # Embedded clusters only: the caller's main script, which the worker template runs once (node/preload.py).
+    node.add_argument("--preload-main", default=None, help=argparse.SUPPRESS)
     daemon_options(node)
 
     status = commands.add_parser("status", allow_abbrev=False, formatter_class=_Formatter,
@@ -214,7 +216,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 secret=_secret(args), insecure=args.insecure, advertise=args.advertise,
                                 worker_ports=worker_ports, metrics=args.metrics,
                                 log_worker_output=json_logs is not None, forward_output=args.forward_output,
-                                serve_control=args.serve_control, runtime_dir=args.runtime_dir)
+                                serve_control=args.serve_control, runtime_dir=args.runtime_dir,
+                                preload_main=args.preload_main)
         except ValueError as exc:
             print(f"lucidity node: {exc}", file=sys.stderr)
             return 2

@@ -37,7 +37,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
-from . import addresses
+from . import addresses, mainscript
 from .errors import ClusterUnavailable
 from .node.limits import MIN_WORKER_MEMORY
 from .sizes import format_size, parse_size
@@ -142,6 +142,7 @@ class LocalCluster:
         if self.secret is not None:
             env["LUCIDITY_SECRET"] = self.secret.decode()
         base = [sys.executable, "-m", "lucidity", "--log-level", log_level]
+        preload = _preload_main(self._runtime)
         children: list[Child] = []
         ready: dict[int, Child] = {}
         self._finalizer = weakref.finalize(self, _stop, children, self._runtime, self._parent_write)
@@ -154,7 +155,8 @@ class LocalCluster:
                                  "--processes", str(self.processes), "--name", name,
                                  "--no-forward-output"]  # workers print to our own fds already (docs/pool.md)
                                 + (["--memory-limit", str(self.memory_limit)] if self.memory_limit else [])
-                                + (["--serve-control", *runtime] if hosted_control else []))
+                                + (["--serve-control", *runtime] if hosted_control else [])
+                                + (["--preload-main", preload] if preload else []))
             for command in commands:
                 ready_read, ready_write = os.pipe()
                 command += ["--parent-fd", str(parent_read), "--ready-fd", str(ready_write)]
@@ -189,6 +191,19 @@ class LocalCluster:
     def __repr__(self) -> str:
         state = "running" if self._finalizer.alive else "closed"
         return f"<LocalCluster {self.address} nodes={self.nodes} processes={self.processes} {state}>"
+
+
+def _preload_main(directory: str) -> Optional[str]:
+    """The caller's main script in a file of `directory` for the node daemons to run once in their worker
+    templates (`lucidity.node.preload`), so that workers start holding it and what it imports; None if
+    workers get no script (`lucidity.mainscript.preload_record`)."""
+    record = mainscript.preload_record(mainscript.describe())
+    if record is None:
+        return None
+    path = os.path.join(directory, "main.json")
+    with open(path, "wb") as file:
+        file.write(record)
+    return path
 
 
 def _import_root() -> Optional[str]:

@@ -22,6 +22,9 @@ NameError for them); lucidity sends those a task reads by value, as fork would h
 from __future__ import annotations
 
 import ast
+import base64
+import json
+import os
 import sys
 import types
 from dataclasses import dataclass
@@ -30,10 +33,12 @@ from typing import Any, Optional
 from .messages import MainEntry
 from .shipping import ModuleSource
 
-__all__ = ["MainScript", "describe", "is_importing", "MAIN_NAME"]
+__all__ = ["MainScript", "describe", "is_importing", "preload_record", "read_preload_record", "MAIN_NAME"]
 
 #: The module name workers give the caller's main script, as multiprocessing's spawn does.
 MAIN_NAME = "__mp_main__"
+#: `sysconfig` paths of installed code: a main script under one is not preloaded (`preload_record`).
+_INSTALLED_PATHS = ("stdlib", "platstdlib", "purelib", "platlib")
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,29 @@ class MainScript:
         if self.source is None:
             return MainEntry(self.argv, self.start_method)
         return MainEntry(self.argv, self.start_method, self.source.filename, self.source.digest, self.package or "")
+
+
+def preload_record(script: MainScript) -> Optional[bytes]:
+    """What the node daemon of an embedded cluster needs to run the script once in its worker template
+    (`lucidity.node.preload`): its main entry and source, as JSON; None if workers get no script, or if
+    the script belongs to an installed package or the standard library (``python -m pytest``): a tool's
+    entry point, not the caller's program, whose tasks seldom need it and whose import would then be paid
+    by every pool for nothing."""
+    if script.source is None:
+        return None
+    import sysconfig
+
+    installed = {path for key, path in sysconfig.get_paths().items() if key in _INSTALLED_PATHS}
+    if any(script.source.filename.startswith(path + os.sep) for path in installed):
+        return None
+    record = {"main": script.entry().to_meta(), "source": base64.b64encode(script.source.source).decode()}
+    return json.dumps(record).encode()
+
+
+def read_preload_record(data: bytes) -> tuple[MainEntry, bytes]:
+    """The main entry and source `preload_record` wrote."""
+    record = json.loads(data)
+    return MainEntry.from_meta(record["main"], "a preload record"), base64.b64decode(record["source"])
 
 
 def describe(main: Optional[types.ModuleType] = None) -> MainScript:

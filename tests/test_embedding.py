@@ -266,7 +266,9 @@ def test_a_sigkilled_caller_leaves_no_socket_directory_and_no_process(caller: tu
     assert len(controls) == 1, [p.cmdline() for p in descendants]
     runtime = controls[0][controls[0].index("--runtime-dir") + 1]
     assert os.path.isdir(runtime)
-    assert len(descendants) == 4  # the node daemon (the control node too), its worker template, two workers
+    # The node daemon (the control node too), its worker template, the template's child that ran this script
+    # and forks the workers (lucidity/node/preload.py), two workers.
+    assert len(descendants) == 5, [p.cmdline() for p in descendants]
 
     proc.kill()
     proc.wait(READY_TIMEOUT)

@@ -218,13 +218,14 @@ MODULE_DATA_IMPORTED = """
     import sys
     from multiprocessing import Pool  # lucidity: from lucidity import Pool
 
-    TABLE = list(range(200_000))  # computed again by each worker's import, never sent
+    TABLE = list(range(200_000))  # computed again by an import on the workers' side, never sent
     LOADED_IN = os.getpid()
 
     def lookup(i):
-        return TABLE[i], LOADED_IN == os.getpid(), __name__
+        return TABLE[i], LOADED_IN != int(os.environ["CALLER"]), __name__
 
     if __name__ == "__main__":
+        os.environ["CALLER"] = str(os.getpid())
         with Pool(2) as pool:
             print(pool.map(lookup, [5, 199_999]))
         if "lucidity" in sys.modules:

@@ -100,6 +100,8 @@ class NodeDaemon(Daemon):
         forward_output: workers send what tasks print to the tasks' clients (`lucidity.node.output`).
         serve_control: also listen at `control_address` as the cluster's control node (`HostedControl`: an
             embedded cluster of this one node), and remove `runtime_dir`, its private directory, at exit.
+        preload_main: a file holding the main script of the caller that started this daemon (an embedded
+            cluster's), which the worker template runs before it forks workers (`lucidity.node.preload`).
 
     Raises:
         ValueError: an address, or a limit, that cannot work (one line, for the CLI to print).
@@ -115,7 +117,7 @@ class NodeDaemon(Daemon):
                  secret: Optional[bytes] = None, insecure: bool = False, advertise: Optional[str] = None,
                  worker_ports: Optional[tuple[int, int]] = None, metrics: Optional[str] = None,
                  log_worker_output: bool = False, forward_output: bool = True, serve_control: bool = False,
-                 runtime_dir: Optional[str] = None) -> None:
+                 runtime_dir: Optional[str] = None, preload_main: Optional[str] = None) -> None:
         self._control_endpoint = addresses.parse(control_address, what="control address")
         self._bind = addresses.bind_endpoint(bind, default_port=0)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -124,7 +126,7 @@ class NodeDaemon(Daemon):
         # this process as it is now (`lucidity.node.template`).
         limits.become_subreaper()
         raise_open_file_limit()
-        self._starter = WorkerStarter(self.name)
+        self._starter = WorkerStarter(self.name, preload_main)
         try:
             super().__init__(f"node {self.name}", self._bind.zmq, secret=secret, insecure=insecure,
                              parent_fd=parent_fd, ready_fd=ready_fd, metrics=metrics)

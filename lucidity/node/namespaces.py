@@ -90,6 +90,34 @@ class ClientMain(types.ModuleType):
         self._lucidity_state = _LoadState.LOADED
 
 
+#: The caller's script as the worker template ran it (`preload`), until the client it belongs to adopts it.
+_preloaded: Optional[ClientMain] = None
+
+
+def preload(main: MainEntry, source: bytes) -> None:
+    """Run a caller's script as a worker would the first time a task needs it, in the worker template of its
+    embedded cluster (`lucidity.node.preload`), so that workers forked afterwards hold it and the modules it
+    imported; the first of their clients whose script it is adopts the namespace (`MainNamespaces.receive`).
+
+    Raises:
+        whatever the script raised (its workers will then import it themselves).
+    """
+    global _preloaded
+    module = ClientMain("", list(main.argv), ModuleSource(MAIN_NAME, False, main.filename or "", main.digest, source),
+                        main.package, main.start)
+    own_main, own_argv = sys.modules.get("__main__"), sys.argv[:]
+    sys.modules["__main__"] = sys.modules[MAIN_NAME] = module
+    sys.argv[:] = module._lucidity_argv
+    try:
+        module._lucidity_load()
+    finally:
+        if own_main is not None:
+            sys.modules["__main__"] = own_main
+        sys.modules.pop(MAIN_NAME, None)
+        sys.argv[:] = own_argv
+    _preloaded = module
+
+
 class MainNamespaces:
     """A worker's ``__main__`` per client connection, swapped into ``sys.modules`` before each task."""
 
@@ -100,6 +128,7 @@ class MainNamespaces:
 
     def receive(self, identity: bytes, client: str, main: MainEntry, source: Optional[bytes]) -> None:
         """A client's ``main`` entry (`lucidity.mainscript.MainScript.entry`) and the script, if sent."""
+        global _preloaded
         argv = list(main.argv)
         module = None
         if source is not None:
@@ -107,7 +136,15 @@ class MainNamespaces:
         previous = self._by_identity.get(identity)
         if previous is not None and previous._lucidity_source == module and previous._lucidity_argv == argv:
             return  # the same script again: keep its namespace
-        self._by_identity[identity] = ClientMain(client, argv, module, main.package, main.start)
+        adopted = _preloaded
+        if (adopted is not None and module is not None and adopted._lucidity_source == module
+                and adopted._lucidity_argv == argv and adopted._lucidity_start == main.start
+                and adopted.__dict__.get("__package__") == (main.package or None)):
+            _preloaded = None  # one client's namespace: the first whose script it is
+            adopted._lucidity_client = client
+            self._by_identity[identity] = adopted
+        else:
+            self._by_identity[identity] = ClientMain(client, argv, module, main.package, main.start)
         if previous is not None and previous is self._active:
             self._active = None
         while len(self._by_identity) > MAX_CLIENTS:

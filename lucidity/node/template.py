@@ -87,9 +87,9 @@ class WorkerStarter:
     Create it where `WorkerTemplate.start` may fork (before any ZeroMQ context); `close` it when the node stops.
     """
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, preload: Optional[str] = None) -> None:
         self._node = node
-        self._template = WorkerTemplate.start(node) if can_fork() else None
+        self._template = WorkerTemplate.start(node, preload) if can_fork() else None
 
     @property
     def pids(self) -> list[int]:
@@ -156,15 +156,17 @@ class WorkerTemplate:
         self._broken = False  # it did not answer in time: a late answer would be taken for the next one's
 
     @classmethod
-    def start(cls, node: str) -> "WorkerTemplate":
-        """Fork the template of node `node`. Call only where `can_fork` says so, before any ZeroMQ context."""
+    def start(cls, node: str, preload: Optional[str] = None) -> "WorkerTemplate":
+        """Fork the template of node `node`, which first runs the caller's script that the file `preload`
+        holds, if given (`lucidity.node.preload`). Call only where `can_fork` says so, before any ZeroMQ
+        context."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent = os.getpid()
         flush_output()  # what this process has buffered would otherwise be written again by every worker
         pid = os.fork()
         if pid == 0:
             ours.close()
-            _run_template(theirs, parent, node)
+            _run_template(theirs, parent, node, preload)
         theirs.close()
         return cls(pid, ours)
 
@@ -230,15 +232,11 @@ class WorkerTemplate:
 # -- the template process ----------------------------------------------------------------------------
 
 
-def _run_template(sock: socket.socket, daemon: int, node: str) -> NoReturn:
+def _run_template(sock: socket.socket, daemon: int, node: str, preload: Optional[str]) -> NoReturn:
     """The template's life: leave the daemon's state behind, import the worker, fork workers on request."""
     code = 1
     try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != daemon:
-            os._exit(1)
+        _die_with(daemon)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C for the daemon's terminal is the daemon's
         os.closerange(3, sock.fileno())  # the daemon's pipes to its owner are not ours to hold
         os.closerange(sock.fileno() + 1, _max_fd())
@@ -252,26 +250,83 @@ def _run_template(sock: socket.socket, daemon: int, node: str) -> NoReturn:
         # A worker names itself as multiprocessing's on its first task (workerprocess.name_process): importing
         # multiprocessing then cost each worker 3 ms of CPU, 64 workers' first map 100 ms of 2 cores (issue 13).
         importlib.import_module("multiprocessing")
-
-        while True:
-            message, fds, _, _ = socket.recv_fds(sock, MAX_REQUEST, 2)
-            if not message:
-                code = 0
-                break  # the daemon closed its end: it is stopping
-            try:
-                request = json.loads(message)
-                reply = str(_fork_worker(request["args"], request["env"], fds, daemon))
-            except (OSError, ValueError, KeyError) as exc:
-                reply = f"{type(exc).__name__}: {exc}"
-            finally:
-                for fd in fds:
-                    os.close(fd)
-            sock.send(reply.encode())
+        served = _serve_preloaded(sock, daemon, preload) if preload is not None else None
+        code = _serve(sock, daemon) if served is None else served
     except BaseException:
         import traceback
 
         traceback.print_exc()
     os._exit(code)
+
+
+def _die_with(parent: int) -> None:
+    """SIGKILL this process when `parent` exits, and exit now if it already has."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _serve(sock: socket.socket, daemon: int) -> int:
+    """Fork a worker for each request of the daemon's, until it closes its end; the exit status."""
+    while True:
+        message, fds, _, _ = socket.recv_fds(sock, MAX_REQUEST, 2)
+        if not message:
+            return 0  # the daemon closed its end: it is stopping
+        try:
+            request = json.loads(message)
+            reply = str(_fork_worker(request["args"], request["env"], fds, daemon))
+        except (OSError, ValueError, KeyError) as exc:
+            reply = f"{type(exc).__name__}: {exc}"
+        finally:
+            for fd in fds:
+                os.close(fd)
+        sock.send(reply.encode())
+
+
+def _serve_preloaded(sock: socket.socket, daemon: int, path: str) -> Optional[int]:
+    """Fork a child that runs the caller's script (`lucidity.node.preload`) and, if that left it fit to fork
+    workers from, serves the daemon in this process's stead: then the child's exit status, once it ends.
+    None if it could not (the script failed, left a thread or a descriptor, or took `PRELOAD_TIMEOUT`): this
+    process serves, and workers import the script themselves."""
+    from .preload import PRELOAD_TIMEOUT, run_main_script
+
+    verdict_read, verdict_write = os.pipe()
+    go_read, go_write = os.pipe()  # the child serves only once told to: never after this process gave up on it
+    template = os.getpid()
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            os.close(verdict_read)
+            os.close(go_write)
+            _die_with(template)
+            reason = run_main_script(path)
+            os.write(verdict_write, reason.encode(errors="replace")[:512] or b"ok")
+            os.close(verdict_write)
+            if not reason and os.read(go_read, 1) == b"g":
+                code = _serve(sock, daemon)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        os._exit(code)
+    os.close(verdict_write)
+    os.close(go_read)
+    try:
+        verdict = os.read(verdict_read, 1024) if _readable(verdict_read, PRELOAD_TIMEOUT) else b""
+        if verdict == b"ok":
+            os.write(go_write, b"g")
+    finally:
+        os.close(verdict_read)
+        os.close(go_write)
+    if verdict == b"ok":
+        _, status = os.waitpid(child, 0)
+        return os.waitstatus_to_exitcode(status)
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    return None
 
 
 def _fork_worker(args: list[str], env: dict[str, str], fds: list[int], daemon: int) -> int:
@@ -341,6 +396,8 @@ def _become_worker(args: list[str], env: dict[str, str], fds: list[int], go_read
             ctypes.CDLL(None).mallopt(_M_ARENA_MAX, int(arenas))
         if "multiprocessing.process" in sys.modules:
             sys.modules["multiprocessing.process"].current_process().authkey = os.urandom(32)
+        if "lucidity.node.preload" in sys.modules:  # forked from a template that ran the caller's script
+            sys.modules["lucidity.node.preload"].after_fork()
         from . import worker
 
         sys.argv[:] = [worker.__file__, *args]
