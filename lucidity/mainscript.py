@@ -14,6 +14,9 @@ caught by ``except`` in the caller). lucidity does the same, per client:
 - On the worker (`lucidity.node.namespaces`), each client has its own ``__main__``: the script's source,
   received with the client's first batch, is executed when a task first needs it, and the active client's
   module is swapped into ``sys.modules`` (with its ``sys.argv``) before each task.
+- On an embedded cluster, the node daemon's worker template runs the script once before it forks the
+  workers (`lucidity.node.preload`, from `preload_record`), and the caller's client adopts that namespace
+  in each worker, which then pays nothing for the script or its imports: as forkserver's preload.
 
 Names the script binds only inside its ``__main__`` block do not exist in an imported script (spawn raises
 NameError for them); lucidity sends those a task reads by value, as fork would have them.

@@ -32,6 +32,10 @@ get: the interpreter's start-up hooks (``sitecustomize``, ``.pth`` files) ran on
 the daemon's environment, not in each worker with its own. Its memory cap is still set by the worker itself
 before any task runs (`lucidity.node.worker.main`).
 
+An embedded cluster's daemon names its caller's main script (``--preload-main``): the template then
+forks a child that runs it, and that child, if it ran cleanly, serves the daemon in the template's stead
+(`_serve_preloaded`; why and when: `lucidity.node.preload`). The template waits for it, and exits with it.
+
 A process that is not single-threaded (a daemon embedded in a test, say) cannot fork safely, and gets
 no template: its workers start as fresh interpreters, as they do with ``LUCIDITY_WORKER_START=exec``.
 """
