@@ -70,7 +70,11 @@ class Shedder:
         self._log_time = 0.0  # the moving mean of log(seconds) of the tasks that ended
         self.typical_time = 0.0  # seconds a task of this worker typically takes (0: none has ended yet)
         self.given_back = 0  # how many times tasks were given back (for tests and the curious)
-        self._thread: threading.Thread | None = None  # started with the first task that has others behind it
+        # Started now, while the worker waits for its first task, not when that task starts: a thread's start
+        # waits for the new thread to run, and 64 workers starting their first tasks at once on 2 cores made
+        # that wait part of every first task's start (issue 13, the cold map).
+        self._thread = threading.Thread(target=self._watch, name="lucidity-shedder", daemon=True)
+        self._thread.start()
 
     def task_started(self, queued: bool) -> None:
         """The worker's thread starts a task; `queued`: tasks wait behind it."""
@@ -78,9 +82,6 @@ class Shedder:
         self._task += 1
         self._started = time.monotonic()
         if queued or previous_in_stream or self.typical_time <= 0:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, name="lucidity-shedder", daemon=True)
-                self._thread.start()
             with self._wakeup:  # uncontended but for a moment: the watcher disarms under it
                 if not self._armed:
                     self._armed = True
