@@ -53,7 +53,7 @@ from .links import NodeInfo, NodeLink, WorkerLink, failure_error
 from .messages import FailureReason, FailureReport, ResultStatus, TaskMode, WorkerEntry
 from .packing import FunctionCache, Packer
 from .roster import HEARTBEAT_INTERVAL, Roster
-from .task import FunctionRef, Task
+from .task import FunctionRef, Task, TaskMaker
 from .tasktable import Lane, TaskTable
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,9 @@ class Client:
         # The table is shared with caller threads (submit, cancel): every use holds the lock.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        # Threads running the callbacks of a batch of outcomes (`_finish_all`), and how many batches deep: the
+        # client is not idle until they return.
+        self._delivering: collections.Counter[int] = collections.Counter()
         self._table = TaskTable(max_running)
         self._roster = Roster(self._node_timeout)
         self._ids = itertools.count(1)
@@ -180,6 +183,11 @@ class Client:
                  on_done: Callable[[bool, Any], None], **options: Any) -> Task:
         options.setdefault("lost_retries", NODE_LOSS_RETRIES)
         return Task(next(self._ids), function, mode, frames, on_done, **options)
+
+    def task_maker(self, template: Task) -> TaskMaker:
+        """Tasks like `template` (made by `new_task`, never submitted) but for their payload, ``on_done`` and
+        items, each with an id of this client's: a map's chunks (`Task.siblings`)."""
+        return template.siblings(self._ids)
 
     def submit(self, tasks: list[Task]) -> None:
         """Queue tasks for dispatch. Each task's on_done will be called exactly once."""
@@ -261,9 +269,11 @@ class Client:
             return True
 
     def wait_idle(self, timeout: Optional[float] = None) -> bool:
-        """Block until every submitted task has ended; False on timeout."""
+        """Block until every submitted task has ended and its ``on_done`` has returned; False on timeout."""
+        me = threading.get_ident()  # a callback that waits here waits for the others, not for itself
         with self._lock:
-            return self._idle.wait_for(lambda: self._table.idle, timeout)
+            return self._idle.wait_for(lambda: self._table.idle and all(thread == me for thread in self._delivering),
+                                       timeout)
 
     def shutdown(self, cancel: bool = False) -> None:
         """Stop the I/O thread. With ``cancel``, unfinished tasks are dropped and stopped on the nodes."""
@@ -596,7 +606,7 @@ class Client:
     def _on_worker(self, link: WorkerLink, frames: list[Any]) -> None:
         message = protocol.decode(frames, WORKER_KINDS)
         if message.kind is protocol.Kind.RESULTS:
-            self._on_results(link, message)
+            self._on_results(link, message, dispatch=True)
             return
         if message.kind in reports.KINDS:
             self.reports.deliver(link.node, link.pid, message)
@@ -615,7 +625,10 @@ class Client:
             with self._lock:
                 self._table.give_back(link.lane, body.tasks, busy=body.busy)
 
-    def _on_results(self, link: WorkerLink, message: protocol.Message) -> None:
+    def _on_results(self, link: WorkerLink, message: protocol.Message, *, dispatch: bool = False) -> None:
+        """A batch of results: each task leaves its worker's window, then (with `dispatch`, on the I/O thread)
+        the worker's next tasks leave at once, before these results are read and delivered. Reading a batch of
+        256 tiny results takes about a millisecond, which the worker otherwise spent waiting for work."""
         # Check every entry and the frames before any task leaves the in-flight table: a task popped for a
         # bad entry would never be answered.
         try:
@@ -626,24 +639,29 @@ class Client:
             self._fail_link(link, ProtocolError(f"worker {link.pid} on node {link.node} sent a malformed "
                                                 f"result message: {exc}"))
             raise
-        ok = ResultStatus.OK
         lane = link.lane
-        for entry, frames_of_task in zip(body.results, items):
-            with self._lock:
-                task = self._table.take(lane, entry.id, entry.seconds)
+        take = self._table.take
+        with self._lock:  # once per batch; None for a late duplicate of a task that was already resolved
+            taken = [(take(lane, entry.id, entry.seconds), entry.status, frames)
+                     for entry, frames in zip(body.results, items)]
+        if dispatch and len(lane.inflight) < lane.credit(self._table.pace):
+            self._dispatch()  # (not for a result or two: a batch of one task each would follow them)
+        ok = ResultStatus.OK
+        loads = serialization.loads
+        outcomes: list[tuple[Task, bool, Any]] = []
+        for task, status, frames in taken:
             if task is None:
-                continue  # a late duplicate of a task that was already resolved
-            if entry.status is ok:
+                continue
+            if status is ok:
                 try:
-                    value = serialization.loads(frames_of_task)
+                    outcomes.append((task, True, loads(frames)))
                 except Exception as exc:
-                    self._finish(task, False, SerializationError(
+                    outcomes.append((task, False, SerializationError(
                         f"the result of task {task.id} ({task.function.description}) could not be "
-                        f"deserialized here: {type(exc).__name__}: {exc}"))
-                    continue
-                self._finish(task, True, value)
+                        f"deserialized here: {type(exc).__name__}: {exc}")))
             else:
-                self._finish(task, False, serialization.loads_exception(frames_of_task))
+                outcomes.append((task, False, serialization.loads_exception(frames)))
+        self._finish_all(outcomes)
 
     # -- lone calls at workers' doors (lucidity.directcall) --------------------------------------------------
 
@@ -708,15 +726,34 @@ class Client:
             self._finish(task, False, failure_error(task, node.name, report))
 
     def _finish(self, task: Task, succeeded: bool, value: Any) -> None:
+        self._finish_all([(task, succeeded, value)])
+
+    def _finish_all(self, outcomes: list[tuple[Task, bool, Any]]) -> None:
+        """Deliver each task's outcome through its ``on_done``, once: a task that ended already is skipped.
+
+        The table is told under one lock for the batch; the callbacks run outside it, and `wait_idle` wakes
+        after them.
+        """
+        finish = self._table.finish
         with self._lock:
-            if not self._table.finish(task, succeeded):
+            delivered = [outcome for outcome in outcomes if finish(outcome[0], outcome[1])]
+            if not delivered:
                 return
-            if self._table.idle:
-                self._idle.notify_all()
+            me = threading.get_ident()
+            self._delivering[me] += 1
         try:
-            task.on_done(succeeded, value)
-        except Exception:
-            logger.exception("lucidity client: a result callback for task %d raised", task.id)
+            for task, succeeded, value in delivered:
+                try:
+                    task.on_done(succeeded, value)
+                except Exception:
+                    logger.exception("lucidity client: a result callback for task %d raised", task.id)
+        finally:
+            with self._lock:
+                self._delivering[me] -= 1
+                if not self._delivering[me]:
+                    del self._delivering[me]
+                if self._table.idle and not self._delivering:
+                    self._idle.notify_all()
         waiting.completed()
 
     def _fail_all(self, error: Exception) -> None:

@@ -34,15 +34,15 @@ import functools
 import itertools
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from . import waiting
 from .client import Client
 from .messages import TaskMode
 from .options import TaskOptions
 from .progressbar import Tracker
-from .task import FunctionRef, Task
+from .task import FunctionRef, Task, TaskMaker
 
 __all__ = ["WINDOW", "MapCall", "Feed", "chunks"]
 
@@ -86,23 +86,62 @@ class MapCall:
     mode: TaskMode
     made_by: str
     progress: Optional[Tracker] = None
+    # Makes each chunk's task by one positional call: the options are the same for every chunk (Task.siblings).
+    _make: TaskMaker = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        template = self.options.new_task(self.client, self.function, self.mode, [], _never_called,
+                                         made_by=self.made_by)
+        object.__setattr__(self, "_make", self.client.task_maker(template))
 
     def task(self, chunk: list[Any], items: range, on_done: Callable[[bool, Any], None]) -> Task:
         """The task for one chunk, not submitted; raises the pickler's own exception if the chunk cannot travel."""
-        where = f"item {items[0]}" if len(items) == 1 else f"items {items[0]}..{items[-1]}"
         if self.progress is None:
-            frames = self.client.dumps(chunk, f"{where} of {self.made_by}({self.function.description})")
-            return self.options.new_task(self.client, self.function, self.mode, frames, on_done,
-                                         made_by=self.made_by, items=items)
+            return self._make(self.payload(chunk, items), on_done, items)
         self.progress.expect(len(items))
-        tracked = self.progress.track(self.client, len(items), on_done)
         try:
-            frames = self.client.dumps(chunk, f"{where} of {self.made_by}({self.function.description})")
+            frames = self.payload(chunk, items)
         except BaseException:
             self.progress.skip(len(items))  # the chunk fails in its place and never runs
             raise
-        return tracked.attach(self.options.new_task(self.client, self.function, self.mode, frames, tracked.on_done,
-                                                    made_by=self.made_by, items=items))
+        return self._tracked(self.progress, frames, items, on_done)
+
+    def payload(self, chunk: list[Any], items: range) -> list[Any]:
+        """A chunk serialized; the pickler's own exception, naming the chunk's items, if it cannot travel."""
+        where = f"item {items[0]}" if len(items) == 1 else f"items {items[0]}..{items[-1]}"
+        return self.client.dumps(chunk, f"{where} of {self.made_by}({self.function.description})")
+
+    def payloads(self, inputs: Iterable[Any], size: int) -> list[tuple[range, list[Any]]]:
+        """Every chunk of `inputs` serialized, with its positions: a map's whole input, read and serialized
+        before any of it is submitted, so that one that cannot travel raises with nothing sent."""
+        if size == 1 and isinstance(inputs, (list, tuple, range)):
+            return [(range(position, position + 1), self.payload([item], range(position, position + 1)))
+                    for position, item in enumerate(inputs)]
+        return [(items, self.payload(chunk, items)) for items, chunk in chunks(inputs, size)]
+
+    def tasks(self, payloads: Sequence[tuple[range, list[Any]]], first: int,
+              on_done: Callable[[int, bool, Any], None]) -> list[Task]:
+        """The tasks of serialized chunks (`payloads`), the first being chunk number `first`; each ends with
+        ``on_done(its number, succeeded, value)``."""
+        make = self._make
+        if self.progress is None:
+            return [make(frames, functools.partial(on_done, number), items)
+                    for number, (items, frames) in enumerate(payloads, first)]
+        made = []
+        for number, (items, frames) in enumerate(payloads, first):
+            self.progress.expect(len(items))
+            made.append(self._tracked(self.progress, frames, items, functools.partial(on_done, number)))
+        return made
+
+    def _tracked(self, progress: Tracker, frames: list[Any], items: range,
+                 on_done: Callable[[bool, Any], None]) -> Task:
+        """A chunk's task whose items count on the progress bar as they finish."""
+        tracked = progress.track(self.client, len(items), on_done)
+        return tracked.attach(self._make(frames, tracked.on_done, items))
+
+
+def _never_called(succeeded: bool, value: Any) -> None:
+    """The ``on_done`` of a map's template task (`MapCall`), which is never submitted."""
 
 
 class Feed:

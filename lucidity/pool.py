@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 
 from .client import Client
 from .cluster import LocalCluster, open_client
-from .feed import Feed, MapCall, chunks
+from .feed import Feed, MapCall
 from .messages import TaskMode
 from .sizes import parse_size
 from .options import TaskOptions
@@ -248,8 +248,10 @@ class Pool:
             result._tracker = tracker
             if chunksize <= 0:
                 return result
-            self._submit([call.task(chunk, positions, functools.partial(result._set, index))
-                          for index, (positions, chunk) in enumerate(chunks(items, chunksize))], result)
+            # Every chunk is serialized before any task is made, so that one that cannot travel raises with
+            # nothing sent. (Submitting in slices while the rest were made won nothing: the I/O thread then
+            # waits for this thread's GIL, up to the 5 ms switch interval each time it lets go of it.)
+            self._submit(call.tasks(call.payloads(items, chunksize), 0, result._set), result)
         return result
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *,
