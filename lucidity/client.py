@@ -632,8 +632,7 @@ class Client:
         # Check every entry and the frames before any task leaves the in-flight table: a task popped for a
         # bad entry would never be answered.
         try:
-            body = messages.Results.from_meta(message.meta)
-            items = body.split(message.payload)
+            results = messages.Results.read(message.meta, message.payload)
         except ProtocolError as exc:
             # Which of our tasks it answered is unknown: fail them all rather than wait for them forever.
             self._fail_link(link, ProtocolError(f"worker {link.pid} on node {link.node} sent a malformed "
@@ -642,8 +641,7 @@ class Client:
         lane = link.lane
         take = self._table.take
         with self._lock:  # once per batch; None for a late duplicate of a task that was already resolved
-            taken = [(take(lane, entry.id, entry.seconds), entry.status, frames)
-                     for entry, frames in zip(body.results, items)]
+            taken = [(take(lane, task_id, seconds), status, frames) for task_id, status, seconds, frames in results]
         if dispatch and len(lane.inflight) < lane.credit(self._table.pace):
             self._dispatch()  # (not for a result or two: a batch of one task each would follow them)
         ok = ResultStatus.OK

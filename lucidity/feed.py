@@ -111,24 +111,31 @@ class MapCall:
         where = f"item {items[0]}" if len(items) == 1 else f"items {items[0]}..{items[-1]}"
         return self.client.dumps(chunk, f"{where} of {self.made_by}({self.function.description})")
 
-    def payloads(self, inputs: Iterable[Any], size: int) -> list[tuple[range, list[Any]]]:
-        """Every chunk of `inputs` serialized, with its positions: a map's whole input, read and serialized
-        before any of it is submitted, so that one that cannot travel raises with nothing sent."""
+    def payloads(self, inputs: Iterable[Any], size: int) -> list[list[Any]]:
+        """Every chunk of `inputs` (`size` items each, the last maybe fewer) serialized, in order: a map's whole
+        input, read and serialized before any of it is submitted, so that one that cannot travel raises with
+        nothing sent."""
+        payload = self.payload
         if size == 1 and isinstance(inputs, (list, tuple, range)):
-            return [(range(position, position + 1), self.payload([item], range(position, position + 1)))
-                    for position, item in enumerate(inputs)]
-        return [(items, self.payload(chunk, items)) for items, chunk in chunks(inputs, size)]
+            return [payload([item], range(position, position + 1)) for position, item in enumerate(inputs)]
+        return [payload(chunk, items) for items, chunk in chunks(inputs, size)]
 
-    def tasks(self, payloads: Sequence[tuple[range, list[Any]]], first: int,
+    def tasks(self, payloads: Sequence[list[Any]], size: int, total: int,
               on_done: Callable[[int, bool, Any], None]) -> list[Task]:
-        """The tasks of serialized chunks (`payloads`), the first being chunk number `first`; each ends with
-        ``on_done(its number, succeeded, value)``."""
+        """The tasks of a map's serialized chunks (`payloads` of `size` items each, the last ending at item
+        `total`); chunk number n ends with ``on_done(n, succeeded, value)``. No object is made per chunk but
+        its task and what the task holds (the collector tracks every one while the map lasts)."""
         make = self._make
         if self.progress is None:
-            return [make(frames, functools.partial(on_done, number), items)
-                    for number, (items, frames) in enumerate(payloads, first)]
+            if size == 1:
+                return [make(frames, functools.partial(on_done, number), range(number, number + 1))
+                        for number, frames in enumerate(payloads)]
+            return [make(frames, functools.partial(on_done, number),
+                         range(number * size, min(number * size + size, total)))
+                    for number, frames in enumerate(payloads)]
         made = []
-        for number, (items, frames) in enumerate(payloads, first):
+        for number, frames in enumerate(payloads):
+            items = range(number * size, min(number * size + size, total))
             self.progress.expect(len(items))
             made.append(self._tracked(self.progress, frames, items, functools.partial(on_done, number)))
         return made

@@ -251,7 +251,7 @@ class Pool:
             # Every chunk is serialized before any task is made, so that one that cannot travel raises with
             # nothing sent. (Submitting in slices while the rest were made won nothing: the I/O thread then
             # waits for this thread's GIL, up to the 5 ms switch interval each time it lets go of it.)
-            self._submit(call.tasks(call.payloads(items, chunksize), 0, result._set), result)
+            self._submit(call.tasks(call.payloads(items, chunksize), chunksize, length, result._set), result)
         return result
 
     def imap(self, func: Callable[[Any], T], iterable: Iterable[Any], chunksize: int = 1, *,

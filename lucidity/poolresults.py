@@ -218,7 +218,8 @@ class MapResult(ApplyResult[list[T]]):
         return self._length if not left else max(0, self._length - left * self._chunksize)
 
     def _set(self, index: int, succeeded: bool, value: Any) -> None:
-        self._count(min(self._chunksize, self._length - index * self._chunksize))
+        if self._observers:  # (lucidity.progress; a map's chunks are many, and most results have none)
+            self._count(min(self._chunksize, self._length - index * self._chunksize))
         with self._lock:
             self._number_left -= 1
             if succeeded and self._success:

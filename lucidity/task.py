@@ -42,6 +42,9 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
 }
 
 FINAL = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
+# A state's name by a dict lookup: Enum's ``value`` is a property that runs Python code, twice per task.
+_NAMES = {state: state.value for state in TaskState}
+_SENT = TaskState.SENT
 
 
 class IllegalTransition(RuntimeError):
@@ -107,11 +110,11 @@ class Task:
         if new not in TRANSITIONS[self.state]:
             trail = " -> ".join([*self.history, self.state.value])
             raise IllegalTransition(f"task {self.id}: illegal move {self.state.value} -> {new.value} (history {trail})")
-        self.history += (self.state.value,)
+        self.history += (_NAMES[self.state],)
         self.state = new
-        if new is TaskState.SENT:
+        if new is _SENT:
             self.sends += 1
-        if new in FINAL:
+        elif new in FINAL:
             self.frames = []
 
     @property
