@@ -148,3 +148,29 @@ def test_a_script_slower_to_import_than_the_template_waits_is_imported_by_each_w
     got = run_script(SLOW_FIRST_IMPORT, tmp_path / "lucidity", "lucidity", args=[str(tmp_path / "mark")],
                      timeout=60).check().stdout
     assert got == "[True, True, True, True]\n"  # each worker imported it: the template's import was abandoned
+
+
+
+BALLAST = """
+    import os
+    import lucidity
+
+    if __name__ != "__main__":
+        BALLAST = b"x" * (80 * 2**20)  # an import's: workers', and a template's that ran the script
+    LOADED_IN = os.getpid()
+
+    def where(_):
+        return LOADED_IN == os.getpid()
+
+    if __name__ == "__main__":
+        with lucidity.Pool(2, memory_limit="128MB") as pool:
+            print(pool.map(where, range(4)))
+"""
+
+
+def test_a_script_holding_over_half_the_workers_memory_cap_is_imported_by_each_worker(tmp_path: Path) -> None:
+    # A worker is born holding what the template holds, which its cap counts: a template that ran this script
+    # would leave each worker 128 MB - 80 MB for itself and its tasks. It refuses, and each worker imports the
+    # script (and holds its 80 MB) only if one of its tasks needs it.
+    got = run_script(BALLAST, tmp_path / "lucidity", "lucidity", timeout=120).check().stdout
+    assert got == "[True, True, True, True]\n"

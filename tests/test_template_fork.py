@@ -1,10 +1,11 @@
-"""A worker forked by its template straight into the daemon's children (clone with CLONE_PARENT, issue 13) is
-a process that glibc knows as its own, and a LocalCluster still removes the directories of gone callers.
+"""Workers forked by their node's template (lucidity/node/template.py): each is a process that glibc knows as
+its own, the template outlives its daemon's stopping, and a LocalCluster still removes the directories of
+gone callers.
 
-The template forks a worker with a raw clone(2) rather than through glibc's fork, which would make it the
-template's child. glibc keeps each thread's kernel id in its thread block and uses it to signal a thread
-(pthread_kill) or read its CPU clock; a child whose block still held the template's id could not signal its
-own main thread. These tests ask a running worker, through a task, what glibc and the kernel each say.
+glibc keeps each thread's kernel id in its thread block and uses it to signal a thread (pthread_kill) or read
+its CPU clock; a forked child whose block still held its parent's id could not signal its own main thread.
+These tests ask a running worker, through a task, what glibc and the kernel each say. (They were written for
+a worker cloned straight into the daemon's children, taken back in session 12; they hold for any fork.)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -120,3 +122,33 @@ def _threads_and_a_subprocess() -> tuple[int, int]:
         thread.join(WAIT)
     code = subprocess.run([sys.executable, "-c", "pass"], timeout=WAIT).returncode
     return sum(results), code
+
+
+REPLACED_WHILE_STOPPING = """
+    import sys
+    import lucidity
+
+    def grow(_):
+        return len(b"x" * (200 * 2**20))  # over the cap: the worker is killed, and replaced
+
+    if __name__ == "__main__":
+        with lucidity.Pool(2, memory_limit="128MB") as pool:
+            try:
+                pool.map(grow, range(4), chunksize=1)
+            except lucidity.MemoryLimitExceeded:
+                print("over the cap")
+        # leaving the block stops the daemon while it may still be replacing the killed workers
+"""
+
+
+def test_the_template_outlives_a_sigterm_to_its_daemons_group(tmp_path: Path) -> None:
+    # A pool's close sends SIGTERM to its daemon's process group, the template's too: the template must leave
+    # with its daemon, not before, or the daemon replaces workers without it and says the template is gone.
+    script = tmp_path / "replaced.py"
+    script.write_text(textwrap.dedent(REPLACED_WHILE_STOPPING))
+    environment = {k: v for k, v in os.environ.items() if k not in ("LUCIDITY_ADDRESS", "PYTHONUNBUFFERED")}
+    for _ in range(3):
+        run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                             env=environment, timeout=WAIT * 2, start_new_session=True)
+        assert run.stdout == "over the cap\n", run.stderr
+        assert "template is gone" not in run.stderr, run.stderr

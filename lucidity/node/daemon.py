@@ -126,7 +126,7 @@ class NodeDaemon(Daemon):
         # this process as it is now (`lucidity.node.template`).
         limits.become_subreaper()
         raise_open_file_limit()
-        self._starter = WorkerStarter(self.name, preload_main)
+        self._starter = WorkerStarter(self.name, preload_main, memory_limit)
         try:
             super().__init__(f"node {self.name}", self._bind.zmq, secret=secret, insecure=insecure,
                              parent_fd=parent_fd, ready_fd=ready_fd, metrics=metrics)

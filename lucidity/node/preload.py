@@ -19,7 +19,10 @@ caller's ``sys.argv`` and ``sys.path``, its output going nowhere (the caller pri
 does under fork), and then looks at what the script left behind. A Python thread would make every fork
 from it unsafe (it may hold a lock, of logging's, say, that no worker could ever take); a descriptor left
 open (a log file, a connection) would be closed under the script in each worker, which keeps no
-descriptors but its own. Native thread pools that libraries start on import are no bar: OpenBLAS's (numpy
+descriptors but its own. Nor may the script leave it holding more than half of the workers' memory cap,
+if they have one: a worker is born with what the template holds resident, which the cap counts, and its
+tasks need the rest (a worker that imported the script itself would meet the cap in a task, which fails
+with `MemoryLimitExceeded`, rather than at birth). Native thread pools that libraries start on import are no bar: OpenBLAS's (numpy
 starts one), OpenMP's and MKL's stop themselves before a fork and start again after it, which is what lets
 multiprocessing's fork and forkserver use them. If the script ran, and left neither, the child serves the daemon's
 requests in the template's stead; otherwise it exits, the template serves as before, and each worker
@@ -42,6 +45,8 @@ import threading
 from typing import Optional
 
 from ..mainscript import read_preload_record
+from ..sizes import format_size
+from .limits import data_of, memory_of
 from .namespaces import preload
 from .workerprocess import apply_sys_path, flush_output
 
@@ -54,8 +59,9 @@ PRELOAD_TIMEOUT = 5.0
 _environment_changes: dict[str, Optional[str]] = {}
 
 
-def run_main_script(path: str) -> str:
-    """Run the script `path` describes (`lucidity.mainscript.preload_record`) in this process.
+def run_main_script(path: str, memory_limit: Optional[int] = None) -> str:
+    """Run the script `path` describes (`lucidity.mainscript.preload_record`) in this process, whose workers
+    will be capped at `memory_limit` bytes.
 
     Returns:
         "" if it ran and workers may be forked from this process; else why not.
@@ -86,6 +92,11 @@ def run_main_script(path: str) -> str:
         os.close(null)
     if threading.active_count() > 1:
         return "the script started a thread"
+    if memory_limit:
+        held = max(memory_of(os.getpid()) or 0, data_of(os.getpid()) or 0)  # what the watchdog, RLIMIT_DATA count
+        if held > memory_limit // 2:
+            return (f"the script left {format_size(held)} in this process, more than half the workers' memory cap "
+                    f"of {format_size(memory_limit)}")
     opened = _open_descriptors() - descriptors
     if opened:
         return f"the script left descriptors open ({', '.join(map(str, sorted(opened)))})"

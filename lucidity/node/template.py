@@ -91,9 +91,9 @@ class WorkerStarter:
     Create it where `WorkerTemplate.start` may fork (before any ZeroMQ context); `close` it when the node stops.
     """
 
-    def __init__(self, node: str, preload: Optional[str] = None) -> None:
+    def __init__(self, node: str, preload: Optional[str] = None, memory_limit: Optional[int] = None) -> None:
         self._node = node
-        self._template = WorkerTemplate.start(node, preload) if can_fork() else None
+        self._template = WorkerTemplate.start(node, preload, memory_limit) if can_fork() else None
 
     @property
     def pids(self) -> list[int]:
@@ -160,17 +160,17 @@ class WorkerTemplate:
         self._broken = False  # it did not answer in time: a late answer would be taken for the next one's
 
     @classmethod
-    def start(cls, node: str, preload: Optional[str] = None) -> "WorkerTemplate":
+    def start(cls, node: str, preload: Optional[str] = None, memory_limit: Optional[int] = None) -> "WorkerTemplate":
         """Fork the template of node `node`, which first runs the caller's script that the file `preload`
-        holds, if given (`lucidity.node.preload`). Call only where `can_fork` says so, before any ZeroMQ
-        context."""
+        holds, if given, for workers capped at `memory_limit` bytes (`lucidity.node.preload`). Call only
+        where `can_fork` says so, before any ZeroMQ context."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent = os.getpid()
         flush_output()  # what this process has buffered would otherwise be written again by every worker
         pid = os.fork()
         if pid == 0:
             ours.close()
-            _run_template(theirs, parent, node, preload)
+            _run_template(theirs, parent, node, preload, memory_limit)
         theirs.close()
         return cls(pid, ours)
 
@@ -236,12 +236,18 @@ class WorkerTemplate:
 # -- the template process ----------------------------------------------------------------------------
 
 
-def _run_template(sock: socket.socket, daemon: int, node: str, preload: Optional[str]) -> NoReturn:
+def _run_template(sock: socket.socket, daemon: int, node: str, preload: Optional[str],
+                  memory_limit: Optional[int]) -> NoReturn:
     """The template's life: leave the daemon's state behind, import the worker, fork workers on request."""
     code = 1
     try:
         _die_with(daemon)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C for the daemon's terminal is the daemon's
+        # A Ctrl-C for the daemon's terminal is the daemon's, and so is a SIGTERM to its process group (its
+        # owner stopping it): the template goes when the daemon closes its socket, or dies. Ended by the
+        # SIGTERM, it left the daemon, still replacing workers while it stopped, to start them as fresh
+        # interpreters and say that the template was gone.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         os.closerange(3, sock.fileno())  # the daemon's pipes to its owner are not ours to hold
         os.closerange(sock.fileno() + 1, _max_fd())
         atexit._clear()  # the daemon's; a worker's own run when it exits
@@ -254,7 +260,7 @@ def _run_template(sock: socket.socket, daemon: int, node: str, preload: Optional
         # A worker names itself as multiprocessing's on its first task (workerprocess.name_process): importing
         # multiprocessing then cost each worker 3 ms of CPU, 64 workers' first map 100 ms of 2 cores (issue 13).
         importlib.import_module("multiprocessing")
-        served = _serve_preloaded(sock, daemon, preload) if preload is not None else None
+        served = _serve_preloaded(sock, daemon, preload, memory_limit) if preload is not None else None
         code = _serve(sock, daemon) if served is None else served
     except BaseException:
         import traceback
@@ -289,10 +295,11 @@ def _serve(sock: socket.socket, daemon: int) -> int:
         sock.send(reply.encode())
 
 
-def _serve_preloaded(sock: socket.socket, daemon: int, path: str) -> Optional[int]:
+def _serve_preloaded(sock: socket.socket, daemon: int, path: str, memory_limit: Optional[int]) -> Optional[int]:
     """Fork a child that runs the caller's script (`lucidity.node.preload`) and, if that left it fit to fork
     workers from, serves the daemon in this process's stead: then the child's exit status, once it ends.
-    None if it could not (the script failed, left a thread or a descriptor, or took `PRELOAD_TIMEOUT`): this
+    None if it could not (the script failed, left a thread or a descriptor, grew past half of the workers'
+    `memory_limit`, or took `PRELOAD_TIMEOUT`): this
     process serves, and workers import the script themselves."""
     from .preload import PRELOAD_TIMEOUT, run_main_script
 
@@ -306,7 +313,7 @@ def _serve_preloaded(sock: socket.socket, daemon: int, path: str) -> Optional[in
             os.close(verdict_read)
             os.close(go_write)
             _die_with(template)
-            reason = run_main_script(path)
+            reason = run_main_script(path, memory_limit)
             os.write(verdict_write, reason.encode(errors="replace")[:512] or b"ok")
             os.close(verdict_write)
             if not reason and os.read(go_read, 1) == b"g":
@@ -391,6 +398,7 @@ def _become_worker(args: list[str], env: dict[str, str], fds: list[int], go_read
         os.dup2(ready_write, READY_FD)
         os.closerange(READY_FD + 1, _max_fd())
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.environ.clear()
         os.environ.update(env)
         arenas = env.get("MALLOC_ARENA_MAX")
