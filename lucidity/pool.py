@@ -249,8 +249,8 @@ class Pool:
             if chunksize <= 0:
                 return result
             # Every chunk is serialized before any task is made, so that one that cannot travel raises with
-            # nothing sent. (Submitting in slices while the rest were made won nothing: the I/O thread then
-            # waits for this thread's GIL, up to the 5 ms switch interval each time it lets go of it.)
+            # nothing sent. (Submitting slices of tasks as they were made won nothing, whether or not this
+            # thread then waited for the I/O thread's turn: the client's two threads share one GIL.)
             self._submit(call.tasks(call.payloads(items, chunksize), chunksize, length, result._set), result)
         return result
 

@@ -137,8 +137,8 @@ def test_map_call_makes_tasks_with_the_faces_options_and_distinct_ids(client: Cl
 @pytest.mark.parametrize("shape", ["list", "tuple", "range", "dict keys", "generator"])
 def test_map_keeps_positions_and_order_for_every_shape_of_input(pool: lucidity.Pool, shape: str,
                                                                 chunksize: int) -> None:
-    numbers = list(range(301))
-    inputs: Any = {"list": numbers, "tuple": tuple(numbers), "range": range(301),
+    numbers = list(range(801))
+    inputs: Any = {"list": numbers, "tuple": tuple(numbers), "range": range(801),
                    "dict keys": dict.fromkeys(numbers).keys(), "generator": (n for n in numbers)}[shape]
     assert pool.map(square, inputs, chunksize=chunksize) == [n * n for n in numbers]
 

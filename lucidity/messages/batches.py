@@ -300,9 +300,16 @@ class Results(Record):
 
         A batch of tiny results (every one packed in the payload's one frame) is read in a single pass, which
         makes no `ResultEntry`, layout entry or list of frames per result besides the one returned: the client's
-        I/O thread reads one per task of a burst. Any other batch is read by `from_meta` and `split`.
+        I/O thread reads one per task of a burst. So is a lone result of one frame. Any other batch is read by
+        `from_meta` and `split`.
         """
-        if (len(payload) == 1 and type(meta) is bytes and len(meta) > _RESULTS_HEAD_SIZE + RESULT.size
+        if len(payload) == 1 and type(meta) is bytes and len(meta) == _ONE_RESULT.size and meta[:1] == b"\0":
+            # One result of one frame (an apply's, or the last of a burst): its frame is not packed.
+            _, count, task_id, status, seconds, offset, length = _ONE_RESULT.unpack(meta)
+            if (count == 1 and task_id >= 0 and status < len(_STATUSES) and 0.0 <= seconds <= MAX_SECONDS
+                    and offset == -1 and length == 1):
+                return [(task_id, _STATUSES[status], seconds, [_view(payload[0])])]
+        elif (len(payload) == 1 and type(meta) is bytes and len(meta) > _RESULTS_HEAD_SIZE + RESULT.size
                 and meta[:1] == b"\0"):
             count = RESULTS_HEAD.unpack_from(meta, 0)[1]
             if _RESULTS_HEAD_SIZE + count * RESULT.size == len(meta):
