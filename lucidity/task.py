@@ -45,6 +45,7 @@ FINAL = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
 # A state's name by a dict lookup: Enum's ``value`` is a property that runs Python code, twice per task.
 _NAMES = {state: state.value for state in TaskState}
 _SENT = TaskState.SENT
+_new_tuple = tuple.__new__
 
 
 class IllegalTransition(RuntimeError):
@@ -159,10 +160,12 @@ class Task:
 
     def spec(self) -> TaskSpec:
         """The task's entry in a TASKS message (everything but the payload frames)."""
-        return TaskSpec(self.id, self.function.digest, self.mode,
-                        None if self.initializer is None else self.initializer.digest, self.max_tasks or 0,
-                        (self.pool or "") if self.max_tasks else "", self.memory or 0, self.timeout or 0.0,
-                        self.cpu_time or 0.0)
+        # Made as `lucidity.messages.batches` makes them, without the NamedTuple's __new__ (Python code, one
+        # frame per task; dispatch makes one for every task it sends).
+        return _new_tuple(TaskSpec, (self.id, self.function.digest, self.mode,
+                                     None if self.initializer is None else self.initializer.digest,
+                                     self.max_tasks or 0, (self.pool or "") if self.max_tasks else "",
+                                     self.memory or 0, self.timeout or 0.0, self.cpu_time or 0.0))
 
 
 #: Makes a task from its payload frames, its ``on_done`` and its items (`Task.siblings`).
