@@ -117,6 +117,13 @@ class MapCall:
         nothing sent."""
         payload = self.payload
         if size == 1 and isinstance(inputs, (list, tuple, range)):
+            # Without naming each item first (a third of the cost, for an error message most maps never need):
+            # if one cannot travel, it is serialized again below, and its error then names it.
+            dumps = self.client.dumps
+            try:
+                return [dumps([item], "an item") for item in inputs]
+            except Exception:
+                pass
             return [payload([item], range(position, position + 1)) for position, item in enumerate(inputs)]
         return [payload(chunk, items) for items, chunk in chunks(inputs, size)]
 

@@ -159,6 +159,22 @@ def test_a_failed_task_of_a_chunksize_one_map_fails_the_map_and_only_its_item_in
     assert pool.map(square, range(20), chunksize=1) == [n * n for n in range(20)]
 
 
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("cannot pickle Unpicklable")
+
+
+@pytest.mark.parametrize("chunksize, named", [(1, "item 2 of map(square"), (2, "items 2..3 of map(square")])
+def test_an_item_that_cannot_travel_is_named_and_nothing_of_the_map_is_sent(pool: lucidity.Pool, chunksize: int,
+                                                                           named: str) -> None:
+    # (A chunksize=1 map serializes its items without naming them first, and again, naming them, if one fails.)
+    with pytest.raises(TypeError, match="Unpicklable") as raised:
+        pool.map(square, [1, 2, Unpicklable(), 4, 5], chunksize=chunksize)
+    assert any(named in note and "nothing was sent" in note for note in raised.value.__notes__)
+    assert not pool._cache  # (the stdlib's name for the results not ready yet)
+    assert pool.map(square, [1, 2, 3], chunksize=chunksize) == [1, 4, 9]
+
+
 def test_the_pools_initializer_reaches_every_task_of_a_chunksize_one_map(cluster: LocalCluster) -> None:
     with lucidity.Pool(address=cluster.address, initializer=set_greeting, initargs=("hello",)) as pool:
         assert pool.map(greeting_and, range(200), chunksize=1) == [("hello", n) for n in range(200)]
