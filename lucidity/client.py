@@ -24,7 +24,7 @@ cancellation), `lucidity.roster` (what the control node's lists and the nodes' r
 `lucidity.packing` (what each worker lacks). What stays is one thread's sockets, its loop, and the
 caller-facing methods that hand it work (`call` among them, a lone blocking call its caller's thread
 carries to a worker's door on this machine, with the task in the same table); they share every field with
-it, which is why they are one module (about 770 lines) rather than two that would pass the same state back
+it, which is why they are one module (about 800 lines) rather than two that would pass the same state back
 and forth.
 """
 
