@@ -186,8 +186,10 @@ class Client:
 
     def task_maker(self, template: Task) -> TaskMaker:
         """Tasks like `template` (made by `new_task`, never submitted) but for their payload, ``on_done`` and
-        items, each with an id of this client's: a map's chunks (`Task.siblings`)."""
-        return template.siblings(self._ids)
+        items, each with an id of this client's: a map's chunks (`Task.siblings`). The first takes the
+        template's own id, which no task carries, so that chunks are numbered from it as tasks made one by
+        one would be (errors and the node's log name tasks by number)."""
+        return template.siblings(itertools.chain((template.id,), self._ids))
 
     def submit(self, tasks: list[Task]) -> None:
         """Queue tasks for dispatch. Each task's on_done will be called exactly once."""
