@@ -33,6 +33,8 @@ __all__ = ["Reports", "KINDS"]
 KINDS = frozenset({protocol.Kind.OUTPUT, protocol.Kind.PROGRESS})
 #: Tasks whose late output is still recognized as silenced after they ended (jobs with forward_output=False).
 SILENCED_MEMORY = 4096
+#: Tasks whose last progress report is kept for a watcher that comes later (`Reports.watch`).
+UNWATCHED_MEMORY = 4096
 
 ProgressHook = Callable[[messages.Progress], None]
 
@@ -49,17 +51,23 @@ class Reports:
         self.forward_output = True
         self._lock = threading.Lock()
         self._watched: dict[int, ProgressHook] = {}
+        # The last report of each task not watched when it came, for `lucidity.progress` called after the task
+        # started: dropped, it left a bar at 0 until the task's next report, if any.
+        self._unwatched: collections.OrderedDict[int, messages.Progress] = collections.OrderedDict()
+        self._progress_lock = threading.Lock()  # a report and a new watcher of its task, in one order
         self._silenced: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._partial: dict[tuple[str, int], bytes] = {}  # a worker's unfinished last line, by (node, pid)
 
     # -- the faces (any thread) ------------------------------------------------------------------------
 
-    # One store and one pop per task of a map with a bar: a dict's are atomic, so no lock (`_lock` guards
-    # the silenced tasks, whose bound needs two steps).
-
     def watch(self, task_id: int, hook: ProgressHook) -> None:
-        """Call `hook` (on the client's I/O thread) with each PROGRESS of the task, until `unwatch`."""
-        self._watched[task_id] = hook
+        """Call `hook` with each PROGRESS of the task, until `unwatch`: the last one that came before, if any,
+        now (on this thread), the next ones on the client's I/O thread, never two at once nor out of order."""
+        with self._progress_lock:
+            self._watched[task_id] = hook
+            earlier = self._unwatched.pop(task_id, None)
+            if earlier is not None:
+                hook(earlier)
 
     def unwatch(self, task_id: int) -> None:
         self._watched.pop(task_id, None)
@@ -77,9 +85,15 @@ class Reports:
         """An OUTPUT or PROGRESS from worker `pid` on `node` (checked here; `ProtocolError` if malformed)."""
         body = messages.parse(message)
         if isinstance(body, messages.Progress):
-            hook = self._watched.get(body.task)
-            if hook is not None:
-                hook(body)
+            with self._progress_lock:
+                hook = self._watched.get(body.task)
+                if hook is not None:
+                    hook(body)
+                    return
+                self._unwatched[body.task] = body
+                self._unwatched.move_to_end(body.task)
+                if len(self._unwatched) > UNWATCHED_MEMORY:
+                    self._unwatched.popitem(last=False)
             return
         if not isinstance(body, messages.Output) or len(message.payload) != 1:
             raise ProtocolError(f"OUTPUT from worker {pid} on node {node} carries "

@@ -234,7 +234,8 @@ class Bar(tqdm):
         super().close()
 
 def sleepy(x):
-    time.sleep(60)
+    open(f"started-{x}", "w").close()  # the map runs: the bar is the pool's (a Ctrl-C inside Bar.__init__
+    time.sleep(60)                     # would leave no bar to close)
 
 if __name__ == "__main__":
     with lucidity.Pool(1) as pool:
@@ -253,6 +254,7 @@ def test_ctrl_c_during_a_map_closes_its_bar(tmp_path: Any) -> None:
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "bar open"
+        wait_until(lambda: (tmp_path / "started-0").exists(), WAIT, "the first task to start")
         os.kill(proc.pid, signal.SIGINT)
         rest, _ = proc.communicate(timeout=WAIT)
     finally:

@@ -121,3 +121,18 @@ def _progress(task: int, items: int = 0, done: float = 0.0, total: float = 0.0) 
 
     body = messages.Progress(task, items, done, total)
     return Message(body.KIND, body.to_meta(), [])
+
+
+def test_a_watcher_that_comes_after_a_report_gets_it_at_once() -> None:
+    # lucidity.progress([result]) called while the task runs: its report may have come before the watcher.
+    reports = Reports()
+    reports.deliver("n1", 7, _progress(3, items=2))
+    reports.deliver("n1", 7, _progress(3, items=3))
+    seen: list[int] = []
+    reports.watch(3, lambda report: seen.append(report.items))
+    assert seen == [3]  # the last one, once
+    reports.deliver("n1", 7, _progress(3, items=4))
+    assert seen == [3, 4]
+    reports.unwatch(3)
+    reports.watch(3, lambda report: seen.append(-report.items))  # a second watcher: nothing was kept since
+    assert seen == [3, 4]
