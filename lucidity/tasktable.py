@@ -425,44 +425,59 @@ class TaskTable:
 
     def _dispatch_queue(self, queue: collections.deque[Task], node: Optional[str],
                         batches: list[tuple[Lane, list[Task]]], now: float) -> None:
+        """Hand out `queue` to the workers with credit, fewest of our tasks in flight first (round robin among
+        equals), each no more than its fair share of what waits, so that two slow tasks go to two idle
+        workers. One look at every worker per round: a map's results free a few workers at a time, and
+        choosing each batch's worker by a look at all of them cost a 64-worker client 0.14 ms per dispatch."""
+        pace = self.pace
         while queue:
-            lane, sharing = self._choose_worker(node, now)
-            if lane is None:
+            candidates = self._candidates(node, now, pace)
+            if not candidates:
                 return
-            if not lane.inflight:
-                lane.head_since, lane.head_sent_idle = now, True
-            # No more than a fair share of what waits, so that two slow tasks go to two idle workers.
-            credit = min(lane.credit(self.pace), -(-len(queue) // sharing))
-            batch: list[Task] = []
-            while queue and len(batch) < credit:
-                task = queue.popleft()
-                if task.state is not TaskState.PENDING:
-                    continue  # cancelled while queued
-                task.move(TaskState.SENT)
-                task.worker = lane.key
-                lane.inflight[task.id] = task
-                batch.append(task)
-            if not batch:
+            candidates.sort(key=_in_flight)  # stable: equals stay in round-robin order
+            sharing = len(candidates)
+            held_back = False  # some worker got its fair share and had credit left: another round may use it
+            for credit, lane in candidates:
+                share = -(-len(queue) // sharing)
+                sharing -= 1
+                if share < credit:
+                    held_back = True
+                if not lane.inflight:
+                    lane.head_since, lane.head_sent_idle = now, True
+                batch: list[Task] = []
+                while queue and len(batch) < min(credit, share):
+                    task = queue.popleft()
+                    if task.state is not TaskState.PENDING:
+                        continue  # cancelled while queued
+                    task.move(TaskState.SENT)
+                    task.worker = lane.key
+                    lane.inflight[task.id] = task
+                    batch.append(task)
+                if not batch:
+                    return
+                self.lanes[lane.key] = self.lanes.pop(lane.key)  # round robin: ties go elsewhere next time
+                batches.append((lane, batch))
+            if not held_back:
                 return
-            batches.append((lane, batch))
 
-    def _choose_worker(self, node: Optional[str], now: float) -> tuple[Optional[Lane], int]:
-        """The worker with the fewest of our tasks in flight that still has credit and is not overdue (round
-        robin on ties), and how many workers could take work now."""
+    def _candidates(self, node: Optional[str], now: float, pace: float) -> list[tuple[int, Lane]]:
+        """The workers that can take work now, with their credit (on `node`, if given), in round-robin order."""
         lanes: Iterable[Lane] = self.lanes.values()
         if node is not None:
             lanes = [lane for lane in lanes if lane.node == node]
-        pace = self.pace
-        candidates = [lane for lane in lanes
-                      if lane.connected and lane.credit(pace) > 0 and not lane.overdue(now, pace)]
+        candidates = []
+        for lane in lanes:
+            if lane.connected:
+                credit = lane.credit(pace)
+                if credit > 0 and not lane.overdue(now, pace):
+                    candidates.append((credit, lane))
         if self.max_running:
             # At most max_running workers hold our tasks: the busy ones, and idle ones up to the cap.
             free = self.max_running - sum(1 for lane in self.lanes.values() if lane.inflight)
-            idle = [lane for lane in candidates if not lane.inflight]
-            candidates = [lane for lane in candidates if lane.inflight] + idle[:max(0, free)]
-        if not candidates:
-            return None, 0
-        best = min(candidates, key=lambda lane: len(lane.inflight))
-        # Rotate so that ties go to a different worker next time.
-        self.lanes[best.key] = self.lanes.pop(best.key)
-        return best, len(candidates)
+            idle = [candidate for candidate in candidates if not candidate[1].inflight]
+            candidates = [candidate for candidate in candidates if candidate[1].inflight] + idle[:max(0, free)]
+        return candidates
+
+
+def _in_flight(candidate: tuple[int, Lane]) -> int:
+    return len(candidate[1].inflight)

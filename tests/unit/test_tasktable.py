@@ -535,3 +535,26 @@ def test_a_call_whose_stream_ended_goes_to_dispatch_or_is_resent_if_its_worker_w
     assert other.place(lost, lambda lane: True) is not None
     other.remove_worker("n2/w1", lost=True)
     assert other.door_ended(lost) is False, "lost with its node and out of retries: its caller fails it"
+
+
+def test_a_dispatch_looks_at_each_worker_once_per_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A map's results free a few of many workers at a time: choosing each batch's worker by a look at all of
+    them cost a 64-worker client 0.14 ms per dispatch (a third of its CPU in the long-tail benchmark)."""
+    keys = [f"n1/w{index}" for index in range(64)]
+    table = table_with(*keys, pace=0.005)
+    table.add(tasks(*range(1, 1000)))
+    table.dispatch()  # every worker's window filled
+    lane = table.lanes["n1/w7"]
+    first = next(iter(lane.inflight))
+    table.take(lane, first, 0.005)
+    looks = 0
+    credit = Lane.credit
+
+    def counted(self: Lane, pace: float = 0.0) -> int:
+        nonlocal looks
+        looks += 1
+        return credit(self, pace)
+
+    monkeypatch.setattr(Lane, "credit", counted)
+    assert sent(table.dispatch()) == {"n1/w7": [129]}
+    assert looks == 64  # one round: each worker once (a batch per worker chosen by a fresh look: 128)
